@@ -1,0 +1,1 @@
+"""edgeslm's ONNX backend: torch.onnx (dynamo) exporter and ONNX Runtime engine."""

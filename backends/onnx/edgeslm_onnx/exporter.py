@@ -1,0 +1,59 @@
+"""Export the re-authored decoder to ONNX with torch.onnx's dynamo exporter.
+
+Graph IO (names fixed; the engine relies on them)::
+
+    input_ids        int64   (1, seq)
+    past_key_{i}     float32 (1, kv_heads, past, head_dim)     i = 0..layers-1, also past_value_{i}
+ -> logits           float32 (1, vocab)                         after the last input token
+    present_key_{i}  float32 (1, kv_heads, past + seq, head_dim)
+
+Weights go to ``model.onnx.data`` (external data) so the graph file stays small.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgeslm._deps import require
+from edgeslm.errors import ExportError
+from edgeslm.exporting import Exporter, ExportSpec
+
+MODEL_FILE = "model.onnx"
+
+
+class OnnxExporter(Exporter):
+    name = "onnx"
+    precisions = ("fp32",)
+    min_top1_agreement = {"fp32": 1.0}
+
+    def export(self, source, spec: ExportSpec, out_dir: Path, steps) -> dict[str, Any]:
+        torch = require("torch", "export", "ONNX export")
+        require("onnxscript", "onnx", "ONNX export")
+        from edgeslm.arch.llama import cache_names
+
+        model = source.export_module()
+        ms = source.spec
+        example_ids = torch.zeros((1, 4), dtype=torch.int64)
+        past = model.empty_cache(past_len=3)  # non-trivial sizes so neither dim specializes
+        seq = torch.export.Dim("seq", min=1, max=spec.context_length)
+        past_len = torch.export.Dim("past", min=0, max=spec.context_length)
+        dynamic = {"input_ids": {1: seq}, "past": tuple({2: past_len} for _ in past)}
+        path = out_dir / MODEL_FILE
+        try:
+            with torch.no_grad():
+                torch.onnx.export(
+                    model, (example_ids, *past), str(path), dynamo=True, dynamic_shapes=dynamic,
+                    input_names=["input_ids", *cache_names(ms, "past")],
+                    output_names=["logits", *cache_names(ms, "present")],
+                    optimize=True, external_data=True, verbose=False)
+        except Exception as exc:
+            raise ExportError(f"torch.onnx export failed: {type(exc).__name__}: {exc}") from exc
+        files = sorted(p.name for p in out_dir.iterdir())
+        return {"artifacts": {"model": MODEL_FILE, "files": files, "opset": _opset(path)}}
+
+
+def _opset(path: Path) -> int | None:
+    onnx = require("onnx", "onnx", "reading ONNX files")
+    m = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)

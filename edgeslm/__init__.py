@@ -1,0 +1,25 @@
+"""edgeslm: take a small language model to edge devices and keep it healthy there.
+
+>>> import edgeslm
+>>> model = edgeslm.load("out/smollm2-onnx")                      # doctest: +SKIP
+>>> print(model.generate("The capital of France is", max_new_tokens=8).text)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from .errors import EdgeSLMError
+
+__version__ = "0.1.0"
+
+__all__ = ["EdgeSLMError", "__version__", "load"]
+
+
+def load(path, engine_options=None, trusted_keys=None):
+    """Open a bundle directory and return a :class:`~edgeslm.runtime.model.LoadedModel`.
+
+    The manifest names the format; the engine registered for it under the entry-point group
+    ``edgeslm.engines`` runs it. Every file's sha256 is checked first.
+    """
+    from .runtime.model import LoadedModel
+
+    return LoadedModel.open(path, engine_options=engine_options, trusted_keys=trusted_keys)

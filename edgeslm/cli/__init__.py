@@ -1,0 +1,63 @@
+"""The ``edgeslm`` command. One module per verb; each registers itself on :data:`cli`.
+
+Errors edgeslm raises on purpose (:class:`~edgeslm.errors.EdgeSLMError`) become one line on
+stderr and exit status 1; usage errors exit 2 (click's convention); anything else is a bug and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import EdgeSLMError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="edgeslm")
+def cli():
+    """Take a small language model to edge devices and keep it healthy there.
+
+    \b
+    Typical path:
+      edgeslm export smollm2-135m --format onnx -o out/smollm2-onnx
+      edgeslm run out/smollm2-onnx --chat --prompt "What is an edge device?"
+      edgeslm verify out/smollm2-onnx
+    """
+
+
+def _register() -> None:
+    # Importing a verb module adds its command to `cli`; the modules import nothing heavy.
+    from . import bundle_cmds, export_cmd, models_cmd, run_cmd  # noqa: F401
+
+    for optional in ("targets_cmd", "keys_cmd", "fleet_cmd", "agent_cmd", "compress_cmd", "bench_cmd"):
+        try:
+            __import__(f"{__name__}.{optional}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{optional}":
+                raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    _register()
+    try:
+        cli.main(args=argv, prog_name="edgeslm", standalone_mode=False)
+    except EdgeSLMError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 1
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    return 0
+
+
+def entry() -> None:  # pragma: no cover - console script shim
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""edgeslm info / edgeslm verify"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from . import cli
+from ._common import emit_json, human_bytes, json_option
+
+
+def print_summary(bundle) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    m = bundle.manifest
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_row("bundle", str(bundle.path))
+    t.add_row("model", f"{m['model']['name']} ({m['model']['architecture']}, {m['model']['parameters'] / 1e6:.1f}M params)")
+    t.add_row("format", f"{m['format']} / {m['precision']}")
+    t.add_row("context", str(m.get("context_length")))
+    if m.get("target"):
+        t.add_row("target", str(m["target"]))
+    t.add_row("files", f"{len(m['files'])} files, {human_bytes(bundle.bytes)}")
+    t.add_row("signed", "yes" if (bundle.path / "manifest.json.sig").exists() else "no")
+    p = m.get("parity")
+    if p:
+        verdict = "[green]passed[/green]" if p["passed"] else "[red]FAILED[/red]"
+        ppl = ""
+        if p.get("perplexity_export") is not None:
+            ppl = f", perplexity {p['perplexity_export']:.2f} (source {p['perplexity_source']:.2f})"
+        t.add_row("parity", f"{verdict}: top-1 agreement {p['top1_agreement']:.1%} over {p['tokens']} tokens, "
+                            f"KL mean {p['kl_mean']:.2e}, max |dlogit| {p['max_abs_logit_diff']:.2e}{ppl}")
+    else:
+        t.add_row("parity", "not checked")
+    Console().print(t)
+
+
+@cli.command("info")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@json_option
+def info_command(bundle, as_json):
+    """Describe BUNDLE: model, format, precision, files, parity results."""
+    from ..bundle import Bundle
+
+    b = Bundle.open(bundle, verify=False)
+    if as_json:
+        emit_json(b.manifest)
+    else:
+        print_summary(b)
+
+
+@cli.command("verify")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--key", "keys", multiple=True, type=click.Path(path_type=Path),
+              help="Trusted public key; the bundle must carry a valid signature by one of them.")
+@click.option("--parity", "rerun", is_flag=True,
+              help="Re-run the parity check against the source model (needs the export extra).")
+@click.option("--source", default=None, help="Source model for --parity [default: the manifest's model name].")
+@json_option
+def verify_command(bundle, keys, rerun, source, as_json):
+    """Check BUNDLE: every file's sha256, the signature (with --key), that the engine opens it
+    and produces finite logits, and optionally parity against the source model.
+
+    Exits non-zero, naming the file, when anything does not match.
+    """
+    import numpy as np
+
+    from ..bundle import Bundle
+    from ..errors import BundleError
+    from ..plugins import get_engine
+
+    b = Bundle.open(bundle, verify=True)
+    result = {"bundle": str(b.path), "files": len(b.manifest["files"]), "hashes": "ok"}
+    if keys:
+        from ..bundle.signing import verify_bundle_signature
+
+        verify_bundle_signature(b.path, list(keys))
+        result["signature"] = "ok"
+    engine = get_engine(b.format)(b)
+    try:
+        tok = b.load_tokenizer()
+        logits = engine.prefill(tok.encode("Hello") or [0])
+        if logits.shape != (b.spec.vocab_size,) or not np.all(np.isfinite(logits)):
+            raise BundleError(f"{b.path}: the engine produced invalid logits (shape {logits.shape})")
+        result["engine"] = "ok"
+        if rerun:
+            from ..exporting import check_parity
+            from ..progress import Steps
+            from ..sources import load_source
+
+            src = load_source(source or b.manifest["model"]["name"])
+            if src.sha256 != b.manifest["model"]["source_sha256"]:
+                click.echo("warning: the source's sha256 differs from the one the bundle was exported from", err=True)
+            report = check_parity(src, b.path, (b.manifest.get("parity") or {}).get("min_top1_agreement"),
+                                  32, Steps(enabled=not as_json))
+            result["parity"] = report.to_dict()
+            if not report.passed:
+                raise BundleError(f"{b.path}: parity failed: top-1 agreement {report.top1_agreement:.1%}")
+    finally:
+        engine.close()
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"ok: {b.path} — {result['files']} files match the manifest"
+                   + (", signature valid" if keys else "") + ", engine runs"
+                   + (f", parity {result['parity']['top1_agreement']:.1%}" if rerun else ""))

@@ -1,0 +1,126 @@
+"""The export pipeline: source -> backend exporter -> bundle -> parity check -> manifest.
+
+Backends implement :class:`Exporter` and register it under the ``edgeslm.exporters`` entry
+point group; :func:`export_model` drives any of them the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .bundle import MANIFEST_FILE, Bundle, write_manifest
+from .errors import ExportError, ParityError
+from .plugins import get_engine, get_exporter
+from .progress import NULL_STEPS, Steps
+
+
+@dataclass
+class ExportSpec:
+    """What to produce; target profiles fill this in from device data."""
+
+    format: str  # "onnx" | "openvino" | "litert" | "coreml" ...
+    precision: str = "fp32"
+    context_length: int = 2048  # KV cache / position budget the bundle declares
+    target: str | None = None  # device target name, if chosen by one
+    options: dict[str, Any] = field(default_factory=dict)  # backend-specific knobs
+
+
+class Exporter(ABC):
+    """Workstation side of a backend: writes the model files of a bundle."""
+
+    name: str = ""
+    #: precisions this exporter can write, in the order of preference
+    precisions: tuple[str, ...] = ("fp32",)
+    #: minimum greedy top-1 agreement with the source per precision; absent = recorded only
+    min_top1_agreement: dict[str, float] = {"fp32": 1.0}
+
+    @abstractmethod
+    def export(self, source, spec: ExportSpec, out_dir: Path, steps: Steps) -> dict[str, Any]:
+        """Write model files into ``out_dir``; return manifest fields (at least ``artifacts``)."""
+
+
+def export_model(model: str | Path | Any, out_dir: str | Path, format: str = "onnx", precision: str = "fp32",
+                 context_length: int | None = None, target: str | None = None, parity: bool = True,
+                 parity_tokens: int = 32, overwrite: bool = False, steps: Steps = NULL_STEPS,
+                 options: dict[str, Any] | None = None, extra_manifest: dict[str, Any] | None = None) -> Bundle:
+    """Export ``model`` (a name, a path, or a loaded SourceModel) into a verified bundle."""
+    from .sources import SourceModel, load_source
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise ExportError(f"{out_dir} exists and is not empty; choose another directory or pass --overwrite")
+    exporter_cls = get_exporter(format)
+    get_engine(format)  # fail before minutes of work if the device half is missing
+    exporter = exporter_cls()
+    if precision not in exporter.precisions:
+        raise ExportError(f"the {format} exporter writes {', '.join(exporter.precisions)}, not '{precision}'")
+
+    if isinstance(model, SourceModel):
+        source = model
+    else:
+        with steps.step(f"Loading {model}"):
+            source = load_source(model)
+    ctx = min(context_length or 2048, source.spec.context_length)
+    spec = ExportSpec(format=format, precision=precision, context_length=ctx, target=target, options=options or {})
+
+    tmp = Path(tempfile.mkdtemp(prefix=".edgeslm-export-", dir=out_dir.parent if out_dir.parent.exists() else None))
+    try:
+        t0 = time.perf_counter()
+        with steps.step(f"Exporting to {format} ({precision})"):
+            fields = exporter.export(source, spec, tmp, steps)
+        export_s = time.perf_counter() - t0
+        tokenizer_files = source.tokenizer.save(tmp)
+        manifest_fields = {
+            "format": format,
+            "precision": precision,
+            "context_length": ctx,
+            "target": target,
+            "model": {"name": source.name, "source_kind": source.kind, "source_sha256": source.sha256,
+                      "architecture": source.spec.architecture, "parameters": source.spec.num_parameters},
+            "spec": source.spec.to_dict(),
+            "tokenizer": {"files": tokenizer_files},
+            "export": {"seconds": round(export_s, 1), "options": spec.options},
+            **fields,
+            **(extra_manifest or {}),
+        }
+        write_manifest(tmp, manifest_fields)
+        report = None
+        if parity:
+            report = check_parity(source, tmp, exporter.min_top1_agreement.get(precision), parity_tokens, steps)
+            manifest = json.loads((tmp / MANIFEST_FILE).read_text())
+            manifest["parity"] = report.to_dict()
+            (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    if report is not None and not report.passed:
+        raise ParityError(
+            f"{format} {precision} export disagrees with its source: greedy top-1 agreement "
+            f"{report.top1_agreement:.1%} < required {report.min_top1_agreement:.0%} "
+            f"(max logit diff {report.max_abs_logit_diff:.3g}); bundle kept at {out_dir} for inspection")
+    return Bundle.open(out_dir)
+
+
+def check_parity(source, bundle_dir: Path, min_agreement: float | None, tokens: int, steps: Steps):
+    from .verify.parity import reference_run, run_parity, source_text_nll
+
+    bundle = Bundle.open(bundle_dir)
+    with steps.step(f"Running the source on {tokens}-token parity prompts"):
+        refs = reference_run(source, new_tokens=tokens)
+        text_ids, src_nll = source_text_nll(source)
+    engine = get_engine(bundle.format)(bundle)
+    try:
+        with steps.step("Comparing the export with the source"):
+            return run_parity(engine, refs, text_ids, src_nll, min_agreement)
+    finally:
+        engine.close()

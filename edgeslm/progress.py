@@ -1,0 +1,40 @@
+"""Progress for long steps: a spinner per step on a terminal, plain lines elsewhere (stderr)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from typing import Iterator
+
+
+class Steps:
+    """``with steps.step("Exporting to ONNX"): ...`` shows the step, then its duration."""
+
+    def __init__(self, enabled: bool = True, stream=None):
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        if not self.enabled:
+            yield
+            self.timings[title] = time.perf_counter() - t0
+            return
+        from rich.console import Console
+
+        console = Console(file=self.stream)
+        try:
+            with console.status(f"{title} ..."):
+                yield
+        except BaseException:
+            console.print(f"[red]✗[/red] {title} (failed after {time.perf_counter() - t0:.1f} s)")
+            raise
+        dt = time.perf_counter() - t0
+        self.timings[title] = dt
+        console.print(f"[green]✓[/green] {title} ({dt:.1f} s)")
+
+
+NULL_STEPS = Steps(enabled=False)

@@ -1,0 +1,58 @@
+"""LoadedModel: a bundle opened with its engine, and the user-facing generate/stream/chat."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from ..bundle import Bundle
+from ..plugins import get_engine
+from .generator import GenerationConfig, GenerationResult, Generator, Stream
+
+
+class LoadedModel:
+    def __init__(self, bundle: Bundle, engine, tokenizer):
+        self.bundle = bundle
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.generator = Generator(engine, tokenizer)
+
+    @classmethod
+    def open(cls, path: str | Path, engine_options: dict[str, Any] | None = None,
+             trusted_keys=None) -> "LoadedModel":
+        bundle = Bundle.open(path, verify=True)
+        if trusted_keys is not None:
+            from ..bundle.signing import verify_bundle_signature
+
+            verify_bundle_signature(bundle.path, trusted_keys)
+        engine_cls = get_engine(bundle.format)
+        engine = engine_cls(bundle, **(engine_options or {}))
+        return cls(bundle, engine, bundle.load_tokenizer())
+
+    @property
+    def spec(self):
+        return self.bundle.spec
+
+    def generate(self, prompt: str | Sequence[int], config: GenerationConfig | None = None, **kw) -> GenerationResult:
+        """Generate a completion. Keyword arguments are :class:`GenerationConfig` fields."""
+        return self.generator.generate(prompt, config, **kw)
+
+    def stream(self, prompt: str | Sequence[int], config: GenerationConfig | None = None, **kw) -> Stream:
+        """Like generate, but yields text pieces as they are produced; ``.result`` at the end."""
+        return self.generator.stream(prompt, config, **kw)
+
+    def chat(self, messages: Iterable[dict], config: GenerationConfig | None = None, **kw) -> GenerationResult:
+        """Apply the model's chat template to ``[{"role": ..., "content": ...}]`` and generate."""
+        return self.generator.chat(messages, config, **kw)
+
+    def stream_chat(self, messages: Iterable[dict], config: GenerationConfig | None = None, **kw) -> Stream:
+        return self.generator.stream_chat(messages, config, **kw)
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
