@@ -9,6 +9,8 @@ steps. A short fixed text measures perplexity under both.
 
 from __future__ import annotations
 
+import inspect
+
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
@@ -60,6 +62,8 @@ def reference_run(source, prompts: Sequence[str] = DEFAULT_PROMPTS, new_tokens: 
 
     refs = []
     module = source.module
+    # transformers 5 renamed past_key_values -> cache (argument and output); accept both.
+    cache_arg = "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
     for prompt in prompts:
         ids = source.tokenizer.encode(prompt)
         cont, rows = [], []
@@ -70,9 +74,14 @@ def reference_run(source, prompts: Sequence[str] = DEFAULT_PROMPTS, new_tokens: 
                 tok = int(logits.argmax())
                 rows.append(logits)
                 cont.append(tok)
-                out = module(torch.tensor([[tok]]), past_key_values=out.past_key_values, use_cache=True)
+                out = module(torch.tensor([[tok]]), use_cache=True, **{cache_arg: _cache_of(out)})
         refs.append(Reference(ids, cont, np.stack(rows)))
     return refs
+
+
+def _cache_of(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def source_text_nll(source, text: str = PERPLEXITY_TEXT) -> tuple[list[int], float]:

@@ -1,0 +1,162 @@
+"""Tiny, random, real-format models for tests and for plugin authors' conformance runs.
+
+``make_tiny_hf_folder`` writes a genuine Hugging Face folder (config.json, model.safetensors,
+tokenizer.json, tokenizer_config.json) and ``make_tiny_gguf`` a genuine GGUF file (llama.cpp
+tensor names, Q/K row permutation, Q8_0/Q4_1 blocks, BPE vocabulary and chat template in the
+metadata), both in a second, so loading and conversion code runs for real without a hub.
+Needs the ``export`` extra (torch, transformers, gguf).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2 as in SmolLM2
+CORPUS = [
+    "The capital of France is Paris. The capital of Italy is Rome.",
+    "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)",
+    "Edge devices run small language models: Raspberry Pi, Jetson, phones and microcontrollers.",
+    "Why is the sky blue? Because air scatters blue light more than red light.",
+    "Ünïcödé, emoji 🙂 and numbers 0123456789 keep the byte-level tokenizer honest.",
+]
+
+
+def fake_config(architecture: str = "llama", vocab_size: int = 320) -> dict:
+    """A 2-layer Hugging Face config of the given architecture (grouped-query attention)."""
+    cfg = {
+        "architectures": [{"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                           "mistral": "MistralForCausalLM"}[architecture]],
+        "model_type": architecture,
+        "vocab_size": vocab_size,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "max_position_embeddings": 256,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": True,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "hidden_act": "silu",
+    }
+    return cfg
+
+
+def make_tiny_tokenizer(vocab_size: int = 320):
+    """A byte-level BPE trained in-process on a few sentences, with ChatML special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS * 4, trainer)
+    return tok
+
+
+def make_tiny_hf_folder(path: str | Path, architecture: str = "llama", seed: int = 0) -> Path:
+    import torch
+    import transformers
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tok = make_tiny_tokenizer()
+    cfg_dict = fake_config(architecture, vocab_size=tok.get_vocab_size())
+    config = transformers.AutoConfig.for_model(**cfg_dict)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # larger-than-default weights so logits are not all near-ties
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.2)
+    model.save_pretrained(str(path))
+    tok.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "add_bos_token": False,
+        "chat_template": CHAT_TEMPLATE}))
+    return path
+
+
+def _permute(w, n_head: int):
+    """llama.cpp's Q/K row order (interleaved rotary halves); transformers undoes it on load."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def make_tiny_gguf(path: str | Path, hf_folder: str | Path, quant: str = "f32") -> Path:
+    """Write ``hf_folder``'s weights and tokenizer as a GGUF file.
+
+    ``quant``: "f32" (exact), or "q4_1" (matrices Q4_1, embedding Q8_0, like SmolLM2's file).
+    """
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    path, hf_folder = Path(path), Path(hf_folder)
+    cfg = json.loads((hf_folder / "config.json").read_text())
+    tok = json.loads((hf_folder / "tokenizer.json").read_text())
+    weights = load_file(str(hf_folder / "model.safetensors"))
+    h, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny-llama")
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(h)
+    w.add_head_count_kv(kv)
+    w.add_rope_freq_base((cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 10000.0)))
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_rope_dimension_count(cfg["head_dim"])
+    w.add_vocab_size(cfg["vocab_size"])
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_1 if quant == "q4_1" else gguf.LlamaFileType.ALL_F32)
+    # tokenizer: gpt2-style BPE
+    vocab = tok["model"]["vocab"]
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv_: kv_[1])]
+    specials = {a["content"] for a in tok["added_tokens"]}
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in tokens])
+    w.add_token_merges(merges)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(False)
+    w.add_chat_template(CHAT_TEMPLATE)
+
+    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+
+    def add(name: str, arr, matrix: bool, qtype=gguf.GGMLQuantizationType.Q4_1):
+        arr = np.ascontiguousarray(arr.astype(np.float32))
+        if quant == "q4_1" and matrix:
+            w.add_tensor(name, gguf.quants.quantize(arr, qtype), raw_dtype=qtype)
+        else:
+            w.add_tensor(name, arr)
+
+    add("token_embd.weight", weights["model.embed_tokens.weight"], True, gguf.GGMLQuantizationType.Q8_0)
+    add("output_norm.weight", weights["model.norm.weight"], False)
+    for i in range(cfg["num_hidden_layers"]):
+        for hf, gg in names.items():
+            arr = weights[f"model.layers.{i}.{hf}.weight"]
+            if hf == "self_attn.q_proj":
+                arr = _permute(arr, h)
+            elif hf == "self_attn.k_proj":
+                arr = _permute(arr, kv)
+            add(f"blk.{i}.{gg}.weight", arr, arr.ndim == 2)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny real-format models (built in-process) and their bundles.
+
+Session-scoped so the whole suite builds each tiny model and each tiny export once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+requires_export = pytest.mark.skipif(not (_has("torch") and _has("transformers") and _has("gguf")),
+                                     reason="needs the export extra: pip install 'edgeslm[export]'")
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory):
+    """A 2-layer random Llama as a Hugging Face folder (safetensors + tokenizer.json)."""
+    from edgeslm.testing import make_tiny_hf_folder
+
+    return make_tiny_hf_folder(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_hf, tmp_path_factory):
+    """The same weights as an F32 GGUF file (llama.cpp layout)."""
+    from edgeslm.testing import make_tiny_gguf
+
+    return make_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf", tiny_hf)
+
+
+@pytest.fixture(scope="session")
+def tiny_source(tiny_hf):
+    from edgeslm.sources import load_source
+
+    return load_source(tiny_hf)
+
+
+@pytest.fixture(scope="session")
+def bundle_factory(tiny_source, tmp_path_factory):
+    """bundle_factory(format, precision="fp32") -> path of a tiny exported bundle (cached)."""
+    cache = {}
+
+    def make(fmt: str, precision: str = "fp32", **kw):
+        key = (fmt, precision, tuple(sorted(kw.items())))
+        if key not in cache:
+            from edgeslm.exporting import export_model
+
+            out = tmp_path_factory.mktemp(f"bundle-{fmt}-{precision}") / "bundle"
+            export_model(tiny_source, out, format=fmt, precision=precision, context_length=128,
+                         parity_tokens=8, **kw)
+            cache[key] = out
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def onnx_bundle(bundle_factory):
+    pytest.importorskip("onnxruntime")
+    return bundle_factory("onnx")
