@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny real-format models (built in-process) and their bundles.
+"""Shared fixtures for tests/ and backends/*/tests: tiny real-format models and their bundles.
 
 Session-scoped so the whole suite builds each tiny model and each tiny export once.
 """

@@ -22,3 +22,22 @@ def require(module: str, extra: str, purpose: str = "") -> ModuleType:
             f"'{module}' is needed{what} but is not installed: pip install 'edgeslm[{extra}]'"
             f" ({exc})"
         ) from exc
+
+
+def quiet_transformers():
+    """Import transformers with its progress bars and advisory warnings off (we show our own)."""
+    transformers = require("transformers", "export", "loading models")
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    return transformers
+
+
+def quiet_torch_onnx() -> None:
+    """torch.onnx logs every stage and warns about optional torchvision ops; keep errors only."""
+    import logging
+    import warnings
+
+    for name in ("torch.onnx", "torch.onnx._internal.exporter", "torch._dynamo", "torch.export", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)

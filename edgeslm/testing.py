@@ -160,3 +160,54 @@ def make_tiny_gguf(path: str | Path, hf_folder: str | Path, quant: str = "f32") 
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+class ScriptedEngine:
+    """A fake Engine (numpy only) that "predicts" a fixed token script, for Generator tests.
+
+    After any input, the next logits put all mass on ``script[i]`` where ``i`` counts the
+    tokens generated so far; the Engine contract (position, reset, check_tokens) is the real
+    base class's.
+    """
+
+    def __new__(cls, script, vocab_size: int, max_context: int = 64):
+        from types import SimpleNamespace
+
+        import numpy as np
+
+        from .runtime.engine import Engine
+        from .spec import ModelSpec
+
+        class _Scripted(Engine):
+            name = "scripted"
+
+            def __init__(self):
+                spec = ModelSpec("llama", vocab_size, 8, 1, 1, 1, 8, 8, max_context)
+                super().__init__(SimpleNamespace(spec=spec, manifest={"context_length": max_context}))
+                self.script = list(script)
+                self.calls: list[tuple[str, int]] = []
+                self.reset()
+
+            def _logits(self):
+                out = np.full(vocab_size, -10.0, dtype=np.float32)
+                out[self.script[min(self.step, len(self.script) - 1)]] = 10.0
+                return out
+
+            def prefill(self, token_ids):
+                ids = self.check_tokens(token_ids)
+                self.position += ids.size
+                self.calls.append(("prefill", ids.size))
+                return self._logits()
+
+            def decode(self, token_id):
+                self.check_tokens([token_id])
+                self.position += 1
+                self.step += 1
+                self.calls.append(("decode", 1))
+                return self._logits()
+
+            def reset(self):
+                self.position = 0
+                self.step = 0
+
+        return _Scripted()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .._deps import require
+from .._deps import quiet_transformers, require
 from ..arch import check_supported
 from ..errors import ModelLoadError
 from ..tokenizer import Tokenizer
@@ -57,7 +57,7 @@ def load_gguf(path: str | Path, name: str | None = None) -> SourceModel:
     meta, _ = read_gguf_metadata(path)
     arch = meta.get("general.architecture", "?")
     check_supported(arch)
-    transformers = require("transformers", "export", "loading models")
+    transformers = quiet_transformers()
     torch = require("torch", "export", "loading models")
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(

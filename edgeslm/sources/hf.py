@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .._deps import require
+from .._deps import quiet_transformers, require
 from ..arch import check_supported
 from ..errors import ModelLoadError
 from ..spec import ModelSpec
@@ -111,7 +111,7 @@ def load_hf_folder(folder: str | Path, name: str | None = None) -> SourceModel:
     if not (list(folder.glob("*.safetensors")) or list(folder.glob("*.bin"))):
         raise ModelLoadError(f"{folder}: no weights (*.safetensors)")
     tokenizer = load_hf_tokenizer(folder)
-    transformers = require("transformers", "export", "loading models")
+    transformers = quiet_transformers()
     torch = require("torch", "export", "loading models")
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)

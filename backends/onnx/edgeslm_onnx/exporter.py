@@ -12,10 +12,12 @@ Weights go to ``model.onnx.data`` (external data) so the graph file stays small.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 from typing import Any
 
-from edgeslm._deps import require
+from edgeslm._deps import quiet_torch_onnx, require
 from edgeslm.errors import ExportError
 from edgeslm.exporting import Exporter, ExportSpec
 
@@ -40,15 +42,17 @@ class OnnxExporter(Exporter):
         past_len = torch.export.Dim("past", min=0, max=spec.context_length)
         dynamic = {"input_ids": {1: seq}, "past": tuple({2: past_len} for _ in past)}
         path = out_dir / MODEL_FILE
+        quiet_torch_onnx()
+        log = io.StringIO()  # torch.onnx prints its stages; keep them for the error message only
         try:
-            with torch.no_grad():
+            with torch.no_grad(), contextlib.redirect_stdout(log):
                 torch.onnx.export(
                     model, (example_ids, *past), str(path), dynamo=True, dynamic_shapes=dynamic,
                     input_names=["input_ids", *cache_names(ms, "past")],
                     output_names=["logits", *cache_names(ms, "present")],
                     optimize=True, external_data=True, verbose=False)
         except Exception as exc:
-            raise ExportError(f"torch.onnx export failed: {type(exc).__name__}: {exc}") from exc
+            raise ExportError(f"torch.onnx export failed: {type(exc).__name__}: {exc}\n{log.getvalue()[-2000:]}") from exc
         files = sorted(p.name for p in out_dir.iterdir())
         return {"artifacts": {"model": MODEL_FILE, "files": files, "opset": _opset(path)}}
 
