@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +117,7 @@ def check_parity(source, bundle_dir: Path, min_agreement: float | None, tokens: 
     bundle = Bundle.open(bundle_dir)
     with steps.step(f"Running the source on {tokens}-token parity prompts"):
         refs = reference_run(source, new_tokens=tokens)
-        text_ids, src_nll = source_text_nll(source)
+        text_ids, src_nll = source_text_nll(source, max_tokens=int(bundle.manifest["context_length"]))
     engine = get_engine(bundle.format)(bundle)
     try:
         with steps.step("Comparing the export with the source"):

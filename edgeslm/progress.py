@@ -7,6 +7,8 @@ import sys
 import time
 from typing import Iterator
 
+from .errors import EdgeSLMError
+
 
 class Steps:
     """``with steps.step("Exporting to ONNX"): ...`` shows the step, then its duration."""
@@ -29,6 +31,8 @@ class Steps:
         try:
             with console.status(f"{title} ..."):
                 yield
+        except EdgeSLMError:
+            raise  # the CLI prints it as the one "error: ..." line
         except BaseException:
             console.print(f"[red]✗[/red] {title} (failed after {time.perf_counter() - t0:.1f} s)")
             raise

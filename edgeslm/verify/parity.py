@@ -84,10 +84,11 @@ def _cache_of(out):
     return cache if cache is not None else out.past_key_values
 
 
-def source_text_nll(source, text: str = PERPLEXITY_TEXT) -> tuple[list[int], float]:
+def source_text_nll(source, text: str = PERPLEXITY_TEXT, max_tokens: int | None = None) -> tuple[list[int], float]:
+    """Token ids of ``text`` (at most ``max_tokens``) and the source's mean NLL over them."""
     import torch
 
-    ids = source.tokenizer.encode(text)
+    ids = source.tokenizer.encode(text)[:max_tokens]
     with torch.no_grad():
         logits = source.module(torch.tensor([ids])).logits[0].float().numpy()
     return ids, float(nll(logits[:-1], np.array(ids[1:])).mean())

@@ -1,0 +1,70 @@
+"""ONNX exporter + engine on the tiny model: graph IO, parity, generation, KV cache."""
+
+import json
+
+import numpy as np
+import pytest
+
+import edgeslm
+from conftest import requires_export
+from edgeslm.bundle import Bundle
+
+pytestmark = requires_export
+
+
+def test_manifest_records_parity_and_files(onnx_bundle):
+    m = json.loads((onnx_bundle / "manifest.json").read_text())
+    assert m["format"] == "onnx" and m["precision"] == "fp32" and m["schema_version"] == 1
+    assert {"model.onnx", "tokenizer.json", "edgeslm_tokenizer.json"} <= set(m["files"])
+    assert all(len(f["sha256"]) == 64 and f["bytes"] > 0 for f in m["files"].values())
+    p = m["parity"]
+    assert p["passed"] and p["top1_agreement"] == 1.0 and p["tokens"] == 3 * 8
+    assert p["max_abs_logit_diff"] < 1e-3 and p["kl_mean"] < 1e-6
+    assert abs(p["perplexity_export"] - p["perplexity_source"]) / p["perplexity_source"] < 1e-3
+    assert m["context_length"] == 128 and m["artifacts"]["model"] == "model.onnx"
+
+
+def test_graph_has_dynamic_seq_and_past(onnx_bundle):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_bundle / "model.onnx"))
+    inputs = {i.name: i.shape for i in sess.get_inputs()}
+    assert inputs["input_ids"][0] == 1 and isinstance(inputs["input_ids"][1], str)
+    assert len([n for n in inputs if n.startswith("past_")]) == 2 * 2
+    assert isinstance(inputs["past_key_0"][2], str)
+
+
+def test_greedy_generation_equals_source(onnx_bundle, tiny_source):
+    import torch
+
+    prompt = "The capital of France is"
+    ids = tiny_source.tokenizer.encode(prompt)
+    with torch.no_grad():
+        ref = tiny_source.module.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
+                                          eos_token_id=None, pad_token_id=0)[0, len(ids):].tolist()
+    with edgeslm.load(onnx_bundle) as model:
+        res = model.generate(prompt, max_new_tokens=12, stop_on_eos=False)
+    assert res.token_ids == ref
+
+
+def test_prefill_in_pieces_equals_one_prefill(onnx_bundle):
+    with edgeslm.load(onnx_bundle) as model:
+        eng = model.engine
+        ids = list(range(10, 40))
+        whole = eng.prefill(ids)
+        eng.reset()
+        eng.prefill(ids[:17])
+        pieces = eng.prefill(ids[17:])
+        assert eng.position == 30
+    np.testing.assert_allclose(whole, pieces, atol=1e-4)
+
+
+def test_threads_option(onnx_bundle):
+    with edgeslm.load(onnx_bundle, engine_options={"threads": 1}) as model:
+        assert model.engine.session.get_session_options().intra_op_num_threads == 1
+        assert model.generate("hi", max_new_tokens=3, stop_on_eos=False).metrics.output_tokens == 3
+
+
+def test_bundle_open_is_cheap_without_verify(onnx_bundle):
+    b = Bundle.open(onnx_bundle, verify=False)
+    assert b.spec.num_layers == 2 and b.bytes > 0
