@@ -1,0 +1,1 @@
+"""edgeslm's OpenVINO backend: stateful IR exporter (NNCF weight compression) and engine."""

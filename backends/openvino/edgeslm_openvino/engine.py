@@ -1,0 +1,120 @@
+"""OpenVINO engine: the KV cache is model state held by the infer request.
+
+A stateful bundle (the default export) takes only ``input_ids`` and returns ``logits``; the
+runtime appends each step's keys/values to its internal variables, and ``reset()`` calls
+``reset_state()``. A bundle exported with ``stateful=False`` has the cache as graph IO; the
+engine then carries it through numpy each step (kept for comparison and for devices whose
+plugin lacks state support).
+
+Options:
+    device               "CPU" (default), "GPU", "NPU", "AUTO" ... any openvino device name
+    threads              INFERENCE_NUM_THREADS (default: the plugin's choice)
+    inference_precision  INFERENCE_PRECISION_HINT: "f32" (default; exact parity), "bf16", "f16";
+                         "default" leaves the device's own choice (bf16 on AVX512-BF16 CPUs)
+    kv_cache_precision   KV_CACHE_PRECISION: default follows inference_precision ("f32" for
+                         "f32"), else the device's choice (u8 on recent CPUs)
+    performance_hint     PERFORMANCE_HINT (default "LATENCY": one stream, one request)
+    cache_dir            CACHE_DIR for compiled blobs (faster second start on GPU/NPU)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgeslm.errors import BundleError, GenerationError
+from edgeslm.runtime.engine import Engine
+
+
+class OpenVINOEngine(Engine):
+    name = "openvino"
+
+    def __init__(self, bundle, device: str = "CPU", threads: int | None = None,
+                 inference_precision: str | None = "f32", kv_cache_precision: str | None = None,
+                 performance_hint: str = "LATENCY", cache_dir: str | None = None, **options: Any):
+        super().__init__(bundle, device=device, threads=threads, inference_precision=inference_precision,
+                         kv_cache_precision=kv_cache_precision, performance_hint=performance_hint, **options)
+        import openvino as ov
+
+        self.device = str(device)
+        self.core = ov.Core()
+        if cache_dir:
+            self.core.set_property({"CACHE_DIR": str(cache_dir)})
+        path = bundle.file(bundle.manifest["artifacts"]["model"])
+        try:
+            model = self.core.read_model(str(path))
+        except Exception as exc:
+            raise BundleError(f"openvino cannot read {path}: {exc}") from exc
+        wanted = _config(inference_precision, kv_cache_precision, threads, performance_hint)
+        supported = self._supported(self.device)
+        self.config = {k: v for k, v in wanted.items() if supported is None or k in supported}
+        try:
+            self.compiled = self.core.compile_model(model, self.device, self.config)
+        except Exception as exc:
+            raise BundleError(f"openvino cannot compile {path.name} for {self.device}: {exc}") from exc
+        self.request = self.compiled.create_infer_request()
+        names = [p.get_any_name() for p in self.compiled.inputs]
+        self.past_names = [n for n in names if n.startswith("past_")]
+        self.stateful = not self.past_names
+        if self.stateful and not self.request.query_state():
+            raise BundleError(f"{path.name} has neither cache inputs nor state variables")
+        self.present_names = ["present_" + n[len("past_"):] for n in self.past_names]
+        s = self.spec
+        self._empty = np.zeros((1, s.num_kv_heads, 0, s.head_dim), dtype=np.float32)  # (1, kv, 0, hd)
+        self.cache: list[np.ndarray] = []
+        self.reset()
+
+    def _supported(self, device: str) -> set[str] | None:
+        try:
+            return set(self.core.get_property(device, "SUPPORTED_PROPERTIES"))
+        except Exception:  # AUTO/HETERO or an absent device: let compile_model decide and report
+            return None
+
+    # -- the contract ---------------------------------------------------------------------
+    def reset(self) -> None:
+        if self.stateful:
+            self.request.reset_state()
+        else:
+            self.cache = [self._empty] * len(self.past_names)
+        self.position = 0
+
+    def prefill(self, token_ids: Sequence[int]) -> np.ndarray:
+        return self._run(self.check_tokens(token_ids))
+
+    def decode(self, token_id: int) -> np.ndarray:
+        return self._run(self.check_tokens([token_id]))
+
+    def close(self) -> None:
+        self.request = None
+        self.compiled = None
+
+    # -- one step -------------------------------------------------------------------------
+    def _run(self, ids: np.ndarray) -> np.ndarray:
+        if self.request is None:
+            raise GenerationError("the engine is closed")
+        feed = {"input_ids": ids.reshape(1, -1)}  # (1, S) int64
+        if self.stateful:  # the cache never leaves the runtime
+            out = self.request.infer(feed)
+            logits = out["logits"]
+        else:  # (1, kv, P, hd) in, (1, kv, P+S, hd) out, through numpy every step
+            feed.update(zip(self.past_names, self.cache))
+            out = self.request.infer(feed)
+            self.cache = [out[n] for n in self.present_names]
+            logits = out["logits"]
+        self.position += ids.size
+        return np.asarray(logits[0], dtype=np.float32)  # (vocab,)
+
+
+def _config(inference_precision, kv_cache_precision, threads, performance_hint) -> dict[str, Any]:
+    cfg: dict[str, Any] = {}
+    if performance_hint:
+        cfg["PERFORMANCE_HINT"] = str(performance_hint).upper()
+    if inference_precision and inference_precision != "default":
+        cfg["INFERENCE_PRECISION_HINT"] = str(inference_precision)
+        kv_cache_precision = kv_cache_precision or (inference_precision if inference_precision == "f32" else None)
+    if kv_cache_precision and kv_cache_precision != "default":
+        cfg["KV_CACHE_PRECISION"] = str(kv_cache_precision)
+    if threads:
+        cfg["INFERENCE_NUM_THREADS"] = int(threads)
+    return cfg

@@ -1,0 +1,106 @@
+"""Export the re-authored decoder to a stateful OpenVINO IR (``openvino_model.xml`` + ``.bin``).
+
+::
+
+    ExportLlama (torch) --ov.convert_model--> ov.Model                    (KV cache as graph IO)
+        input_ids       i64 (1, seq)                 logits          f32 (1, vocab)
+        past_key_{i}    f32 (1, kv, past, hd)   -->  present_key_{i} f32 (1, kv, past+seq, hd)
+                        --apply_make_stateful_transformation(past_* -> present_*)-->
+    ov.Model: input_ids -> logits, with one ReadValue/Assign variable per past/present pair
+                        --nncf.compress_weights (int8 | int4)--> ov.save_model
+
+The stateful model keeps the cache inside the runtime (the way OpenVINO's own LLM pipelines
+do), so a decode step moves one token id in and one logits row out. ``options={"stateful":
+False}`` writes the plain IO model instead (the engine runs both; benchmarks compare them).
+Export options (``ExportSpec.options``): ``stateful`` and the fields of
+:class:`~edgeslm_openvino.compress.CompressionConfig` (``group_size``, ``ratio`` ...).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgeslm._deps import require
+from edgeslm.errors import ExportError
+from edgeslm.exporting import Exporter, ExportSpec
+
+from .compress import CompressionConfig, compress
+
+MODEL_FILE = "openvino_model.xml"
+WEIGHTS_FILE = "openvino_model.bin"
+
+
+class OpenVINOExporter(Exporter):
+    name = "openvino"
+    precisions = ("fp32", "int8", "int4")
+    min_top1_agreement = {"fp32": 1.0, "int8": 0.95}  # int4 is recorded only
+
+    def export(self, source, spec: ExportSpec, out_dir: Path, steps) -> dict[str, Any]:
+        ov = require("openvino", "openvino", "OpenVINO export")
+        stateful = _flag(spec.options.get("stateful", True))
+        cfg = CompressionConfig.from_options(spec.options)  # validate before minutes of work
+        model = to_openvino(source)
+        if stateful:
+            make_stateful(model)
+        fields: dict[str, Any] = {}
+        if spec.precision != "fp32":
+            with steps.step(f"Compressing weights with NNCF ({spec.precision})"):
+                model, record = compress(model, spec.precision, cfg)
+            record["tied_embeddings"] = bool(source.spec.tie_word_embeddings)  # embed_tokens is lm_head too
+            fields["compression"] = record
+        try:
+            ov.save_model(model, str(out_dir / MODEL_FILE), compress_to_fp16=False)
+        except Exception as exc:
+            raise ExportError(f"openvino could not save the IR: {exc}") from exc
+        files = sorted(p.name for p in out_dir.iterdir())
+        fields["artifacts"] = {"model": MODEL_FILE, "weights": WEIGHTS_FILE, "files": files, "stateful": stateful,
+                               "openvino_version": ov.get_version()}
+        return fields
+
+
+def to_openvino(source):
+    """Convert ``source.export_module()`` with openvino's PyTorch front end; name and shape its IO."""
+    torch = require("torch", "export", "OpenVINO export")
+    ov = require("openvino", "openvino", "OpenVINO export")
+    from edgeslm.arch.llama import cache_names
+
+    ms = source.spec
+    module = source.export_module()
+    example_ids = torch.zeros((1, 4), dtype=torch.int64)
+    past = module.empty_cache(past_len=3)  # non-trivial sizes so neither dim specializes
+    try:
+        with torch.no_grad():
+            model = ov.convert_model(module, example_input=(example_ids, *past))
+    except Exception as exc:
+        raise ExportError(f"ov.convert_model failed: {type(exc).__name__}: {exc}") from exc
+    in_names = ["input_ids", *cache_names(ms, "past")]
+    out_names = ["logits", *cache_names(ms, "present")]
+    if len(model.inputs) != len(in_names) or len(model.outputs) != len(out_names):
+        raise ExportError(f"converted model has {len(model.inputs)} inputs / {len(model.outputs)} outputs, "
+                          f"expected {len(in_names)} / {len(out_names)}")
+    for port, name in zip(model.inputs, in_names):
+        port.get_tensor().set_names({name})
+    for port, name in zip(model.outputs, out_names):
+        port.get_tensor().set_names({name})
+    kv = ov.PartialShape([1, ms.num_kv_heads, -1, ms.head_dim])  # (1, kv_heads, past, head_dim)
+    model.reshape({name: ov.PartialShape([1, -1]) if name == "input_ids" else kv for name in in_names})
+    return model
+
+
+def make_stateful(model) -> None:
+    """Turn every past_*/present_* pair into an internal variable (ReadValue -> ... -> Assign)."""
+    from openvino._offline_transformations import apply_make_stateful_transformation
+
+    pairs = {}
+    for port in model.inputs:
+        name = port.get_any_name()
+        if name.startswith("past_"):
+            pairs[name] = "present_" + name[len("past_"):]
+    apply_make_stateful_transformation(model, pairs)
+    if [p.get_any_name() for p in model.inputs] != ["input_ids"]:
+        raise ExportError("making the KV cache stateful left cache inputs behind")
+
+
+def _flag(value) -> bool:
+    return value.lower() in ("1", "true", "yes") if isinstance(value, str) else bool(value)
