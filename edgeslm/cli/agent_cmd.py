@@ -1,0 +1,84 @@
+"""edgeslm agent"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+from . import cli
+from ..telemetry.cliopts import broker_options
+
+
+@cli.command("agent")
+@click.option("--bundle", required=True, type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="Bundle directory to serve (edgeslm export ... -o DIR).")
+@click.option("--fleet", "fleet_id", required=True, help="Fleet id (topic level; ACLs are usually per fleet).")
+@click.option("--device", required=True, help="This device's id; also its MQTT username under the fleet ACL.")
+@click.option("--interval", default=10.0, show_default=True, type=float, help="Seconds per telemetry aggregate.")
+@click.option("--buffer", "buffer_path", default=None, type=click.Path(path_type=Path, dir_okay=False),
+              help="On-disk queue for store-and-forward [default: ~/.cache/edgeslm/agent-FLEET-DEVICE.db].")
+@click.option("--buffer-max", default=100_000, show_default=True, type=int,
+              help="Messages kept while the broker is unreachable; older ones are dropped and counted.")
+@click.option("--http", "http_addr", default="127.0.0.1:8080", show_default=True,
+              help="HOST:PORT of the local request endpoint (POST /generate, /chat; GET /health); 'off' disables.")
+@click.option("--threads", default=None, type=int, help="Engine threads [default: runtime's choice].")
+@click.option("--key", "keys", multiple=True, type=click.Path(path_type=Path),
+              help="Trusted public key: refuse the bundle unless it is signed by one (repeatable).")
+@broker_options
+def agent_command(bundle, fleet_id, device, interval, buffer_path, buffer_max, http_addr, threads, keys, broker):
+    """Serve BUNDLE on this device and publish its telemetry to the fleet broker.
+
+    \b
+    Examples:
+      edgeslm agent --bundle out/smollm2-onnx --broker mqtt://hub:1883 --fleet demo --device pi-01
+      EDGESLM_MQTT_PASSWORD=s3cret edgeslm agent --bundle /opt/model --fleet shop --device till-7 \\
+          --broker mqtts://hub.example.com:8883 --ca-file ca.crt -u till-7
+      curl -s 127.0.0.1:8080/generate -d '{"prompt": "Hello", "max_new_tokens": 16}'
+
+    Every request (HTTP or Python API) is measured; once per --interval the agent publishes a
+    telemetry aggregate (QoS 1) on edgeslm/v1/FLEET/DEVICE/telemetry. While the broker is away
+    messages wait in the on-disk buffer and are sent oldest first on reconnect. The retained
+    status topic says online/offline; the broker's last will covers crashes. Ctrl-C or SIGTERM
+    stops cleanly (final interval flushed, status 'offline').
+    """
+    import edgeslm  # the runtime only: the agent never imports torch
+
+    from ..errors import TelemetryError
+    from ..telemetry.agent import Agent, AgentConfig
+    from ..telemetry.serve import serve
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if buffer_path is None:
+        buffer_path = Path.home() / ".cache" / "edgeslm" / f"agent-{fleet_id}-{device}.db"
+    options = {"threads": threads} if threads else {}
+    model = edgeslm.load(bundle, engine_options=options, trusted_keys=list(keys) or None)
+    agent = Agent(AgentConfig(fleet=fleet_id, device=device, broker=broker, interval_s=interval,
+                              buffer_path=buffer_path, buffer_max=buffer_max), model)
+    server = None
+    if http_addr != "off":
+        host, _, port = http_addr.rpartition(":")
+        if not port.isdigit():
+            raise TelemetryError(f"--http {http_addr!r}: expected HOST:PORT or 'off'")
+        server = serve(agent, host or "127.0.0.1", int(port))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    agent.start()
+    click.echo(f"agent {fleet_id}/{device} -> {broker.url}; buffer {buffer_path}"
+               + (f"; requests on http://{http_addr}" if server else ""), err=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server is not None:
+            server.shutdown()
+        agent.stop()
+        model.close()
+        s = agent.stats()
+        click.echo(f"agent stopped: {s['acked']} messages delivered, {s['buffered']} still buffered, "
+                   f"{s['dropped']} dropped", err=True)

@@ -1,0 +1,218 @@
+"""A fleet simulator: many fake devices publishing v1 telemetry, for demos and load tests.
+
+Devices share ``connections`` MQTT clients (thousands of sockets from one laptop would test
+the laptop, not the collector); each device has its own topic, sequence numbers, status and a
+plausible model of an SLM box: TTFT around 120 ms with a tail, ~25 tok/s decode, a
+rare error, temperature drifting with load. ``processes`` > 1 forks publishers so the
+simulator is not the bottleneck of a benchmark.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .. import __version__
+from ..errors import TelemetryError
+from . import schema, topics
+from .mqtt import BrokerConfig, connect, make_client, reason_ok
+
+
+@dataclass
+class SimConfig:
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    fleet: str = "demo"
+    devices: int = 10  # simulated devices
+    rate: float = 1.0  # telemetry messages per second per device; 0 = as fast as possible
+    duration_s: float | None = 10.0  # stop after this long (None: run until messages or Ctrl-C)
+    messages: int | None = None  # or stop after this many messages per device
+    connections: int = 1  # MQTT clients the devices share (per process)
+    processes: int = 1  # publisher processes; devices are split between them
+    prefix: str = "sim-"  # device ids are prefix + zero-padded index
+    first_device: int = 0  # index of the first device (processes get disjoint ranges)
+    start_seq: int = 0  # first sequence number of every device
+    status: bool = True  # publish retained online/offline status per device
+    seed: int = 0
+    inflight: int = 2000  # unacknowledged QoS 1 messages per connection
+
+    def __post_init__(self):
+        topics.check_id(self.fleet, "fleet")
+        if self.devices < 1 or self.connections < 1 or self.processes < 1:
+            raise TelemetryError("devices, connections and processes must be at least 1")
+        if self.rate < 0:
+            raise TelemetryError("rate must be >= 0 messages per second per device")
+        if self.duration_s is None and self.messages is None:
+            raise TelemetryError("give a duration or a message count, or the simulation never ends")
+
+
+@dataclass
+class SimResult:
+    sent: int = 0  # publishes handed to the client
+    acked: int = 0  # PUBACKs with success
+    refused: int = 0  # PUBACKs with an error reason (ACL, quota)
+    elapsed_s: float = 0.0
+
+    def merge(self, other: "SimResult") -> "SimResult":
+        return SimResult(self.sent + other.sent, self.acked + other.acked, self.refused + other.refused,
+                         max(self.elapsed_s, other.elapsed_s))
+
+
+def device_id(cfg: SimConfig, index: int) -> str:
+    return f"{cfg.prefix}{index:05d}"
+
+
+def fake_metrics(rng: random.Random, load: float) -> dict[str, Any]:
+    """One interval of plausible SLM-device metrics; ``load`` in 0..1 shifts latency and heat."""
+    n = rng.randint(1, 12)
+    ttft = sorted(max(0.02, rng.gauss(0.12 + 0.2 * load, 0.03)) for _ in range(n))
+    tpot = sorted(max(0.01, rng.gauss(0.04 + 0.02 * load, 0.005)) for _ in range(n))
+    dur = [t + 64 * p for t, p in zip(ttft, tpot)]
+    errors = 1 if rng.random() < 0.02 else 0
+    return {
+        schema.REQUEST_DURATION: schema.summarize(dur),
+        schema.TTFT: schema.summarize(ttft),
+        schema.TPOT: schema.summarize(tpot),
+        schema.DECODE_RATE: schema.summarize([1.0 / p for p in tpot]),
+        schema.TOKEN_USAGE: {"input": n * rng.randint(20, 200), "output": n * 64},
+        schema.ERRORS: {"total": errors, "by_type": {"GenerationError": errors} if errors else {}},
+        schema.CPU: round(min(1.0, 0.2 + 0.7 * load + rng.random() * 0.05), 4),
+        schema.MEMORY_USAGE: int(1.5e9 + 5e8 * load),
+        schema.MEMORY_UTIL: round(0.35 + 0.1 * load, 4),
+        schema.PROCESS_MEMORY: int(4.2e8),
+        schema.TEMPERATURE: round(45 + 25 * load + rng.random(), 1),
+    }
+
+
+def _resource(i: int) -> dict[str, Any]:
+    return {"service.name": "edgeslm-simulator", "edgeslm.version": __version__, "host.name": f"sim-host-{i}",
+            "edgeslm.bundle.id": "smollm2-135m-int8" if i % 4 else "smollm2-360m-int8",
+            "edgeslm.bundle.sha256": ("a1" if i % 4 else "b2") * 32, "edgeslm.runtime": "onnx",
+            "edgeslm.runtime.version": "1.20.1"}
+
+
+def _run_connection(cfg: SimConfig, indices: list[int], conn_no: int, stop: threading.Event) -> SimResult:
+    res = SimResult()
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def on_publish(client, userdata, mid, reason_code, properties=None):
+        with lock:
+            if reason_ok(reason_code):
+                res.acked += 1
+            else:
+                res.refused += 1
+            if res.acked + res.refused >= res.sent and finished[0]:
+                done.set()
+
+    finished = [False]
+    client = make_client(cfg.broker, client_id=f"edgeslm-sim-{cfg.fleet}-{cfg.first_device}-{conn_no}-{time.time_ns()}",
+                         max_inflight=cfg.inflight)
+    client.on_publish = on_publish
+    connect(client, cfg.broker, clean_start=True, wait=True)
+    client.loop_start()
+    rng = random.Random(cfg.seed * 100003 + indices[0])
+    ids = [device_id(cfg, i) for i in indices]
+    t0 = time.monotonic()
+    try:
+        if cfg.status:
+            for i, dev in zip(indices, ids):
+                client.publish(topics.topic(cfg.fleet, dev, "status"), schema.encode(schema.status_body(
+                    cfg.fleet, dev, time.time(), True, "connected", _resource(i))), qos=1, retain=True)
+        interval = 1.0 / cfg.rate if cfg.rate > 0 else 0.0
+        templates = {i: _resource(i) for i in indices}
+        tick = 0
+        while not stop.is_set():
+            if cfg.messages is not None and tick >= cfg.messages:
+                break
+            if cfg.duration_s is not None and time.monotonic() - t0 >= cfg.duration_s:
+                break
+            now = time.time()
+            load = 0.5 + 0.5 * ((tick // 30) % 2)  # alternate calm and busy phases
+            for i, dev in zip(indices, ids):
+                body = schema.telemetry_body(cfg.fleet, dev, cfg.start_seq + tick, now, interval or 1.0,
+                                             fake_metrics(rng, load * (0.6 + 0.4 * (i % 5) / 4)), templates[i],
+                                             {"buffered": 0, "dropped": 0, "rejected": 0})
+                while True:
+                    info = client.publish(topics.topic(cfg.fleet, dev, "telemetry"), schema.encode(body), qos=1)
+                    if info.rc == 0:
+                        break
+                    time.sleep(0.001)  # paho queue full: let the network thread drain
+                with lock:
+                    res.sent += 1
+            tick += 1
+            if interval:
+                delay = t0 + tick * interval - time.monotonic()
+                if delay > 0:
+                    stop.wait(delay)
+        if cfg.status:
+            for i, dev in zip(indices, ids):
+                client.publish(topics.topic(cfg.fleet, dev, "status"), schema.encode(schema.status_body(
+                    cfg.fleet, dev, time.time(), False, "shutdown", _resource(i))), qos=1, retain=True)
+        with lock:
+            finished[0] = True
+            if cfg.status:
+                res.sent += 2 * len(ids)
+            if res.acked + res.refused >= res.sent:
+                done.set()
+        done.wait(timeout=60)
+    finally:
+        res.elapsed_s = time.monotonic() - t0
+        client.disconnect()
+        client.loop_stop()
+    if cfg.status:  # report telemetry only
+        res.sent -= 2 * len(ids)
+        res.acked = max(0, res.acked - 2 * len(ids))
+    return res
+
+
+def _run_process(cfg: SimConfig, stop: threading.Event | None = None) -> SimResult:
+    stop = stop or threading.Event()
+    indices = list(range(cfg.first_device, cfg.first_device + cfg.devices))
+    groups = [indices[k::cfg.connections] for k in range(cfg.connections) if indices[k::cfg.connections]]
+    results: list[SimResult] = [SimResult() for _ in groups]
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            results[k] = _run_connection(cfg, groups[k], k, stop)
+        except BaseException as exc:  # reported after join
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(len(groups))]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(timeout=0.2)
+    except KeyboardInterrupt:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    if errors:
+        raise TelemetryError(f"simulator could not publish to {cfg.broker.url}: {errors[0]}")
+    total = SimResult()
+    for r in results:
+        total = total.merge(r)
+    return total
+
+
+def simulate(cfg: SimConfig, stop: threading.Event | None = None) -> SimResult:
+    """Run the simulation and return what was sent and acknowledged (all processes summed)."""
+    if cfg.processes == 1:
+        return _run_process(cfg, stop)
+    per = [cfg.devices // cfg.processes + (1 if k < cfg.devices % cfg.processes else 0) for k in range(cfg.processes)]
+    parts, start = [], cfg.first_device
+    for k, n in enumerate(per):
+        if n:
+            parts.append(replace(cfg, devices=n, first_device=start, processes=1, seed=cfg.seed + k))
+            start += n
+    total = SimResult()
+    with ProcessPoolExecutor(max_workers=len(parts)) as pool:
+        for r in pool.map(_run_process, parts):
+            total = total.merge(r)
+    return total

@@ -1,0 +1,59 @@
+"""PostgreSQL store (psycopg 3): for fleets one SQLite file cannot take, or many collectors.
+
+Telemetry rows arrive by ``COPY`` into a temporary staging table and move with one
+``INSERT ... SELECT ... ON CONFLICT DO NOTHING``: COPY is several times faster than
+row-by-row inserts (FINDINGS: ~65-100k rows/s) and the ON CONFLICT keeps it idempotent on
+(fleet, device, seq) when the broker redelivers. ``schema=`` isolates a deployment (and tests).
+"""
+
+from __future__ import annotations
+
+import re
+
+from ...errors import TelemetryError
+from .base import TELEMETRY_COLUMNS
+from .sql import DDL, SQLStore
+
+
+class PostgresStore(SQLStore):
+    mark = "%s"
+
+    def __init__(self, dsn: str, schema: str | None = None):
+        try:
+            import psycopg
+        except ImportError:
+            raise TelemetryError("PostgreSQL needs psycopg: pip install 'edgeslm[postgres]'") from None
+        if schema is not None and not re.match(r"^[a-z_][a-z0-9_]{0,62}$", schema):
+            raise TelemetryError(f"schema name {schema!r} must be lower-case letters, digits and _")
+        self.dsn = dsn
+        try:
+            self.conn = psycopg.connect(dsn)
+            with self.conn.cursor() as cur:
+                if schema:
+                    cur.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+                    cur.execute(f"SET search_path TO {schema}")
+                for stmt in DDL.format(real="DOUBLE PRECISION", blob="BYTEA", serial="BIGSERIAL PRIMARY KEY").split(";"):
+                    if stmt.strip():
+                        cur.execute(stmt)
+            self.conn.commit()
+        except psycopg.Error as exc:
+            raise TelemetryError(f"cannot open the PostgreSQL store {_redact(dsn)}: {str(exc).strip()}") from exc
+        self._statements = self._sql()
+
+    def _insert_telemetry(self, cur, rows: list[tuple]) -> int:
+        if not rows:
+            return 0
+        cols = ", ".join(TELEMETRY_COLUMNS)
+        cur.execute("CREATE TEMP TABLE IF NOT EXISTS telemetry_stage (LIKE telemetry INCLUDING DEFAULTS) "
+                    "ON COMMIT DELETE ROWS")
+        with cur.copy(f"COPY telemetry_stage ({cols}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        # DISTINCT ON: a batch may itself hold a redelivered duplicate
+        cur.execute(f"INSERT INTO telemetry ({cols}) SELECT DISTINCT ON (fleet, device, seq) {cols} "
+                    "FROM telemetry_stage ON CONFLICT (fleet, device, seq) DO NOTHING")
+        return max(cur.rowcount, 0)
+
+
+def _redact(dsn: str) -> str:
+    return re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", dsn)
