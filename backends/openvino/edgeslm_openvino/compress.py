@@ -66,10 +66,13 @@ def compress(model, precision: str, cfg: CompressionConfig):
             asked["mode"] = asked.pop("int4_mode")
         else:
             raise ExportError(f"no compression for precision '{precision}'")
-    except (ValueError, RuntimeError) as exc:
+    except ExportError:
+        raise
+    except Exception as exc:  # nncf's own errors (InvalidGroupSizeError ...) derive from Exception
         # e.g. "Failed to apply group-wise quantization with group size value 128": name the fix
-        raise ExportError(f"NNCF {precision} compression failed: {exc}; try another group_size "
-                          f"or group_size_fallback='adjust'") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"NNCF {precision} compression failed: {first} Try a group_size that divides "
+                          f"the layer widths, or group_size_fallback='adjust'.") from exc
     return out, {"library": "nncf", "nncf_version": nncf.__version__, **asked, **describe(out)}
 
 
