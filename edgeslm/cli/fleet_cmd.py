@@ -84,14 +84,14 @@ def status_command(db, fleet_id, listen, stale_after, broker, as_json):
         emit_json({"devices": [dict(r.to_dict(), state=online_text(r, stale_after)) for r in rows],
                    "dead_letters": dead})
         return
-    from rich.console import Console
+    from ..telemetry.views import console
 
     if not rows:
         click.echo("no devices seen" + (f" in fleet {fleet_id}" if fleet_id else "") +
                    (" (is a collector writing to this store?)" if db else f" on {broker.url} in {listen:g} s"))
         return
     online = sum(1 for r in rows if r.online)
-    Console().print(status_table(rows, stale_after, title=f"{len(rows)} devices, {online} online"))
+    console().print(status_table(rows, stale_after, title=f"{len(rows)} devices, {online} online"))
     if dead:
         click.echo("dead letters: " + ", ".join(f"{k} {v}" for k, v in sorted(dead.items())), err=True)
 
@@ -122,9 +122,9 @@ def device_command(device, db, fleet_id, limit, as_json):
     if as_json:
         emit_json({"device": device, "telemetry": rows, "events": events})
         return
-    from rich.console import Console
+    from ..telemetry.views import console
 
-    Console().print(history_table(rows, title=f"{device}: newest {len(rows)} intervals"))
+    console().print(history_table(rows, title=f"{device}: newest {len(rows)} intervals"))
     for e in events:
         click.echo(event_line(e))
 

@@ -192,10 +192,17 @@ class Agent:
                 pass
         client.disconnect()
         client.loop_stop()
+        self._connected.clear()
+        self._final_stats = self.stats()
         self.queue.close()
         self._thread = None
 
+    _final_stats: dict[str, Any] | None = None
+
     def stats(self) -> dict[str, Any]:
+        """connected, buffered, acked, dropped, rejected, last_seq (kept after :meth:`stop`)."""
+        if self._final_stats is not None:
+            return dict(self._final_stats)
         return {"connected": self._connected.is_set(), "buffered": len(self.queue), "acked": self.acked,
                 "dropped": self.queue.dropped, "rejected": self.rejected, "last_seq": self.queue.last_seq}
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import EdgeSLMError, TelemetryError
 
-_GEN_KEYS = {"max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop"}
+_GEN_KEYS = {"max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop", "stop_on_eos"}
 MAX_BODY = 1 << 20
 
 

@@ -76,3 +76,12 @@ def history_table(rows: list[dict[str, Any]], title: str | None = None):
 def event_line(e: dict[str, Any]) -> str:
     when = time.strftime("%H:%M:%S", time.localtime(e["ts"]))
     return f"{when} {e['severity']:<8} {e['name']:<15} {e['fleet']}/{e['device']}: {e['message']}"
+
+
+def console():
+    """A rich Console; piped output gets a wide page instead of rich's 80-column default."""
+    import sys
+
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160, soft_wrap=True)

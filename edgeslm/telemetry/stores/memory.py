@@ -61,7 +61,7 @@ class MemoryStore(Store):
         with self._lock:
             rows = [{k: v for k, v in r.items() if k != "payload"} for (f, d, _), r in self.telemetry.items()
                     if d == device and (not fleet or f == fleet)]
-        return sorted(rows, key=lambda r: (r["ts"], r["seq"]), reverse=True)[:limit]
+        return sorted(rows, key=lambda r: r["seq"], reverse=True)[:limit]
 
     def events(self, fleet: str | None = None, device: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         with self._lock:

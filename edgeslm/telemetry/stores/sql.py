@@ -121,7 +121,7 @@ class SQLStore(Store):
     def history(self, fleet: str | None, device: str, limit: int = 50) -> list[dict[str, Any]]:
         cols = TELEMETRY_COLUMNS[:-1]
         where, params = ("fleet = ? AND device = ?", (fleet, device)) if fleet else ("device = ?", (device,))
-        rows = self._query(f"SELECT {_cols(cols)} FROM telemetry WHERE {where} ORDER BY ts DESC, seq DESC LIMIT ?",
+        rows = self._query(f"SELECT {_cols(cols)} FROM telemetry WHERE {where} ORDER BY seq DESC LIMIT ?",
                            params + (int(limit),))
         return [dict(zip(cols, r)) for r in rows]
 

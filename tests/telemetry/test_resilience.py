@@ -1,0 +1,116 @@
+"""Outages: the broker restarts, the collector restarts, two collectors share the load."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from edgeslm.runtime.generator import GenerationMetrics, GenerationResult
+from edgeslm.telemetry.agent import Agent, AgentConfig
+from edgeslm.telemetry.collector import Collector, CollectorConfig
+from edgeslm.telemetry.mqtt import BrokerConfig
+from edgeslm.telemetry.simulate import SimConfig, simulate
+from edgeslm.telemetry.stores import open_store
+
+from .conftest import wait_for
+
+pytestmark = pytest.mark.mqtt
+
+
+def result(ttft: float = 0.05) -> GenerationResult:
+    return GenerationResult("x", [2, 3], "length", GenerationMetrics(4, 2, ttft, 0.01, total_s=0.1, decode_s=0.01))
+
+
+def start_collector(broker, fleet, store, client_id, group="g"):
+    col = Collector(CollectorConfig(broker=broker, fleet=fleet, group=group, client_id=client_id,
+                                    session_expiry_s=300, batch_wait_s=0.02), store).start()
+    assert col.wait_connected(10) and col.subscribe_error is None
+    return col
+
+
+def test_broker_restart_loses_and_duplicates_nothing(mosquitto_factory, fleet_id, tmp_path):
+    broker_proc = mosquitto_factory()  # persistence on, anonymous, own port
+    broker = BrokerConfig(port=broker_proc.files.port)
+    store = open_store(f"sqlite:///{tmp_path}/fleet.db")
+    col = start_collector(broker, fleet_id, store, f"c-{fleet_id}")
+    agents = [Agent(AgentConfig(fleet_id, f"dev-{i}", broker, interval_s=3600,
+                                buffer_path=tmp_path / f"buf{i}.db")).start() for i in range(3)]
+    try:
+        assert all(a.wait_connected(10) for a in agents)
+        for a in agents:
+            for _ in range(20):
+                a.record(result())
+                a.flush()
+        assert all(a.wait_drained(10) for a in agents)
+
+        broker_proc.stop()  # graceful: mosquitto saves the collector's session
+        assert wait_for(lambda: not any(a.stats()["connected"] for a in agents), 10)
+        for a in agents:  # published while the broker is down: must wait in the on-disk buffer
+            for _ in range(30):
+                a.record(result())
+                a.flush()
+        assert [a.stats()["buffered"] for a in agents] == [30, 30, 30]
+        broker_proc.start()
+
+        assert all(a.wait_drained(30) for a in agents), [a.stats() for a in agents]
+        assert wait_for(lambda: store.telemetry_count(fleet_id) == 150, 30), store.telemetry_count(fleet_id)
+    finally:
+        for a in agents:
+            a.stop()
+    wait_for(lambda: store.telemetry_count(fleet_id) == 153, 10)
+    col.stop()
+    assert store.telemetry_count(fleet_id) == 153  # 50 per device + the final flush on stop
+    for i in range(3):
+        seqs = [r["seq"] for r in store.history(fleet_id, f"dev-{i}", 1000)]
+        assert sorted(seqs) == list(range(51)), f"dev-{i} lost or doubled messages"
+    assert all(a.stats()["dropped"] == 0 for a in agents)
+
+
+def test_collector_restart_gets_what_was_published_meanwhile(system_broker, fleet_id, tmp_path):
+    store = open_store(f"sqlite:///{tmp_path}/fleet.db")
+    client_id = f"c-{fleet_id}"
+    col = start_collector(system_broker, fleet_id, store, client_id)
+    sim = SimConfig(broker=system_broker, fleet=fleet_id, devices=5, rate=0, duration_s=None, messages=10,
+                    status=False)
+    assert simulate(sim).acked == 50
+    assert wait_for(lambda: store.telemetry_count(fleet_id) == 50, 10)
+    col.stop()  # the broker keeps the session (expiry 300 s) and queues for it
+
+    later = SimConfig(broker=system_broker, fleet=fleet_id, devices=5, rate=0, duration_s=None, messages=40,
+                      start_seq=10, status=False)
+    assert simulate(later).acked == 200
+    col = start_collector(system_broker, fleet_id, store, client_id)  # same client id: same session
+    assert wait_for(lambda: store.telemetry_count(fleet_id) == 250, 15), store.telemetry_count(fleet_id)
+    col.stop()
+    end_session(system_broker, client_id)
+
+
+def end_session(broker, client_id):
+    """Connect once with a clean start and zero expiry so the test leaves no session behind."""
+    from edgeslm.telemetry.mqtt import connect, connect_properties, make_client
+
+    c = make_client(broker, client_id)
+    connect(c, broker, clean_start=True, properties=connect_properties(None), wait=True)
+    c.disconnect()
+
+
+def test_two_collectors_split_a_shared_group(system_broker, fleet_id, tmp_path):
+    db = f"sqlite:///{tmp_path}/fleet.db"
+    stores = [open_store(db), open_store(db)]  # two writers, one WAL file
+    cols = [start_collector(system_broker, fleet_id, s, f"c{i}-{fleet_id}", group=f"share-{fleet_id}")
+            for i, s in enumerate(stores)]
+    sim = SimConfig(broker=system_broker, fleet=fleet_id, devices=10, rate=0, duration_s=None, messages=60,
+                    connections=2, status=False)
+    t0 = time.monotonic()
+    assert simulate(sim).acked == 600
+    assert wait_for(lambda: stores[0].telemetry_count(fleet_id) == 600, 15), stores[0].telemetry_count(fleet_id)
+    for c in cols:
+        c.stop()
+    got = [c.stats.stored for c in cols]
+    assert min(got) > 0, f"one collector got nothing: {got}"  # the broker really split them
+    assert sum(got) == 600 and sum(c.stats.duplicates for c in cols) == 0, got  # nothing doubled
+    assert sum(c.stats.received for c in cols) == 600
+    assert time.monotonic() - t0 < 30
+    for c in cols:
+        end_session(system_broker, c.config.client_id)

@@ -1,0 +1,159 @@
+"""Broker-free tests: topics, schema validation, aggregation, the on-disk queue, stores, alerts."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from edgeslm.errors import TelemetryError
+from edgeslm.telemetry import schema, topics
+from edgeslm.telemetry.alerts import AlertEngine, AlertRules
+from edgeslm.telemetry.buffer import DiskQueue
+from edgeslm.telemetry.metrics import IntervalAggregator
+from edgeslm.telemetry.mqtt import BrokerConfig
+from edgeslm.telemetry.stores import Batch, MemoryStore, open_store
+from edgeslm.telemetry.stores.base import DeadLetter
+
+from .fakes import FakeModel
+
+
+def telemetry(fleet="f", device="d", seq=0, ts=None, **metrics):
+    body = schema.telemetry_body(fleet, device, seq, ts or time.time(), 10.0, metrics, {"edgeslm.bundle.id": "m"})
+    return schema.parse(topics.topic(fleet, device, "telemetry"), schema.encode(body))
+
+
+def status(fleet="f", device="d", online=True, ts=None):
+    body = schema.status_body(fleet, device, ts or time.time(), online, "connected" if online else "lost")
+    return schema.parse(topics.topic(fleet, device, "status"), schema.encode(body))
+
+
+def test_topics_build_parse_and_refuse_wildcards():
+    assert topics.topic("demo", "pi-01", "telemetry") == "edgeslm/v1/demo/pi-01/telemetry"
+    assert topics.parse("edgeslm/v1/demo/pi-01/status") == topics.TopicParts("demo", "pi-01", "status")
+    assert topics.shared("g", topics.fleet_filter("demo", "telemetry")) == "$share/g/edgeslm/v1/demo/+/telemetry"
+    for bad in ("a/b", "a+", "#", "", "has space"):
+        with pytest.raises(TelemetryError, match="not valid"):
+            topics.topic("demo", bad, "telemetry")
+    with pytest.raises(TelemetryError):
+        topics.parse("edgeslm/v2/demo/pi/telemetry")
+
+
+def test_summarize_nearest_rank():
+    s = schema.summarize([float(i) for i in range(1, 101)])
+    assert (s["count"], s["p50"], s["p95"], s["max"], s["sum"]) == (100, 50.0, 95.0, 100.0, 5050.0)
+    assert schema.summarize([])["count"] == 0
+
+
+@pytest.mark.parametrize("payload,reason", [
+    (b"{not json", "malformed_json"),
+    (b"[1, 2]", "malformed_json"),
+    (b'{"kind": "telemetry"}', "schema_version"),
+    (json.dumps({"schema_version": 2, "kind": "telemetry"}).encode(), "schema_version"),
+    (b"x" * (schema.MAX_PAYLOAD_BYTES + 1), "oversized"),
+])
+def test_parse_refuses_with_a_reason(payload, reason):
+    with pytest.raises(schema.MessageError) as info:
+        schema.parse("edgeslm/v1/f/d/telemetry", payload)
+    assert info.value.reason == reason
+
+
+def test_parse_refuses_spoofed_device_and_bad_fields():
+    body = schema.telemetry_body("f", "other", 0, time.time(), 1.0, {}, {})
+    with pytest.raises(schema.MessageError, match="differ from the topic"):
+        schema.parse("edgeslm/v1/f/d/telemetry", schema.encode(body))
+    body = schema.telemetry_body("f", "d", -1, time.time(), 1.0, {}, {})
+    with pytest.raises(schema.MessageError, match="seq"):
+        schema.parse("edgeslm/v1/f/d/telemetry", schema.encode(body))
+    body = schema.telemetry_body("f", "d", 0, time.time(), 1.0, {schema.TTFT: {"count": 1}}, {})
+    with pytest.raises(schema.MessageError, match=schema.TTFT):
+        schema.parse("edgeslm/v1/f/d/telemetry", schema.encode(body))
+    with pytest.raises(schema.MessageError, match="kind"):
+        schema.parse("edgeslm/v1/f/d/status", schema.encode(schema.telemetry_body("f", "d", 0, 1.0, 1.0, {}, {})))
+
+
+def test_aggregator_from_real_generations():
+    model = FakeModel(fail_on="boom")
+    agg = IntervalAggregator()
+    model.generator.listeners.append(agg.record)
+    for _ in range(5):
+        model.generate("the edge", max_new_tokens=4, stop_on_eos=False)
+    agg.record_error("GenerationError")
+    m = agg.take()
+    assert m[schema.REQUEST_DURATION]["count"] == 5
+    assert m[schema.TTFT]["p95"] > 0 and m[schema.TPOT]["count"] == 5
+    assert m[schema.TOKEN_USAGE] == {"input": 10, "output": 20}
+    assert m[schema.ERRORS] == {"total": 1, "by_type": {"GenerationError": 1}}
+    assert agg.take()[schema.REQUEST_DURATION]["count"] == 0  # a new interval starts empty
+
+
+def test_disk_queue_fifo_bound_and_persistent_seq(tmp_path):
+    path = tmp_path / "q.db"
+    q = DiskQueue(path, max_messages=3)
+    seqs = [q.put("t", lambda s: str(s).encode()) for _ in range(5)]
+    assert seqs == [0, 1, 2, 3, 4]
+    assert len(q) == 3 and q.dropped == 2  # the two oldest were dropped, and counted
+    rows = q.peek(0, 10)
+    assert [p for _, _, p in rows] == [b"2", b"3", b"4"]  # oldest first
+    q.remove([rows[0][0]])
+    q.close()
+    q = DiskQueue(path, max_messages=3)  # after a restart: same rows, same counters, seq continues
+    assert [p for _, _, p in q.peek(0, 10)] == [b"3", b"4"] and q.dropped == 2
+    assert q.put("t", lambda s: str(s).encode()) == 5
+    with pytest.raises(TelemetryError):
+        DiskQueue(tmp_path / "x.db", max_messages=0)
+
+
+@pytest.mark.parametrize("url", ["memory://", "sqlite"])
+def test_store_is_idempotent_and_keeps_newest_device_row(url, tmp_path):
+    store = open_store(f"sqlite:///{tmp_path}/f.db" if url == "sqlite" else url)
+    ttft = {"count": 3, "sum": 0.3, "p50": 0.1, "p95": 0.2, "max": 0.2}
+    first = Batch(telemetry=[telemetry(seq=1, **{schema.TTFT: ttft}), telemetry(seq=0)], status=[status()])
+    assert store.write(first) == 2
+    again = Batch(telemetry=[telemetry(seq=1), telemetry(seq=1)],
+                  dead=[DeadLetter("edgeslm/v1/f/d/telemetry", "malformed_json", "x", 3, b"{{{")])
+    assert store.write(again) == 0
+    assert store.telemetry_count("f") == 2
+    (row,) = store.devices("f")
+    assert (row.online, row.last_seq, row.model_id, row.ttft_p95_s) == (True, 1, "m", 0.2)
+    assert [r["seq"] for r in store.history("f", "d")] == [1, 0]
+    assert store.dead_letter_counts() == {"malformed_json": 1}
+    store.close()
+
+
+def test_store_urls():
+    with pytest.raises(TelemetryError, match="expected"):
+        open_store("mysql://x")
+    assert isinstance(open_store("memory://"), MemoryStore)
+
+
+def test_broker_urls():
+    cfg = BrokerConfig.from_url("mqtts://dev%201:pw@hub.example:9999")
+    assert (cfg.tls, cfg.host, cfg.port, cfg.username, cfg.password) == (True, "hub.example", 9999, "dev 1", "pw")
+    assert BrokerConfig.from_url("mqtt://h").port == 1883 and BrokerConfig.from_url("mqtts://h").port == 8883
+    assert BrokerConfig.from_url("h:1", username="u").username == "u"
+    with pytest.raises(TelemetryError, match="scheme"):
+        BrokerConfig.from_url("http://h")
+
+
+def test_alert_rules_fire_once_and_resolve():
+    rules = AlertRules(offline_after_s=5, ttft_p95_slo_s=0.3, error_rate=0.2, min_requests=5, temperature_c=80)
+    engine = AlertEngine(rules)
+    slow = {"count": 10, "sum": 5.0, "p50": 0.4, "p95": 0.5, "max": 0.6}
+    engine.observe(telemetry(seq=0, **{schema.TTFT: slow, schema.REQUEST_DURATION: slow,
+                                        schema.ERRORS: {"total": 5, "by_type": {}}, schema.TEMPERATURE: 85.0}), 100.0)
+    fired = engine.evaluate(101.0)
+    assert sorted(a.rule for a in fired) == ["error_rate", "latency", "temperature"]
+    assert all(a.firing and a.name == "alert.firing" for a in fired)
+    assert engine.evaluate(102.0) == []  # no repeats while still true
+    offline = engine.evaluate(106.0)
+    assert [(a.rule, a.firing) for a in offline] == [("offline", True)]
+    fast = {"count": 10, "sum": 1.0, "p50": 0.1, "p95": 0.1, "max": 0.1}
+    engine.observe(telemetry(seq=1, **{schema.TTFT: fast, schema.REQUEST_DURATION: fast,
+                                        schema.ERRORS: {"total": 0, "by_type": {}}, schema.TEMPERATURE: 50.0}), 107.0)
+    resolved = engine.evaluate(107.5)
+    assert sorted((a.rule, a.firing) for a in resolved) == [("error_rate", False), ("latency", False),
+                                                             ("offline", False), ("temperature", False)]
+    engine.observe(status(online=False), 110.0)
+    assert engine.evaluate(114.0) == [] and engine.evaluate(115.5)[0].rule == "offline"
