@@ -1,0 +1,77 @@
+"""A ModelSpec without loading the model: from GGUF metadata, config.json, or a bundle manifest.
+
+`edgeslm fit` needs only shapes, so it never imports torch: a GGUF header is read with the
+``gguf`` package (the vocabulary arrays are skipped), a Hugging Face folder's config.json is
+plain JSON, and a bundle's manifest already holds its spec.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelLoadError
+from ..spec import ModelSpec
+
+
+def read_spec(model: Any) -> ModelSpec:
+    """``model``: a built-in name, a .gguf file, an HF folder, a bundle folder, or a SourceModel."""
+    if hasattr(model, "spec") and isinstance(model.spec, ModelSpec):
+        return model.spec
+    from ..sources import resolve_model_path
+
+    name, path = resolve_model_path(model)
+    if path.is_dir():
+        if (path / "manifest.json").is_file():
+            from ..bundle import Bundle
+
+            return Bundle.open(path, verify=False).spec
+        return _spec_from_config_json(path, name)
+    return _spec_from_gguf(path, name)
+
+
+def _spec_from_config_json(folder: Path, name: str) -> ModelSpec:
+    cfg_file = folder / "config.json"
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{folder}: not a Hugging Face model folder ({cfg_file}: {exc})") from exc
+    cfg = cfg.get("text_config", cfg)  # multimodal configs nest the language model's
+    try:
+        heads = cfg["num_attention_heads"]
+        return ModelSpec(
+            architecture=cfg.get("model_type", "?"), vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
+            num_layers=cfg["num_hidden_layers"], num_heads=heads,
+            num_kv_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+            intermediate_size=cfg["intermediate_size"], context_length=cfg.get("max_position_embeddings", 2048),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)), name=name)
+    except KeyError as exc:
+        raise ModelLoadError(f"{cfg_file}: missing {exc} needed to size the model") from exc
+
+
+def _spec_from_gguf(path: Path, name: str) -> ModelSpec:
+    from ..sources.gguf import read_gguf_metadata
+
+    meta, reader = read_gguf_metadata(path)
+    arch = meta.get("general.architecture", "?")
+
+    def field(key: str, default: Any = None) -> Any:
+        value = meta.get(f"{arch}.{key}", default)
+        if value is None:
+            raise ModelLoadError(f"{path}: GGUF metadata lacks '{arch}.{key}', needed to size the model")
+        return value
+
+    heads = int(field("attention.head_count"))
+    hidden = int(field("embedding_length"))
+    vocab = meta.get(f"{arch}.vocab_size") or meta.get("tokenizer.ggml.tokens")
+    tensor_names = {t.name for t in reader.tensors}
+    return ModelSpec(
+        architecture=arch, vocab_size=int(field("vocab_size", vocab)), hidden_size=hidden,
+        num_layers=int(field("block_count")), num_heads=heads,
+        num_kv_heads=int(field("attention.head_count_kv", heads)),
+        head_dim=int(field("attention.key_length", hidden // heads)),
+        intermediate_size=int(field("feed_forward_length")), context_length=int(field("context_length", 2048)),
+        tie_word_embeddings="output.weight" not in tensor_names,  # llama.cpp omits the head when tied
+        name=name)

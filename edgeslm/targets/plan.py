@@ -1,0 +1,148 @@
+"""Pick format, precision and context for a target, then export, verify and sign.
+
+Choice, in the target's order of preference::
+
+    for each format the target lists:
+        exporter not installed -> stop and name the extra, or (with allow_fallback) try the next format
+        precisions = the target's list for it, intersected with what the exporter writes
+        first precision whose forecast fits -> chosen;   none fits -> DoesNotFitError with the figures
+
+Every departure from the target's first choice is recorded as a note, printed and kept in the
+bundle's manifest, so nobody has to guess why a bundle is fp32 when the target prefers int8.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ..errors import BackendNotInstalledError, BundleError, TargetError
+from ..spec import ModelSpec
+from .fit import Forecast, forecast, largest_context, refuse
+from .profile import TargetProfile
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    target: TargetProfile
+    format: str
+    precision: str
+    context: int  # tokens of KV cache the bundle declares
+    forecast: Forecast  # at that context
+    largest_context: int  # longest context that would still fit at this precision
+    notes: tuple[str, ...]  # why this differs from the target's first choice, if it does
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """Extra manifest fields (documented in docs/bundle.md)."""
+        t = self.target
+        return {
+            "target_profile": {"name": t.name, "title": t.title, "source": t.source, "sha256": t.sha256,
+                               "schema_version": 1},
+            "forecast": {**self.forecast.to_dict(), "largest_context": self.largest_context,
+                         "notes": list(self.notes)},
+        }
+
+
+def installed_exporters() -> dict[str, tuple[str, ...]]:
+    """{format: precisions its installed exporter writes}; exporters whose runtime is missing are left out."""
+    from ..plugins import EXPORTERS, available, get_exporter
+
+    out = {}
+    for name in available(EXPORTERS):
+        try:
+            out[name] = tuple(get_exporter(name).precisions)
+        except BackendNotInstalledError:
+            continue
+    return out
+
+
+def plan_export(spec: ModelSpec, target: TargetProfile, *, format: str | None = None, precision: str | None = None,
+                context: int | None = None, allow_fallback: bool = False,
+                exporters: Mapping[str, tuple[str, ...]] | None = None) -> ExportPlan:
+    """Choose what to export for ``target`` (see the module docstring); raises when nothing can be chosen."""
+    exporters = installed_exporters() if exporters is None else exporters
+    ctx = context or min(target.runtime.default_context, spec.context_length)
+    if ctx > spec.context_length:
+        raise TargetError(f"--context-length {ctx} exceeds the model's own context ({spec.context_length})")
+    formats = list(target.formats)
+    if format is not None:
+        formats = [f for f in formats if f.name == format]
+        if not formats:
+            raise TargetError(f"{target.name} does not run '{format}' bundles; it runs "
+                              f"{', '.join(f.name for f in target.formats)}")
+    notes: list[str] = []
+    for i, fs in enumerate(formats):
+        later = [f.name for f in formats[i + 1:]]
+        if fs.name not in exporters:
+            why = (f"{target.name} prefers {fs.name}, but no {fs.name} exporter is installed "
+                   f"(pip install 'edgeslm[{fs.name}]')")
+            if not allow_fallback or not later:
+                tail = f"; or pass --allow-fallback to use {later[0]}" if later else ""
+                raise BackendNotInstalledError(why + tail)
+            notes.append(f"{why}; falling back to {later[0]}")
+            continue
+        wanted = fs.precisions
+        if precision is not None:
+            if precision not in fs.precisions:
+                raise TargetError(f"{target.name} does not run {fs.name} {precision}; it runs "
+                                  f"{', '.join(fs.precisions)}")
+            wanted = (precision,)
+        usable = [p for p in wanted if p in exporters[fs.name]]
+        if not usable:
+            why = (f"the installed {fs.name} exporter writes {', '.join(exporters[fs.name])}, but {target.name} "
+                   f"runs {fs.name} as {', '.join(wanted)}")
+            if not allow_fallback or not later:
+                tail = f"; or pass --allow-fallback to use {later[0]}" if later else ""
+                raise BackendNotInstalledError(why + tail)
+            notes.append(f"{why}; falling back to {later[0]}")
+            continue
+        if usable[0] != wanted[0]:
+            skipped = [p for p in wanted[:wanted.index(usable[0])]]
+            notes.append(f"{target.name} prefers {fs.name} {skipped[0]}, but the installed {fs.name} exporter "
+                         f"writes only {', '.join(exporters[fs.name])}; using {usable[0]}, the best one available")
+        tried = []
+        for p in usable:
+            f = forecast(spec, target, fs.name, p, ctx)
+            if f.fits:
+                if tried:
+                    notes.append(f"{fs.name} {tried[0].precision} does not fit at {ctx} tokens; using {p}")
+                return ExportPlan(target=target, format=fs.name, precision=p, context=ctx, forecast=f,
+                                  largest_context=largest_context(spec, target, fs.name, p), notes=tuple(notes))
+            tried.append(f)
+        raise refuse(spec, target, tried[-1])
+    raise TargetError(f"{target.name}: no format to export to")  # pragma: no cover - formats is never empty
+
+
+def export_for_target(model: Any, out_dir: str | Path, target: str | TargetProfile, *, format: str | None = None,
+                      precision: str | None = None, context_length: int | None = None, allow_fallback: bool = False,
+                      sign_key: str | Path | None = None, parity: bool = True, parity_tokens: int = 32,
+                      overwrite: bool = False, steps=None, echo: Callable[[str], None] = lambda s: None):
+    """Plan, forecast, export with the backend plugin (parity checked), record target and forecast in
+    the manifest, then sign with ``sign_key`` and verify the signature. Returns (Bundle, ExportPlan)."""
+    from ..exporting import export_model
+    from ..progress import NULL_STEPS
+    from .catalog import load_target
+    from .fit import summary_line
+    from .modelspec import read_spec
+
+    profile = load_target(target)
+    spec = read_spec(model)
+    plan = plan_export(spec, profile, format=format, precision=precision, context=context_length,
+                       allow_fallback=allow_fallback)
+    for note in plan.notes:
+        echo(f"note: {note}")
+    echo(f"target {profile.name}: {summary_line(plan.forecast)}; largest context that fits: {plan.largest_context}")
+    bundle = export_model(model, out_dir, format=plan.format, precision=plan.precision, context_length=plan.context,
+                          target=profile.name, parity=parity, parity_tokens=parity_tokens, overwrite=overwrite,
+                          steps=steps or NULL_STEPS, extra_manifest=plan.manifest_fields())
+    if sign_key is not None:
+        from ..bundle.signing import load_private_key, sign_bundle, verify_bundle_signature
+
+        key = load_private_key(sign_key)
+        kid = sign_bundle(bundle.path, key)
+        verify_bundle_signature(bundle.path, [key.public_key()])
+        echo(f"signed with key {kid}")
+    if bundle.manifest.get("context_length") != plan.context:  # pragma: no cover - export_model caps it
+        raise BundleError(f"{bundle.path}: context {bundle.manifest.get('context_length')} differs from the plan")
+    return bundle, plan

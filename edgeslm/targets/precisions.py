@@ -1,0 +1,65 @@
+"""What one weight costs in bytes at each precision, and what the activations/KV cache cost.
+
+The fit forecast sizes a model from these figures alone (no converter needed). Quantized
+precisions carry their scales: a forecast that ignores them is a few percent short, which
+is exactly the margin that decides whether a model fits a microcontroller.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class PrecisionCost:
+    bits: int  # bits per stored weight
+    # Weights sharing one scale. None = one scale per output channel; we use the hidden size
+    # as the row length, the common case for a decoder's matrices (down_proj rows are longer,
+    # so this over-counts scales slightly: the safe side).
+    group: int | None
+    scale_bytes: float  # bytes per group: scale (+ zero point)
+    act_bytes: int  # bytes per activation and per KV-cache value at run time
+    note: str
+
+
+PRECISIONS: dict[str, PrecisionCost] = {
+    "fp32": PrecisionCost(32, None, 0.0, 4, "float32 weights and activations"),
+    "fp16": PrecisionCost(16, None, 0.0, 2, "float16 weights, activations and KV cache"),
+    "bf16": PrecisionCost(16, None, 0.0, 2, "bfloat16 weights, activations and KV cache"),
+    # Weight-only / dynamic int8: per-channel fp32 scales; activations and KV stay float32.
+    "int8": PrecisionCost(8, None, 4.0, 4, "int8 weights, per-channel fp32 scales, fp32 activations"),
+    "weight-only-int8": PrecisionCost(8, None, 4.0, 4, "LiteRT weight-only int8, fp32 activations"),
+    "dynamic-int8": PrecisionCost(8, None, 4.0, 4, "LiteRT dynamic-range int8, fp32 activations"),
+    # Full int8 (TFLite Micro): activations and KV are int8 too.
+    "full-int8": PrecisionCost(8, None, 4.0, 1, "int8 weights and activations (MCUs)"),
+    # Block-wise 4-bit (MatMulNBits, NNCF, Core ML): block 32, fp16 scale + 4-bit zero point.
+    "int4": PrecisionCost(4, 32, 2.5, 4, "4-bit weights, block 32 with fp16 scale and 4-bit zero point"),
+}
+
+
+#: bytes per activation / KV value when a target says how a format computes (``compute = "fp16"``)
+COMPUTE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
+
+
+def act_bytes(precision: str, compute: str = "") -> int:
+    """Bytes per activation and KV value: the format's compute type if the target names one."""
+    return COMPUTE_BYTES[compute] if compute else PRECISIONS[precision].act_bytes
+
+
+def bytes_per_weight(spec: ModelSpec, precision: str) -> float:
+    c = PRECISIONS[precision]
+    group = c.group or spec.hidden_size
+    return c.bits / 8 + c.scale_bytes / group
+
+
+def weights_bytes(spec: ModelSpec, precision: str) -> int:
+    """Bytes of all parameters (tied embedding counted once) stored at ``precision``."""
+    return math.ceil(spec.num_parameters * bytes_per_weight(spec, precision))
+
+
+def kv_cache_bytes(spec: ModelSpec, precision: str, tokens: int, compute: str = "") -> int:
+    """layers x kv heads x head dim x 2 (K and V) x bytes per value x tokens."""
+    return spec.kv_cache_bytes(tokens, act_bytes(precision, compute))
