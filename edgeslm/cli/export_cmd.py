@@ -14,21 +14,37 @@ from ._common import emit_json, json_option
 @click.argument("model")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Bundle directory to write (must be empty or absent, unless --overwrite).")
-@click.option("-f", "--format", "fmt", default="onnx", show_default=True,
-              help="Bundle format: the name of an installed exporter plugin (see `edgeslm models`).")
-@click.option("-p", "--precision", default="fp32", show_default=True, help="Weight precision the exporter writes.")
+@click.option("-t", "--target", default=None,
+              help="Device target (see `edgeslm targets list`): picks format, precision and context, "
+                   "and refuses a model that cannot fit.")
+@click.option("-f", "--format", "fmt", default=None,
+              help="Bundle format: an installed exporter plugin [default: the target's choice, else onnx].")
+@click.option("-p", "--precision", default=None,
+              help="Weight precision [default: the target's best that the exporter writes, else fp32].")
 @click.option("--context-length", type=int, default=None,
-              help="Longest prompt + output the bundle accepts [default: min(2048, model's)].")
+              help="Longest prompt + output the bundle accepts [default: the target's default context, "
+                   "else min(2048, model's)].")
+@click.option("--allow-fallback", is_flag=True,
+              help="With --target: when the target's preferred format has no installed exporter, use the next "
+                   "format it runs instead of stopping.")
+@click.option("--sign", "sign_key", default=None, type=click.Path(path_type=Path),
+              help="Private key (from `edgeslm keys generate`): sign the bundle and verify the signature.")
 @click.option("--parity-tokens", type=int, default=32, show_default=True,
               help="Greedy tokens per parity prompt compared against the source.")
 @click.option("--no-parity", is_flag=True, help="Skip the parity check (the manifest then records none).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle directory.")
 @json_option
-def export_command(model, out_dir, fmt, precision, context_length, parity_tokens, no_parity, overwrite, as_json):
+def export_command(model, out_dir, target, fmt, precision, context_length, allow_fallback, sign_key, parity_tokens,
+                   no_parity, overwrite, as_json):
     """Export MODEL into a verified bundle.
 
     MODEL is a built-in name (smollm2-135m), a .gguf file, or a Hugging Face folder
     (config.json + *.safetensors + tokenizer.json).
+
+    \b
+    With --target, the device's profile chooses format, precision and context length;
+    the fit forecast runs first and refuses, with the byte figures, a model that cannot
+    fit. Target and forecast are recorded in the manifest.
 
     \b
     The export runs the source model and the exported one on fixed prompts and records
@@ -36,15 +52,40 @@ def export_command(model, out_dir, fmt, precision, context_length, parity_tokens
     manifest; an fp32 export that disagrees with its source fails.
 
     \b
-    Example:
+    Examples:
+      edgeslm export smollm2-135m --target raspberry-pi-5 -o out/smollm2-pi5
+      edgeslm keys generate release
+      edgeslm export smollm2-135m --target x86-64-generic --sign release.key -o out/smollm2-x86
       edgeslm export smollm2-135m --format onnx -o out/smollm2-onnx
     """
-    from ..exporting import export_model
     from ..progress import Steps
 
-    bundle = export_model(model, out_dir, format=fmt, precision=precision, context_length=context_length,
-                          parity=not no_parity, parity_tokens=parity_tokens, overwrite=overwrite,
-                          steps=Steps(enabled=True))
+    steps = Steps(enabled=True)
+    if target is not None:
+        from ..targets.plan import export_for_target
+
+        # Progress and notes go to stderr so --json output stays parseable.
+        bundle, _ = export_for_target(model, out_dir, target, format=fmt, precision=precision,
+                                      context_length=context_length, allow_fallback=allow_fallback,
+                                      sign_key=sign_key, parity=not no_parity, parity_tokens=parity_tokens,
+                                      overwrite=overwrite, steps=steps, echo=lambda s: click.echo(s, err=True))
+    else:
+        if allow_fallback:
+            raise click.UsageError("--allow-fallback needs --target")
+        from ..exporting import export_model
+
+        bundle = export_model(model, out_dir, format=fmt or "onnx", precision=precision or "fp32",
+                              context_length=context_length, parity=not no_parity, parity_tokens=parity_tokens,
+                              overwrite=overwrite, steps=steps)
+        if sign_key is not None:
+            from ..bundle import Bundle
+            from ..bundle.signing import load_private_key, sign_bundle, verify_bundle_signature
+
+            key = load_private_key(sign_key)
+            kid = sign_bundle(bundle.path, key)
+            verify_bundle_signature(bundle.path, [key.public_key()])
+            click.echo(f"signed with key {kid}", err=True)
+            bundle = Bundle.open(bundle.path, verify=False)
     if as_json:
         emit_json(bundle.manifest)
         return
