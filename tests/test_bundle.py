@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 import edgeslm
-from conftest import requires_export
+from edgeslm.testing import requires_export
 from edgeslm.bundle import Bundle
 from edgeslm.errors import BundleError, BundleIntegrityError, SchemaVersionError
 

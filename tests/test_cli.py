@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import requires_export
+from edgeslm.testing import requires_export
 from edgeslm.cli import main
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 import edgeslm
-from conftest import requires_export, requires_smollm2
+from edgeslm.testing import requires_export, requires_smollm2
 
 pytestmark = [pytest.mark.slow, requires_export, requires_smollm2]
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import requires_export
+from edgeslm.testing import requires_export
 from edgeslm.errors import ModelLoadError, UnknownModelError, UnsupportedArchitectureError
 from edgeslm.sources import load_source, resolve_model_path
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import edgeslm
-from conftest import requires_export
+from edgeslm.testing import requires_export
 from edgeslm.bundle import Bundle
 
 pytestmark = requires_export
