@@ -65,6 +65,8 @@ class CollectorStats:
     batches: int = 0
     store_errors: int = 0  # failed commits (retried; nothing acknowledged until one succeeds)
     alerts: int = 0
+    first_at: float | None = None  # wall time the first message was taken for a batch
+    last_commit_at: float | None = None  # wall time of the newest commit (throughput = received / span)
 
 
 class Collector:
@@ -189,6 +191,8 @@ class Collector:
     def _commit(self, items: list[tuple]) -> None:
         batch = Batch()
         now = time.time()
+        if self.stats.first_at is None:
+            self.stats.first_at = now
         for topic, payload, _, _ in items:
             if not payload and topic.endswith("/status"):
                 continue  # an empty retained message clears a device's status: not an error
@@ -215,6 +219,7 @@ class Collector:
         s = self.stats
         s.received += len(items)
         s.batches += 1
+        s.last_commit_at = time.time()
         s.stored += new
         s.duplicates += len(batch.telemetry) - new
         s.status += len(batch.status)

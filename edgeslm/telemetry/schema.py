@@ -125,7 +125,7 @@ def parse(topic_name: str, payload: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -
     except TelemetryError as exc:
         raise MessageError("topic", str(exc)) from None
     try:
-        body = json.loads(payload)
+        body = json.loads(payload, parse_constant=_no_constants)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MessageError("malformed_json", f"not JSON ({exc})") from None
     if not isinstance(body, dict):
@@ -161,7 +161,8 @@ def _check_telemetry(msg: Message) -> None:
         summary = metrics.get(name)
         if summary is None:
             continue
-        if not isinstance(summary, dict) or not all(_number(summary.get(k)) for k in SUMMARY_KEYS):
+        # hot path (every message): exact type checks; NaN/Infinity were refused by the decoder
+        if type(summary) is not dict or not all(type(summary.get(k)) in _NUM for k in SUMMARY_KEYS):
             raise MessageError("invalid", f"metric {name} must be {{{', '.join(SUMMARY_KEYS)}}} numbers")
     for name in (CPU, MEMORY_USAGE, MEMORY_UTIL, PROCESS_MEMORY, TEMPERATURE):
         if metrics.get(name) is not None and not _number(metrics[name]):
@@ -184,5 +185,12 @@ def _check_event(msg: Message) -> None:
 _CHECKS = {"telemetry": _check_telemetry, "status": _check_status, "event": _check_event}
 
 
+_NUM = (int, float)  # exact types: bool is not a number here
+
+
 def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return type(v) in _NUM and math.isfinite(v)
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")

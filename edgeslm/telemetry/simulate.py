@@ -124,6 +124,8 @@ def _run_connection(cfg: SimConfig, indices: list[int], conn_no: int, stop: thre
                     cfg.fleet, dev, time.time(), True, "connected", _resource(i))), qos=1, retain=True)
         interval = 1.0 / cfg.rate if cfg.rate > 0 else 0.0
         templates = {i: _resource(i) for i in indices}
+        pools = {(load, k): [fake_metrics(rng, load * (0.6 + 0.4 * k / 4)) for _ in range(16)]
+                 for load in (0.5, 1.0) for k in range(5)}
         tick = 0
         while not stop.is_set():
             if cfg.messages is not None and tick >= cfg.messages:
@@ -133,8 +135,10 @@ def _run_connection(cfg: SimConfig, indices: list[int], conn_no: int, stop: thre
             now = time.time()
             load = 0.5 + 0.5 * ((tick // 30) % 2)  # alternate calm and busy phases
             for i, dev in zip(indices, ids):
+                # a pool of pre-drawn intervals per load level keeps the simulator cheap per message
+                pool = pools[(load, i % 5)]
                 body = schema.telemetry_body(cfg.fleet, dev, cfg.start_seq + tick, now, interval or 1.0,
-                                             fake_metrics(rng, load * (0.6 + 0.4 * (i % 5) / 4)), templates[i],
+                                             pool[rng.randrange(len(pool))], templates[i],
                                              {"buffered": 0, "dropped": 0, "rejected": 0})
                 while True:
                     info = client.publish(topics.topic(cfg.fleet, dev, "telemetry"), schema.encode(body), qos=1)

@@ -49,6 +49,7 @@ def test_summarize_nearest_rank():
 @pytest.mark.parametrize("payload,reason", [
     (b"{not json", "malformed_json"),
     (b"[1, 2]", "malformed_json"),
+    (b'{"schema_version": 1, "ts": NaN}', "malformed_json"),
     (b'{"kind": "telemetry"}', "schema_version"),
     (json.dumps({"schema_version": 2, "kind": "telemetry"}).encode(), "schema_version"),
     (b"x" * (schema.MAX_PAYLOAD_BYTES + 1), "oversized"),

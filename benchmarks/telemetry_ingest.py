@@ -1,0 +1,168 @@
+"""Fleet telemetry ingest benchmark: messages/s one collector and two (shared group) store.
+
+One run, two phases, each against a fresh mosquitto we start on a free loopback port
+(anonymous, no persistence, unlimited queues) unless --broker is given:
+
+  1. one collector process   <- simulated devices (publisher processes, QoS 1, as fast as possible)
+  2. two collector processes in one $share group, same load
+
+Each phase runs twice: "live" (collectors up while devices publish: the clock runs from the
+first publish, so slow publishers cap it) and "backlog drain" (devices publish while the
+collectors are away, their persistent sessions queue everything, the clock runs from the
+collectors' return: their own ceiling). The clock stops when the store holds every message; "lost" is
+messages acknowledged by the broker but missing from the store, "duplicates" rows the store
+refused as already present. Results go to stdout and benchmarks/telemetry_ingest_results.json.
+
+    python benchmarks/telemetry_ingest.py                      # 20,000 messages per phase, SQLite
+    python benchmarks/telemetry_ingest.py --messages 100000 --db postgresql://postgres@127.0.0.1/test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from edgeslm.telemetry.broker import Mosquitto, free_port, write_config
+from edgeslm.telemetry.collector import Collector, CollectorConfig
+from edgeslm.telemetry.mqtt import BrokerConfig
+from edgeslm.telemetry.simulate import SimConfig, simulate
+from edgeslm.telemetry.stores import open_store
+
+RESULTS = Path(__file__).with_name("telemetry_ingest_results.json")
+
+
+def collector_process(broker: BrokerConfig, fleet: str, db: str, client_id: str, ready, done, out) -> None:
+    store = open_store(db)
+    col = Collector(CollectorConfig(broker=broker, fleet=fleet, group="bench", client_id=client_id,
+                                    session_expiry_s=300, batch_size=5000), store).start()
+    if not col.wait_connected(15):
+        out.put({"client_id": client_id, "error": "did not connect"})
+        return
+    ready.set()
+    done.wait()
+    col.stop()
+    s = col.stats
+    out.put({"client_id": client_id, "received": s.received, "stored": s.stored, "duplicates": s.duplicates,
+             "dead": sum(s.dead.values()), "batches": s.batches, "first_at": s.first_at, "last_commit_at": s.last_commit_at})
+    store.close()
+
+
+def count(db: str, fleet: str) -> int:
+    with open_store(db) as store:
+        return store.telemetry_count(fleet)
+
+
+def start_collectors(broker, db, fleet, n, ctx):
+    done, out = ctx.Event(), ctx.Queue()
+    readies = [ctx.Event() for _ in range(n)]
+    procs = [ctx.Process(target=collector_process, args=(broker, fleet, db, f"bench-{fleet}-{k}", readies[k], done, out))
+             for k in range(n)]
+    for p in procs:
+        p.start()
+    for r in readies:
+        if not r.wait(30):
+            raise SystemExit("a collector did not come up")
+    return procs, done, out
+
+
+def stop_collectors(procs, done, out) -> list[dict]:
+    done.set()
+    stats = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+    return stats
+
+
+def wait_stored(db: str, fleet: str, expected: int, timeout: float = 180) -> int:
+    stored, deadline = 0, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stored = count(db, fleet)
+        if stored >= expected:
+            break
+        time.sleep(0.05)
+    return stored
+
+
+def phase(broker: BrokerConfig, db: str, collectors: int, devices: int, per_device: int, publishers: int,
+          backlog: bool) -> dict:
+    """``backlog``: publish everything while the collectors are away (their sessions queue it), then
+    time the drain -- the collectors' own ceiling, free of the publishers' speed."""
+    fleet = "bench-" + uuid.uuid4().hex[:8]
+    ctx = mp.get_context("spawn")
+    expected = devices * per_device
+    sim_cfg = SimConfig(broker=broker, fleet=fleet, devices=devices, rate=0, duration_s=None, messages=per_device,
+                        connections=2, processes=publishers, status=False)
+    procs, done, out = start_collectors(broker, db, fleet, collectors, ctx)  # creates the sessions
+    if backlog:
+        stop_collectors(procs, done, out)
+        t0 = time.monotonic()
+        sim = simulate(sim_cfg)
+        t_pub = time.monotonic() - t0
+        procs, done, out = start_collectors(broker, db, fleet, collectors, ctx)
+        t0 = time.monotonic()
+    else:
+        t0 = time.monotonic()
+        sim = simulate(sim_cfg)
+        t_pub = time.monotonic() - t0
+    stored = wait_stored(db, fleet, expected)
+    t_all = time.monotonic() - t0
+    stats = stop_collectors(procs, done, out)
+    if backlog:  # from the first message any collector took to the last commit: no process start-up in it
+        t_all = max(x["last_commit_at"] for x in stats) - min(x["first_at"] for x in stats)
+    return {"mode": "backlog drain" if backlog else "live", "collectors": collectors, "messages": expected,
+            "acked_by_broker": sim.acked, "stored": stored, "lost": sim.acked - stored,
+            "duplicates": sum(s.get("duplicates", 0) for s in stats),
+            "publish_msgs_per_s": round(sim.sent / t_pub, 1), "ingest_msgs_per_s": round(stored / t_all, 1),
+            "seconds": round(t_all, 2), "per_collector": stats}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--messages", type=int, default=20000, help="messages per phase")
+    ap.add_argument("--devices", type=int, default=200)
+    ap.add_argument("--publishers", type=int, default=2, help="publisher processes")
+    ap.add_argument("--broker", default=None, help="use this broker instead of starting one")
+    ap.add_argument("--db", default=None, help="store URL [default: a fresh SQLite file]")
+    ap.add_argument("--no-save", action="store_true", help="do not write the results file")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="edgeslm-bench-"))
+    db = args.db or f"sqlite:///{tmp}/fleet.db"
+    per_device = max(1, args.messages // args.devices)
+    results = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node(), "cpus": os.cpu_count(),
+               "python": sys.version.split()[0], "store": db.split(":")[0], "devices": args.devices,
+               "publisher_processes": args.publishers, "qos": 1, "phases": []}
+    broker_proc = None
+    if args.broker:
+        broker = BrokerConfig.from_url(args.broker)
+    else:
+        files = write_config(tmp / "broker", free_port(), users=None, persistence=False, max_queued=0)
+        broker_proc = Mosquitto(files).start()
+        broker = BrokerConfig(port=files.port)
+    try:
+        for backlog in (False, True):
+            for n in (1, 2):
+                r = phase(broker, db, n, args.devices, per_device, args.publishers, backlog)
+                results["phases"].append(r)
+                print(f"{r['mode']:>13}, {n} collector(s): {r['ingest_msgs_per_s']:.0f} msg/s stored "
+                      f"({r['stored']}/{r['messages']} in {r['seconds']} s; publishers {r['publish_msgs_per_s']:.0f} "
+                      f"msg/s), lost {r['lost']}, duplicates {r['duplicates']}, "
+                      f"split {[s.get('received') for s in r['per_collector']]}")
+    finally:
+        if broker_proc:
+            broker_proc.stop()
+    if not args.no_save:
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {RESULTS}")
+    return 0 if all(p["lost"] == 0 for p in results["phases"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
