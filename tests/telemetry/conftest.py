@@ -17,18 +17,10 @@ from edgeslm.telemetry import topics
 from edgeslm.telemetry.broker import Mosquitto, free_port, port_open, write_config
 from edgeslm.telemetry.mqtt import BrokerConfig, connect, make_client
 
+from .helpers import wait_for  # noqa: F401  (re-exported for fixtures)
+
 SYSTEM_BROKER = ("127.0.0.1", 1883)
 PG = ("127.0.0.1", 5432)
-
-
-def wait_for(predicate, timeout: float = 10.0, step: float = 0.02):
-    """Poll ``predicate`` until truthy or ``timeout``; returns its last value (bounded loop)."""
-    deadline = time.monotonic() + timeout
-    value = predicate()
-    while not value and time.monotonic() < deadline:
-        time.sleep(step)
-        value = predicate()
-    return value
 
 
 @pytest.fixture

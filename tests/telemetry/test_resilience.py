@@ -13,7 +13,7 @@ from edgeslm.telemetry.mqtt import BrokerConfig
 from edgeslm.telemetry.simulate import SimConfig, simulate
 from edgeslm.telemetry.stores import open_store
 
-from .conftest import wait_for
+from .helpers import wait_for
 
 pytestmark = pytest.mark.mqtt
 

@@ -13,7 +13,7 @@ from edgeslm.telemetry.collector import Collector, CollectorConfig
 from edgeslm.telemetry.serve import serve
 from edgeslm.telemetry.stores import open_store
 
-from .conftest import wait_for
+from .helpers import wait_for
 from .fakes import FakeModel
 
 pytestmark = pytest.mark.mqtt

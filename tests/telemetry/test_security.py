@@ -12,7 +12,7 @@ from edgeslm.telemetry.collector import Collector, CollectorConfig
 from edgeslm.telemetry.mqtt import BrokerConfig, connect, make_client
 from edgeslm.telemetry.stores import open_store
 
-from .conftest import wait_for
+from .helpers import wait_for
 
 pytestmark = pytest.mark.mqtt
 USERS = {"collector": "c-pw", "dev-a": "a-pw", "dev-b": "b-pw"}
