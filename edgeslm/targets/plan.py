@@ -71,12 +71,21 @@ def plan_export(spec: ModelSpec, target: TargetProfile, *, format: str | None = 
         if not formats:
             raise TargetError(f"{target.name} does not run '{format}' bundles; it runs "
                               f"{', '.join(f.name for f in target.formats)}")
+    # Fit first: a model that fits nothing the target runs is refused before any talk of installing.
+    combos = [(fs.name, p) for fs in formats for p in fs.precisions if precision in (None, p)]
+    if combos and not any(forecast(spec, target, f, p, ctx).fits for f, p in combos):
+        raise refuse(spec, target, forecast(spec, target, *combos[0], ctx))
     notes: list[str] = []
     for i, fs in enumerate(formats):
         later = [f.name for f in formats[i + 1:]]
         if fs.name not in exporters:
-            why = (f"{target.name} prefers {fs.name}, but no {fs.name} exporter is installed "
-                   f"(pip install 'edgeslm[{fs.name}]')")
+            lead = f"{target.name} prefers {fs.name}, but" if i == 0 else f"{target.name}'s next format is {fs.name};"
+            why = f"{lead} no {fs.name} exporter is installed (pip install 'edgeslm[{fs.name}]')"
+            if allow_fallback and not later:
+                names = [f.name for f in formats]
+                raise BackendNotInstalledError(
+                    f"no exporter is installed for any format {target.name} runs ({', '.join(names)}): "
+                    + "; ".join(f"pip install 'edgeslm[{n}]'" for n in names))
             if not allow_fallback or not later:
                 tail = f"; or pass --allow-fallback to use {later[0]}" if later else ""
                 raise BackendNotInstalledError(why + tail)
