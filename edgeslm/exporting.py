@@ -45,6 +45,15 @@ class Exporter(ABC):
     def export(self, source, spec: ExportSpec, out_dir: Path, steps: Steps) -> dict[str, Any]:
         """Write model files into ``out_dir``; return manifest fields (at least ``artifacts``)."""
 
+    def parity_engine(self, bundle: Bundle):
+        """The engine the parity check runs through, called after :meth:`export`.
+
+        ``None`` (the default) opens the format's registered engine on the bundle. A backend
+        whose runtime cannot predict on the export machine (Core ML off Apple platforms)
+        returns a stand-in Engine over what it converted, and says so in its manifest fields.
+        """
+        return None
+
 
 def export_model(model: str | Path | Any, out_dir: str | Path, format: str = "onnx", precision: str = "fp32",
                  context_length: int | None = None, target: str | None = None, parity: bool = True,
@@ -93,7 +102,8 @@ def export_model(model: str | Path | Any, out_dir: str | Path, format: str = "on
         write_manifest(tmp, manifest_fields)
         report = None
         if parity:
-            report = check_parity(source, tmp, exporter.min_top1_agreement.get(precision), parity_tokens, steps)
+            report = check_parity(source, tmp, exporter.min_top1_agreement.get(precision), parity_tokens, steps,
+                                  exporter=exporter)
             manifest = json.loads((tmp / MANIFEST_FILE).read_text())
             manifest["parity"] = report.to_dict()
             (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -111,14 +121,17 @@ def export_model(model: str | Path | Any, out_dir: str | Path, format: str = "on
     return Bundle.open(out_dir)
 
 
-def check_parity(source, bundle_dir: Path, min_agreement: float | None, tokens: int, steps: Steps):
+def check_parity(source, bundle_dir: Path, min_agreement: float | None, tokens: int, steps: Steps,
+                 exporter: Exporter | None = None):
     from .verify.parity import reference_run, run_parity, source_text_nll
 
     bundle = Bundle.open(bundle_dir)
     with steps.step(f"Running the source on {tokens}-token parity prompts"):
         refs = reference_run(source, new_tokens=tokens)
         text_ids, src_nll = source_text_nll(source, max_tokens=int(bundle.manifest["context_length"]))
-    engine = get_engine(bundle.format)(bundle)
+    engine = exporter.parity_engine(bundle) if exporter is not None else None
+    if engine is None:
+        engine = get_engine(bundle.format)(bundle)
     try:
         with steps.step("Comparing the export with the source"):
             return run_parity(engine, refs, text_ids, src_nll, min_agreement)
