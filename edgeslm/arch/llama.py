@@ -30,8 +30,11 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.fused = False  # see ExportLlama.use_fused_ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return nn.functional.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         var = x.pow(2).mean(-1, keepdim=True)
         return self.weight * (x * torch.rsqrt(var + self.eps))
 
@@ -50,6 +53,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(hs, self.kv * self.hd, bias=bias)
         self.v_proj = nn.Linear(hs, self.kv * self.hd, bias=bias)
         self.o_proj = nn.Linear(self.h * self.hd, hs, bias=False)
+        self.fused = False  # see ExportLlama.use_fused_ops
 
     def forward(self, x, cos, sin, mask, past_k, past_v):
         s = x.shape[1]
@@ -60,6 +64,10 @@ class Attention(nn.Module):
         k = k * cos + rotate_half(k) * sin
         k = torch.cat([past_k, k], dim=2)  # (1, kv, P+S, hd)
         v = torch.cat([past_v, v], dim=2)
+        if self.fused:
+            out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.hd ** -0.5,
+                                                             enable_gqa=True)  # (1, h, S, hd)
+            return self.o_proj(out.transpose(1, 2).reshape(1, s, self.h * self.hd)), k, v
         group = self.h // self.kv
         kk = k.repeat_interleave(group, dim=1)  # (1, h, P+S, hd)
         vv = v.repeat_interleave(group, dim=1)
@@ -134,6 +142,16 @@ class ExportLlama(nn.Module):
             present += [k, v]
         x = self.model.norm(x[:, -1, :])  # (1, hidden): only the last position's logits
         return (self.lm_head(x), *present)
+
+    def use_fused_ops(self, fused: bool = True) -> "ExportLlama":
+        """Compute attention with ``scaled_dot_product_attention`` (grouped-query, no repeated
+        K/V) and RMSNorm with ``rms_norm``. The math is the same; converters that know these ops
+        (torch.onnx at opset 23: ONNX ``Attention`` and ``RMSNormalization``) then emit one fused
+        op each instead of a dozen small ones per layer."""
+        for m in self.modules():
+            if isinstance(m, (RMSNorm, Attention)):
+                m.fused = fused
+        return self
 
     def empty_cache(self, past_len: int = 0, dtype=torch.float32) -> list[torch.Tensor]:
         shape = (1, self.spec.num_kv_heads, past_len, self.spec.head_dim)

@@ -37,6 +37,8 @@ PRECISIONS: dict[str, PrecisionCost] = {
     "full-int8": PrecisionCost(8, None, 4.0, 1, "int8 weights and activations (MCUs)"),
     # Block-wise 4-bit (MatMulNBits, NNCF, Core ML): block 32, fp16 scale + 4-bit zero point.
     "int4": PrecisionCost(4, 32, 2.5, 4, "4-bit weights, block 32 with fp16 scale and 4-bit zero point"),
+    # Core ML 4-bit palettization: 4-bit indices into a 16-entry fp16 table per tensor; computes in fp16.
+    "palettized": PrecisionCost(4, None, 0.0, 2, "4-bit palettized (Core ML), fp16 compute"),
     # A GGUF's own Q4_1 blocks carried into MatMulNBits: block 32, fp32 scale + fp32 (float) zero point.
     "int4-gguf": PrecisionCost(4, 32, 8.0, 4, "GGUF Q4_1 blocks as MatMulNBits: fp32 scale and float zero point"),
 }
