@@ -41,7 +41,20 @@ class ModelSpec:
         o = self.num_heads * self.head_dim * h
         per_layer = q + kv + o + 3 * h * i + 2 * h
         head = 0 if self.tie_word_embeddings else v * h
-        return v * h + self.num_layers * per_layer + h + head
+        dense = v * h + self.num_layers * per_layer + h + head
+        # Low-rank factorized layers (edgeslm.compress.lowrank): rank * (in + out) instead of in * out.
+        for name, rank in (self.extra.get("low_rank") or {}).items():
+            fan_in, fan_out = self.linear_shape(name)
+            dense += int(rank) * (fan_in + fan_out) - fan_in * fan_out
+        return dense
+
+    def linear_shape(self, name: str) -> tuple[int, int]:
+        """(in, out) features of a decoder linear layer named like Hugging Face's Llama."""
+        h, i = self.hidden_size, self.intermediate_size
+        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        shapes = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+                  "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        return shapes[name.rsplit(".", 1)[-1]]
 
     def kv_cache_bytes(self, tokens: int, bytes_per_value: float = 4.0) -> int:
         """Bytes of K and V for ``tokens`` positions: layers x kv heads x head dim x 2 x bytes."""

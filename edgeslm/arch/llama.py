@@ -44,6 +44,38 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+class LowRankLinear(nn.Module):
+    """A factorized linear layer ``W ~= up.weight @ down.weight`` (low-rank compression).
+
+    ``down``: (rank, in) and ``up``: (out, rank); rank * (in + out) weights instead of in * out.
+    The same class is placed inside the Hugging Face module and inside :class:`ExportLlama`,
+    so both hold the weights under identical names (``<layer>.down.weight``, ``<layer>.up.weight``).
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = False):
+        super().__init__()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.down = nn.Linear(in_features, rank, bias=False)
+        self.up = nn.Linear(rank, out_features, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))  # (..., in) -> (..., rank) -> (..., out)
+
+
+def apply_low_rank(module: nn.Module, ranks: dict[str, int]) -> nn.Module:
+    """Replace each ``nn.Linear`` named in ``ranks`` (e.g. ``model.layers.0.mlp.up_proj``) by an
+    untrained :class:`LowRankLinear` of that rank; weights are loaded afterwards."""
+    for name, rank in ranks.items():
+        parent_name, _, attr = name.rpartition(".")
+        parent = module.get_submodule(parent_name)
+        dense = getattr(parent, attr)
+        if isinstance(dense, LowRankLinear):
+            continue
+        setattr(parent, attr, LowRankLinear(dense.in_features, dense.out_features, int(rank),
+                                            bias=dense.bias is not None))
+    return module
+
+
 class Attention(nn.Module):
     def __init__(self, spec: ModelSpec, bias: bool):
         super().__init__()
@@ -65,8 +97,10 @@ class Attention(nn.Module):
         k = torch.cat([past_k, k], dim=2)  # (1, kv, P+S, hd)
         v = torch.cat([past_v, v], dim=2)
         if self.fused:
+            # enable_gqa only with real groups: torch.onnx refuses it when h == kv (plain MHA,
+            # e.g. after structured pruning leaves one query head per KV head)
             out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.hd ** -0.5,
-                                                             enable_gqa=True)  # (1, h, S, hd)
+                                                             enable_gqa=self.h > self.kv)  # (1, h, S, hd)
             return self.o_proj(out.transpose(1, 2).reshape(1, s, self.h * self.hd)), k, v
         group = self.h // self.kv
         kk = k.repeat_interleave(group, dim=1)  # (1, h, P+S, hd)
@@ -124,6 +158,8 @@ class ExportLlama(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
         inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, spec.head_dim, 2).float() / spec.head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        # spec.extra["low_rank"]: {"model.layers.0.mlp.up_proj": rank, ...} from edgeslm.compress
+        apply_low_rank(self, spec.extra.get("low_rank") or {})
 
     def forward(self, input_ids: torch.Tensor, *past: torch.Tensor):
         s = input_ids.shape[1]

@@ -1,0 +1,262 @@
+"""edgeslm compress | distill | finetune | eval
+
+Each verb loads a model, applies one technique (compress may chain several), writes the result
+as a Hugging Face folder that ``edgeslm export`` reads, and optionally exports it and/or
+writes a report (markdown + JSON) comparing source and result.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from . import cli
+from ._common import emit_json, json_option
+
+
+def _report_option(f):
+    return click.option("--report", is_flag=True,
+                        help="Measure source vs result (params, bytes, decode tok/s, top-1, KL, perplexity); "
+                             "write OUT/report.md and OUT/report.json.")(f)
+
+
+def _export_options(f):
+    f = click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path), default=None,
+                     help="Bundle directory for --export [default: OUT-FORMAT-PRECISION].")(f)
+    f = click.option("--precision", default="fp32", show_default=True,
+                     help="Export precision (quantization preset the exporter maps: int8, int4, int4-gguf ...).")(f)
+    f = click.option("--export", "export_format", default=None, metavar="FORMAT",
+                     help="Also export the result to this bundle format (onnx, openvino ...).")(f)
+    return f
+
+
+def _finish(source, result, out_dir: Path, export_format, precision, bundle_dir, report, as_json, steps):
+    """Save the result, export it if asked, write the report; print a summary."""
+    from ..compress.model import count_parameters, save_hf_folder
+
+    with steps.step(f"Saving {out_dir}"):
+        save_hf_folder(result, out_dir)
+    summary = {"output": str(out_dir), "parameters": [count_parameters(source.module), count_parameters(result.module)],
+               "compression": result.spec.extra.get("compression", [])}
+    bundle = None
+    if export_format:
+        from ..exporting import export_model
+
+        bundle = bundle_dir or out_dir.with_name(f"{out_dir.name}-{export_format}-{precision}")
+        export_model(result, bundle, format=export_format, precision=precision, overwrite=True, steps=steps)
+        summary["bundle"] = str(bundle)
+    if report:
+        from ..compress.evaluate import Evaluator
+        from ..compress.report import measure, to_markdown, write_report
+
+        with steps.step("Measuring source and result"):
+            ev = Evaluator(source)
+            rows = [measure(f"source ({source.name})", source, ev), measure("result", result, ev)]
+            if bundle is not None:
+                rows.append(measure(f"result, {export_format} {precision} bundle", str(bundle), ev))
+        write_report(rows, out_dir / "report.md", out_dir / "report.json",
+                     preamble="Measured by `edgeslm compress --report` against the source model.\n\n")
+        summary["report"] = rows
+        if not as_json:
+            click.echo(to_markdown(rows, notes=False))
+    if as_json:
+        emit_json(summary)
+    else:
+        p0, p1 = summary["parameters"]
+        click.echo(f"wrote {out_dir}: {p0:,} -> {p1:,} parameters ({p1 / p0:.1%})"
+                   + (f"; bundle {summary['bundle']}" if bundle else ""))
+
+
+def _load(model, steps):
+    from ..compress.model import load_model
+
+    with steps.step(f"Loading {model}"):
+        return load_model(model)
+
+
+@cli.command("compress")
+@click.argument("model")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for the compressed model (a Hugging Face folder `edgeslm export` reads).")
+@click.option("--prune-heads", type=float, default=0.0, show_default=True,
+              help="Structured: fraction of attention heads removed per layer.")
+@click.option("--prune-mlp", type=float, default=0.0, show_default=True,
+              help="Structured: fraction of MLP channels removed per layer.")
+@click.option("--heads-mode", type=click.Choice(["query", "kv_group"]), default="query", show_default=True,
+              help="query: remove query heads inside each KV group; kv_group: remove whole KV groups.")
+@click.option("--calibration", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Text file scoring heads/channels by activation [default: built-in text].")
+@click.option("--low-rank-energy", type=float, default=None, help="Low-rank: keep this fraction of sigma^2 per layer.")
+@click.option("--low-rank-size", type=float, default=None, help="Low-rank: keep this fraction of each layer's weights.")
+@click.option("--low-rank-targets", default="mlp", show_default=True,
+              help="Comma list: mlp, attention, or layer names (down_proj ...).")
+@click.option("--sparsity", type=float, default=0.0, show_default=True,
+              help="Unstructured magnitude pruning: fraction of linear weights zeroed (shapes unchanged).")
+@_export_options
+@_report_option
+@json_option
+def compress_command(model, out_dir, prune_heads, prune_mlp, heads_mode, calibration, low_rank_energy,
+                     low_rank_size, low_rank_targets, sparsity, export_format, precision, bundle_dir, report, as_json):
+    """Compress MODEL: structured pruning, low-rank factorization, magnitude pruning (in that
+    order, any combination), then optionally export with a quantization precision.
+
+    \b
+    Examples:
+      edgeslm compress smollm2-135m --prune-heads 0.3 --prune-mlp 0.3 -o out/pruned --report
+      edgeslm compress smollm2-135m --low-rank-energy 0.5 -o out/lowrank --export onnx
+      edgeslm compress out/pruned --sparsity 0.5 -o out/sparse --report
+    """
+    from ..progress import Steps
+
+    steps = Steps(enabled=not as_json)
+    source = _load(model, steps)
+    result = source
+    if prune_heads or prune_mlp:
+        from ..compress.data import read_text
+        from ..compress.prune import StructuredPruneConfig, structured_prune
+
+        cfg = StructuredPruneConfig(head_ratio=prune_heads, mlp_ratio=prune_mlp, heads_mode=heads_mode)
+        with steps.step("Structured pruning"):
+            result = structured_prune(result, cfg, read_text(calibration) if calibration else None)
+    if low_rank_energy is not None or low_rank_size is not None:
+        from ..compress.lowrank import LowRankConfig, low_rank_factorize
+
+        cfg = LowRankConfig(energy=low_rank_energy, size_ratio=low_rank_size,
+                            targets=tuple(t.strip() for t in low_rank_targets.split(",") if t.strip()))
+        with steps.step("Low-rank factorization"):
+            result = low_rank_factorize(result, cfg)
+    if sparsity:
+        from ..compress.prune import MagnitudePruneConfig, magnitude_prune
+
+        with steps.step(f"Magnitude pruning to {sparsity:.0%} sparsity"):
+            result = magnitude_prune(result, MagnitudePruneConfig(sparsity=sparsity))
+    if result is source and not export_format:
+        raise click.UsageError("nothing to do: give a technique (--prune-heads/--prune-mlp, --low-rank-energy, "
+                               "--sparsity) or --export with a --precision")
+    _finish(source, result, out_dir, export_format, precision, bundle_dir, report, as_json, steps)
+
+
+@cli.command("distill")
+@click.argument("teacher")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for the student (checkpoints go to OUT/checkpoints).")
+@click.option("--layers", type=int, default=4, show_default=True, help="Student layers (taken evenly from the teacher).")
+@click.option("--intermediate", type=int, default=None, help="Student MLP size [default: the teacher's].")
+@click.option("--hidden", type=int, default=None, help="Student hidden size [default: the teacher's].")
+@click.option("--heads", type=int, default=None, help="Student attention heads [default: the teacher's].")
+@click.option("--text", "text_file", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Training text [default: text the teacher generates from built-in seed prompts].")
+@click.option("--generate-tokens", type=int, default=128, show_default=True, help="Tokens per generated sample.")
+@click.option("--samples", type=int, default=2, show_default=True, help="Generated samples per seed prompt.")
+@click.option("--steps", "n_steps", type=int, default=200, show_default=True)
+@click.option("--seq-len", type=int, default=64, show_default=True)
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--lr", type=float, default=5e-4, show_default=True)
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="KD temperature.")
+@click.option("--hard-weight", type=float, default=0.0, show_default=True,
+              help="Weight of cross-entropy on the text's own next tokens (0 = pure KD).")
+@click.option("--checkpoint-every", type=int, default=50, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in OUT/checkpoints.")
+@_export_options
+@_report_option
+@json_option
+def distill_command(teacher, out_dir, layers, intermediate, hidden, heads, text_file, generate_tokens, samples,
+                    n_steps, seq_len, batch_size, lr, temperature, hard_weight, checkpoint_every, resume,
+                    export_format, precision, bundle_dir, report, as_json):
+    """Distill TEACHER into a smaller student trained on the teacher's logits (KL).
+
+    \b
+    Example (SmolLM2-135M -> ~39M student, CPU-sized):
+      edgeslm distill smollm2-135m --layers 4 --intermediate 1024 -o out/student --report
+    """
+    from ..compress.data import SEED_PROMPTS, read_text
+    from ..compress.distill import DistillConfig, StudentConfig, distill, make_student, teacher_text
+    from ..progress import Steps
+
+    steps = Steps(enabled=not as_json)
+    source = _load(teacher, steps)
+    with steps.step("Building the student from the teacher's weights"):
+        student = make_student(source, StudentConfig(layers, intermediate, hidden, heads))
+    if text_file:
+        data = [source.tokenizer.encode(read_text(text_file))]
+    else:
+        with steps.step(f"Teacher writes {samples * len(SEED_PROMPTS)} samples of {generate_tokens} tokens"):
+            data = teacher_text(source, SEED_PROMPTS, new_tokens=generate_tokens, samples=samples)
+    cfg = DistillConfig(steps=n_steps, seq_len=seq_len, batch_size=batch_size, lr=lr, temperature=temperature,
+                        hard_weight=hard_weight, checkpoint_every=checkpoint_every)
+    result = distill(source, student, data, cfg, out_dir=out_dir, resume=resume, progress=not as_json)
+    _finish(source, result, out_dir, export_format, precision, bundle_dir, report, as_json, steps)
+
+
+@cli.command("finetune")
+@click.argument("model")
+@click.option("--data", "data_file", required=True, type=click.Path(exists=True, path_type=Path),
+              help='JSONL of chat examples: {"messages": [{"role": ..., "content": ...}, ...]} per line.')
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for the merged model.")
+@click.option("--rank", type=int, default=8, show_default=True)
+@click.option("--alpha", type=int, default=16, show_default=True)
+@click.option("--steps", "n_steps", type=int, default=60, show_default=True)
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--lr", type=float, default=2e-4, show_default=True)
+@click.option("--max-len", type=int, default=256, show_default=True, help="Tokens per example.")
+@_export_options
+@_report_option
+@json_option
+def finetune_command(model, data_file, out_dir, rank, alpha, n_steps, batch_size, lr, max_len,
+                     export_format, precision, bundle_dir, report, as_json):
+    """Fine-tune MODEL with LoRA (peft) on chat examples and merge the adapters into the weights.
+
+    \b
+    Example:
+      edgeslm finetune smollm2-135m --data chats.jsonl -o out/tuned --export onnx
+    """
+    from ..compress.data import read_chat_jsonl
+    from ..compress.lora import LoraConfig, lora_finetune
+    from ..progress import Steps
+
+    steps = Steps(enabled=not as_json)
+    source = _load(model, steps)
+    examples = read_chat_jsonl(data_file)
+    cfg = LoraConfig(rank=rank, alpha=alpha, steps=n_steps, batch_size=batch_size, lr=lr, max_len=max_len)
+    result = lora_finetune(source, examples, cfg, progress=not as_json)
+    _finish(source, result, out_dir, export_format, precision, bundle_dir, report, as_json, steps)
+
+
+@cli.command("eval")
+@click.argument("model")
+@click.option("--reference", "-r", required=True, help="Reference model (name, .gguf or HF folder).")
+@click.option("--text", "text_file", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Text file for perplexity [default: the parity check's paragraph].")
+@click.option("--max-text-tokens", type=int, default=512, show_default=True)
+@click.option("--prompt", "prompts", multiple=True, help="Prompt for top-1/KL (repeatable) [default: the parity prompts].")
+@click.option("--new-tokens", type=int, default=32, show_default=True, help="Greedy reference tokens per prompt.")
+@click.option("--speed", "speed_tokens", type=int, default=0, show_default=True,
+              help="Also measure decode tok/s over this many tokens.")
+@json_option
+def eval_command(model, reference, text_file, max_text_tokens, prompts, new_tokens, speed_tokens, as_json):
+    """Evaluate MODEL (a bundle, HF folder, GGUF or name) against a reference model:
+    greedy top-1 agreement and KL on fixed prompts, perplexity on a text file.
+
+    \b
+    Example:
+      edgeslm eval out/pruned-onnx-fp32 --reference smollm2-135m --text notes.txt
+    """
+    from ..compress.data import read_text
+    from ..compress.evaluate import evaluate
+    from ..verify.parity import DEFAULT_PROMPTS
+
+    res = evaluate(model, reference, prompts=prompts or DEFAULT_PROMPTS, new_tokens=new_tokens,
+                   text=read_text(text_file) if text_file else None, max_text_tokens=max_text_tokens,
+                   speed_tokens=speed_tokens)
+    if as_json:
+        res.pop("per_prompt", None)
+        emit_json(res)
+        return
+    click.echo(f"runs on            {res['runner']}")
+    click.echo(f"top-1 agreement    {res['top1_agreement']:.1%} over {res['tokens']} tokens")
+    click.echo(f"KL (mean / max)    {res['kl_mean']:.4f} / {res['kl_max']:.4f} nats")
+    click.echo(f"perplexity         {res['perplexity_export']:.2f} (reference {res['perplexity_source']:.2f})")
+    if speed_tokens:
+        click.echo(f"decode             {res['decode_tokens_per_s']:.1f} tok/s")

@@ -1,0 +1,23 @@
+"""Compression techniques; each takes a SourceModel and returns a new SourceModel.
+
+============================  ==========================================================
+:mod:`.quant`                 QuantSpec + presets ("int8", "int4", "int4-gguf") that each
+                              backend maps to its native quantizer at export time
+:mod:`.prune`                 magnitude (unstructured) and structured (heads, MLP channels)
+:mod:`.lowrank`               SVD factorization of chosen linear layers
+:mod:`.distill`               smaller student trained on the teacher's logits
+:mod:`.lora`                  LoRA fine-tuning on chat JSONL (peft), merged into the weights
+:mod:`.evaluate`              top-1 / KL / perplexity vs a reference, via edgeslm.verify
+:mod:`.report`                the params / bytes / tok/s / quality table
+:mod:`.model`                 derive(), save_hf_folder(), load_model(): the shared contract
+============================  ==========================================================
+
+Results are standard transformers models (smaller Llamas, or Llamas with factorized linears
+listed in ``spec.extra["low_rank"]``), so ``export_model(result, ...)`` works unchanged and
+techniques compose: prune, then factorize, then fine-tune, then quantize at export.
+Heavy imports (torch, peft) happen inside the functions.
+"""
+
+from .quant import PRESETS, QuantSpec
+
+__all__ = ["PRESETS", "QuantSpec"]

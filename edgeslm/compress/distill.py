@@ -1,0 +1,243 @@
+"""Knowledge distillation: a smaller student learns the teacher's next-token distributions.
+
+The student is a standard Llama with fewer layers and/or narrower MLP, attention or hidden
+size, initialized from the teacher where shapes allow (layers picked evenly, heads, channels
+and hidden dimensions picked by importance, see :mod:`.prune`). It is trained with
+KL(teacher || student) on the teacher's logits, optionally plus cross-entropy on the text's
+own next tokens, on a text file or on text the teacher generates from seed prompts.
+CPU-sized defaults; checkpoints every N steps; ``resume=True`` continues from the last one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..sources import SourceModel
+from .model import count_parameters, derive
+from .prune import _build_like, importance_scores
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    num_layers: int = 4  # teacher layers kept, evenly spaced, first and last included
+    intermediate_size: int | None = None  # None = the teacher's
+    hidden_size: int | None = None  # None = the teacher's (then embeddings are copied exactly)
+    num_heads: int | None = None  # None = the teacher's; a multiple of its KV heads
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    steps: int = 200  # optimizer steps; a few hundred fit a CPU coffee break for ~40M students
+    seq_len: int = 64  # tokens per training window
+    batch_size: int = 4
+    lr: float = 5e-4  # AdamW, linear warm-up then cosine decay
+    warmup: int = 10
+    temperature: float = 1.0  # softens both distributions in the KL term
+    hard_weight: float = 0.0  # weight of cross-entropy on the text's own next tokens
+    checkpoint_every: int = 50  # steps between checkpoints (0 = none)
+    seed: int = 0
+
+
+# -- the student -------------------------------------------------------------------------------
+def make_student(teacher: SourceModel, config: StudentConfig, calibration_text: str | None = None) -> SourceModel:
+    """A smaller Llama initialized from the teacher's weights (sliced where sizes shrink)."""
+    import torch
+
+    spec, module = teacher.spec, teacher.module
+    n = spec.num_layers
+    if not 1 <= config.num_layers <= n:
+        raise ValueError(f"student layers must be in 1..{n}")
+    layers = sorted({round(i * (n - 1) / max(config.num_layers - 1, 1)) for i in range(config.num_layers)})
+    hidden = config.hidden_size or spec.hidden_size
+    inter = config.intermediate_size or spec.intermediate_size
+    heads = config.num_heads or spec.num_heads
+    kv, hd = spec.num_kv_heads, spec.head_dim
+    if heads % kv or heads > spec.num_heads or hidden > spec.hidden_size or inter > spec.intermediate_size:
+        raise ValueError("student sizes must not exceed the teacher's, and heads must be a multiple of KV heads")
+    head_scores, channel_scores = importance_scores(teacher, calibration_text)
+    sd = module.state_dict()
+    emb = sd["model.embed_tokens.weight"]  # (vocab, hidden)
+    hk = torch.arange(spec.hidden_size) if hidden == spec.hidden_size else \
+        emb.norm(dim=0).topk(hidden).indices.sort().values  # kept hidden dims
+    new = {"model.embed_tokens.weight": emb[:, hk], "model.norm.weight": sd["model.norm.weight"][hk]}
+    if not spec.tie_word_embeddings:
+        new["lm_head.weight"] = sd["lm_head.weight"][:, hk]
+    group, keep_group = spec.num_heads // kv, heads // kv
+    for j, i in enumerate(layers):
+        p, q = f"model.layers.{i}.", f"model.layers.{j}."
+        hs = head_scores[i].view(kv, group)  # (kv, group)
+        q_heads = [g * group + h for g in range(kv) for h in sorted(hs[g].topk(keep_group).indices.tolist())]
+        q_rows = torch.tensor([h * hd + d for h in q_heads for d in range(hd)])
+        ch = channel_scores[i].topk(inter).indices.sort().values
+        w = lambda name: sd[p + name]  # noqa: E731
+        new[q + "self_attn.q_proj.weight"] = w("self_attn.q_proj.weight")[q_rows][:, hk]  # (heads*hd, hidden)
+        new[q + "self_attn.k_proj.weight"] = w("self_attn.k_proj.weight")[:, hk]  # (kv*hd, hidden)
+        new[q + "self_attn.v_proj.weight"] = w("self_attn.v_proj.weight")[:, hk]
+        for b, rows in (("q_proj", q_rows), ("k_proj", None), ("v_proj", None)):
+            if p + f"self_attn.{b}.bias" in sd:
+                bias = sd[p + f"self_attn.{b}.bias"]
+                new[q + f"self_attn.{b}.bias"] = bias[rows] if rows is not None else bias
+        new[q + "self_attn.o_proj.weight"] = w("self_attn.o_proj.weight")[hk][:, q_rows]  # (hidden, heads*hd)
+        new[q + "mlp.gate_proj.weight"] = w("mlp.gate_proj.weight")[ch][:, hk]  # (inter, hidden)
+        new[q + "mlp.up_proj.weight"] = w("mlp.up_proj.weight")[ch][:, hk]
+        new[q + "mlp.down_proj.weight"] = w("mlp.down_proj.weight")[hk][:, ch]  # (hidden, inter)
+        new[q + "input_layernorm.weight"] = w("input_layernorm.weight")[hk]
+        new[q + "post_attention_layernorm.weight"] = w("post_attention_layernorm.weight")[hk]
+    cfg = module.config.to_dict()
+    cfg.update(num_hidden_layers=len(layers), hidden_size=hidden, intermediate_size=inter,
+               num_attention_heads=heads, num_key_value_heads=kv, head_dim=hd)
+    student = _build_like(module, cfg, {k: v.clone() for k, v in new.items()})
+    step = {"technique": "student_init", **asdict(config), "teacher_layers": layers,
+            "parameters": [count_parameters(module), count_parameters(student)]}
+    return derive(teacher, student, step, name=f"{teacher.name}-student")
+
+
+# -- data ------------------------------------------------------------------------------------
+def teacher_text(teacher: SourceModel, prompts: Sequence[str], new_tokens: int = 128, samples: int = 2,
+                 temperature: float = 0.8, seed: int = 0) -> list[list[int]]:
+    """Token ids of prompts continued by the teacher (sampled), ``samples`` per prompt."""
+    import torch
+
+    torch.manual_seed(seed)
+    out = []
+    pad = teacher.spec.eos_token_ids[0] if teacher.spec.eos_token_ids else 0
+    for prompt in prompts:
+        ids = torch.tensor([teacher.tokenizer.encode(prompt)])
+        with torch.no_grad():
+            gen = teacher.module.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                          temperature=temperature, top_k=50, max_new_tokens=new_tokens,
+                                          num_return_sequences=samples, pad_token_id=pad)
+        out += [row.tolist() for row in gen]
+    return out
+
+
+def windows(sequences: Sequence[Sequence[int]], seq_len: int) -> "object":
+    """(N, seq_len) int64 tensor of training windows: each sequence (or the joined stream) cut up."""
+    import torch
+
+    stream = [t for s in sequences for t in s]
+    if len(stream) < seq_len + 1:
+        raise ValueError(f"need at least {seq_len + 1} tokens of training text, got {len(stream)}")
+    stride = max(1, seq_len // 2) if len(stream) < 8 * seq_len else seq_len  # overlap scarce text
+    rows = [stream[i:i + seq_len] for i in range(0, len(stream) - seq_len + 1, stride)]
+    return torch.tensor(rows, dtype=torch.int64)
+
+
+# -- training --------------------------------------------------------------------------------
+def kd_loss(student_logits, teacher_logits, temperature: float = 1.0):
+    """Mean over positions of T^2 * KL(teacher || student) at temperature T."""
+    import torch.nn.functional as F
+
+    t = temperature
+    vocab = student_logits.shape[-1]
+    s = F.log_softmax(student_logits.reshape(-1, vocab) / t, dim=-1)  # (batch*seq, vocab)
+    p = F.log_softmax(teacher_logits.reshape(-1, vocab) / t, dim=-1)
+    return F.kl_div(s, p, log_target=True, reduction="batchmean") * t * t
+
+
+def distill(teacher: SourceModel, student: SourceModel, data: Sequence[Sequence[int]], config: DistillConfig,
+            out_dir: str | Path | None = None, resume: bool = False, progress: bool = True) -> SourceModel:
+    """Train ``student`` on ``data`` (token-id sequences) to match ``teacher``; returns the trained model.
+
+    Checkpoints go to ``out_dir/checkpoints/step-NNNNNN.pt`` (the last two are kept).
+    """
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    if teacher.spec.vocab_size != student.spec.vocab_size:
+        raise ValueError("teacher and student must share the vocabulary")
+    data_t = windows(data, config.seq_len)  # (N, seq)
+    model = student.module
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
+
+    def lr_at(step):
+        if step < config.warmup:
+            return config.lr * (step + 1) / config.warmup
+        frac = (step - config.warmup) / max(1, config.steps - config.warmup)
+        return config.lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+    gen = torch.Generator().manual_seed(config.seed)
+    start, history = 0, []
+    ckpt_dir = Path(out_dir) / "checkpoints" if out_dir else None
+    if resume and ckpt_dir and (last := latest_checkpoint(ckpt_dir)):
+        state = torch.load(last, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        start, history = state["step"], state.get("history", [])
+
+    bar = _progress(progress, config.steps)
+    t0 = time.perf_counter()
+    with bar:
+        task = bar.add_task("distilling", total=config.steps, completed=start, loss=float("nan"))
+        for step in range(start, config.steps):
+            idx = torch.randint(len(data_t), (config.batch_size,), generator=gen)
+            batch = data_t[idx]  # (batch, seq)
+            with torch.no_grad():
+                t_logits = teacher.module(batch).logits  # (batch, seq, vocab)
+            s_logits = model(batch).logits
+            loss = kd_loss(s_logits, t_logits, config.temperature)
+            if config.hard_weight:
+                ce = F.cross_entropy(s_logits[:, :-1].reshape(-1, s_logits.shape[-1]), batch[:, 1:].reshape(-1))
+                loss = loss + config.hard_weight * ce
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            history.append(loss.item())
+            bar.update(task, advance=1, loss=history[-1])
+            done = step + 1
+            if ckpt_dir and config.checkpoint_every and (done % config.checkpoint_every == 0 or done == config.steps):
+                _save_checkpoint(ckpt_dir, done, model, opt, gen, history)
+    model.eval()
+    step = {"technique": "distill", **asdict(config), "teacher": teacher.name, "windows": len(data_t),
+            "loss_first": history[0] if history else None, "loss_last": history[-1] if history else None,
+            "seconds": round(time.perf_counter() - t0, 1)}
+    return derive(student, model, step, name=student.name)
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    found = sorted(Path(ckpt_dir).glob("step-*.pt"))
+    return found[-1] if found else None
+
+
+def _save_checkpoint(ckpt_dir: Path, step: int, model, opt, gen, history) -> None:
+    import torch
+
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = ckpt_dir / f"step-{step:06d}.pt"
+    tmp = path.with_suffix(".tmp")
+    torch.save({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "generator": gen.get_state(), "history": history}, tmp)
+    tmp.replace(path)
+    for old in sorted(ckpt_dir.glob("step-*.pt"))[:-2]:
+        old.unlink()
+
+
+def _progress(enabled: bool, total: int):
+    import contextlib
+
+    if not enabled:
+        class _Null(contextlib.nullcontext):
+            def add_task(self, *a, **k):
+                return 0
+
+            def update(self, *a, **k):
+                pass
+        return _Null()
+    import sys
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),
+                    console=Console(file=sys.stderr))

@@ -1,0 +1,160 @@
+"""The contract every technique keeps: a compressed model is a new :class:`SourceModel`.
+
+``.module`` is a transformers model (a standard Llama with smaller sizes after structured
+pruning or distillation; Linear pairs after low-rank factorization), ``.spec`` matches it, and
+the unchanged export pipeline exports it. :func:`save_hf_folder` writes it as a real Hugging
+Face folder; :func:`load_model` reads such a folder back (low-rank ones included).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from ..sources import SourceModel, load_source
+
+#: config.json key recording factorized layers: {"model.layers.0.mlp.up_proj": rank, ...}
+LOW_RANK_CONFIG_KEY = "edgeslm_low_rank"
+
+
+def state_sha256(module) -> str:
+    """sha256 over a module's tensors (names, shapes, bytes), for in-memory models."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(f"{name}:{tuple(t.shape)}:".encode())
+        h.update(t.detach().contiguous().float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def derive(source: SourceModel, module, step: dict[str, Any], name: str | None = None) -> SourceModel:
+    """A new SourceModel for ``module`` (a transformers model derived from ``source``).
+
+    ``step`` describes what was done (``{"technique": "prune", ...}``); it is appended to
+    ``spec.extra["compression"]`` so the bundle manifest records the model's history.
+    """
+    from ..sources.hf import spec_from_config
+
+    module.eval()
+    low_rank = getattr(module.config, LOW_RANK_CONFIG_KEY, None) or {}
+    extra = dict(source.spec.extra)
+    extra["compression"] = [*extra.get("compression", []), step]
+    if low_rank:
+        extra["low_rank"] = dict(low_rank)
+    else:
+        extra.pop("low_rank", None)
+    label = name or f"{source.name}+{step.get('technique', 'compressed')}"
+    spec = spec_from_config(module.config, source.tokenizer, name=label)
+    spec = dataclasses.replace(spec, extra=extra, context_length=source.spec.context_length)
+    return SourceModel(name=label, path=source.path, kind=source.kind, spec=spec, tokenizer=source.tokenizer,
+                       module=module, sha256=state_sha256(module))
+
+
+def count_parameters(module) -> int:
+    """Unique parameters (a tied lm_head counted once)."""
+    seen, total = set(), 0
+    for p in module.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def count_nonzero(module) -> int:
+    seen, total = set(), 0
+    for p in module.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += int((p != 0).sum())
+    return total
+
+
+def save_hf_folder(source: SourceModel, folder: str | Path) -> Path:
+    """Write ``source`` as a Hugging Face folder that ``edgeslm export FOLDER`` loads.
+
+    config.json + model.safetensors (save_pretrained), tokenizer.json, and tokenizer_config.json
+    carrying BOS/EOS and the chat template, with BOS/EOS ids taken from the SourceModel (the
+    authority) rather than from transformers' config, which GGUF loading gets wrong.
+    """
+    from .._deps import quiet_transformers
+
+    quiet_transformers()  # no shard-writing progress bars
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    module, tok, spec = source.module, source.tokenizer, source.spec
+    eos = list(spec.eos_token_ids)
+    module.config.bos_token_id = spec.bos_token_id
+    module.config.eos_token_id = eos[0] if len(eos) == 1 else eos
+    if getattr(module, "generation_config", None) is not None:
+        module.generation_config.bos_token_id = module.config.bos_token_id
+        module.generation_config.eos_token_id = module.config.eos_token_id
+    if spec.extra.get("low_rank"):
+        setattr(module.config, LOW_RANK_CONFIG_KEY, dict(spec.extra["low_rank"]))
+    module.save_pretrained(str(folder))
+    tok.backend.save(str(folder / "tokenizer.json"))
+    token = tok.backend.id_to_token
+    cfg = {"add_bos_token": bool(tok.add_bos), "chat_template": tok.chat_template,
+           "bos_token": token(spec.bos_token_id) if spec.bos_token_id is not None else None,
+           "eos_token": token(eos[0]) if eos else None}
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    if spec.extra.get("compression"):
+        (folder / "edgeslm_compression.json").write_text(json.dumps(spec.extra["compression"], indent=2) + "\n")
+    return folder
+
+
+def load_model(name_or_path: str | Path) -> SourceModel:
+    """:func:`edgeslm.sources.load_source`, plus folders written from low-rank models.
+
+    transformers does not know factorized layers; such a folder is loaded by building the dense
+    model from config.json, swapping in the factorized layers, and loading the weights strictly.
+    """
+    path = Path(str(name_or_path)).expanduser()
+    cfg_file = path / "config.json"
+    if path.is_dir() and cfg_file.is_file() and json.loads(cfg_file.read_text()).get(LOW_RANK_CONFIG_KEY):
+        return _load_low_rank_folder(path)
+    source = load_source(name_or_path)
+    history = path / "edgeslm_compression.json" if path.is_dir() else None
+    if history is not None and history.is_file():  # keep the model's compression history
+        extra = {**source.spec.extra, "compression": json.loads(history.read_text())}
+        source.spec = dataclasses.replace(source.spec, extra=extra)
+    return source
+
+
+def _load_low_rank_folder(folder: Path) -> SourceModel:
+    import torch
+    from safetensors.torch import load_file
+
+    from .._deps import quiet_transformers
+    from ..arch.llama import apply_low_rank
+    from ..errors import ModelLoadError
+    from ..sources.hf import folder_sha256, load_hf_tokenizer, spec_from_config
+
+    transformers = quiet_transformers()
+    config = transformers.AutoConfig.from_pretrained(str(folder))
+    ranks = dict(getattr(config, LOW_RANK_CONFIG_KEY))
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    apply_low_rank(model, ranks)
+    state = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not (config.tie_word_embeddings and m == "lm_head.weight")]
+    if missing or unexpected:
+        raise ModelLoadError(f"{folder}: low-rank weights do not match config.json: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    model.eval()
+    tokenizer = load_hf_tokenizer(folder)
+    spec = spec_from_config(config, tokenizer, name=folder.name)
+    extra = {"low_rank": ranks}
+    history = folder / "edgeslm_compression.json"
+    if history.is_file():
+        extra["compression"] = json.loads(history.read_text())
+    spec = dataclasses.replace(spec, extra=extra)
+    return SourceModel(name=folder.name, path=folder, kind="hf", spec=spec, tokenizer=tokenizer, module=model,
+                       sha256=folder_sha256(folder))
