@@ -105,6 +105,20 @@ def test_sign_and_verify(signed, keys, capsys):
 
 
 @requires_export
+def test_keys_sign_cli_and_a_single_key_argument(onnx_bundle, keys, tmp_path, capsys):
+    b = tmp_path / "b"
+    shutil.copytree(onnx_bundle, b)
+    code, out, _ = run(["keys", "sign", str(b), "--key", str(keys["priv"])], capsys)
+    assert code == 0 and keys["id"] in out
+    assert verify_bundle_signature(b, keys["pub"]) == keys["id"]  # a lone path, not a list
+    with edgeslm.load(b, trusted_keys=str(keys["pub"])) as model:
+        assert model.bundle.path == b
+    (b / "extra.txt").write_text("x")  # never sign a bundle whose files do not match
+    code, _, err = run(["keys", "sign", str(b), "--key", str(keys["priv"])], capsys)
+    assert code == 1 and "'extra.txt'" in err
+
+
+@requires_export
 def test_untrusted_key_and_unsigned_bundle_are_refused(signed, onnx_bundle, keys, capsys):
     with pytest.raises(SignatureError, match="not among the trusted keys"):
         verify_bundle_signature(signed, [keys["other_pub"]])

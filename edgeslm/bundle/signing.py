@@ -162,6 +162,8 @@ def verify_bundle_signature(bundle_dir: str | Path, trusted_keys: Iterable[Any])
     """
     from cryptography.exceptions import InvalidSignature
 
+    if isinstance(trusted_keys, (str, Path, bytes, bytearray)) or hasattr(trusted_keys, "public_bytes"):
+        trusted_keys = [trusted_keys]  # one key given where a list was expected: not its characters
     keys = [load_public_key(k) for k in trusted_keys]
     if not keys:
         raise SignatureError("no trusted keys given")

@@ -29,14 +29,16 @@ PRECISIONS: dict[str, PrecisionCost] = {
     "fp32": PrecisionCost(32, None, 0.0, 4, "float32 weights and activations"),
     "fp16": PrecisionCost(16, None, 0.0, 2, "float16 weights, activations and KV cache"),
     "bf16": PrecisionCost(16, None, 0.0, 2, "bfloat16 weights, activations and KV cache"),
-    # Weight-only / dynamic int8: per-channel fp32 scales; activations and KV stay float32.
-    "int8": PrecisionCost(8, None, 4.0, 4, "int8 weights, per-channel fp32 scales, fp32 activations"),
+    # int8 as ONNX MatMulNBits writes it (block 32, fp32 scale + uint8 zero point: 1.156 B/weight);
+    # per-channel int8 (OpenVINO NNCF, LiteRT) is smaller, so this errs on the safe side.
+    "int8": PrecisionCost(8, 32, 5.0, 4, "int8 weights, block 32 fp32 scale + zero point, fp32 activations"),
+    # LiteRT: per-channel fp32 scales; activations and KV stay float32.
     "weight-only-int8": PrecisionCost(8, None, 4.0, 4, "LiteRT weight-only int8, fp32 activations"),
     "dynamic-int8": PrecisionCost(8, None, 4.0, 4, "LiteRT dynamic-range int8, fp32 activations"),
     # Full int8 (TFLite Micro): activations and KV are int8 too.
     "full-int8": PrecisionCost(8, None, 4.0, 1, "int8 weights and activations (MCUs)"),
-    # Block-wise 4-bit (MatMulNBits, NNCF, Core ML): block 32, fp16 scale + 4-bit zero point.
-    "int4": PrecisionCost(4, 32, 2.5, 4, "4-bit weights, block 32 with fp16 scale and 4-bit zero point"),
+    # Block-wise 4-bit (ONNX MatMulNBits): block 32, fp32 scale + 4-bit zero point = 0.64 B/weight.
+    "int4": PrecisionCost(4, 32, 4.5, 4, "4-bit weights, block 32 with fp32 scale and 4-bit zero point"),
     # Core ML 4-bit palettization: 4-bit indices into a 16-entry fp16 table per tensor; computes in fp16.
     "palettized": PrecisionCost(4, None, 0.0, 2, "4-bit palettized (Core ML), fp16 compute"),
     # A GGUF's own Q4_1 blocks carried into MatMulNBits: block 32, fp32 scale + fp32 (float) zero point.
@@ -60,8 +62,18 @@ def bytes_per_weight(spec: ModelSpec, precision: str) -> float:
 
 
 def weights_bytes(spec: ModelSpec, precision: str) -> int:
-    """Bytes of all parameters (tied embedding counted once) stored at ``precision``."""
-    return math.ceil(spec.num_parameters * bytes_per_weight(spec, precision))
+    """Bytes of all parameters stored at ``precision``, a tied output head counted twice.
+
+    Why twice: in practice the tied head gets its own copy. Quantizers give it its own matrix
+    (the embedding is a gather table, the head a matmul): SmolLM2 ONNX int8 measured
+    188,368,128 B = (134.5M + 28.3M head) x 1.157 B. In fp32, onnxruntime constant-folds the
+    exported Transpose(embedding) into a second 113 MB initializer at load (measured RSS after
+    load 778 MB for 538 MB of weights).
+    """
+    n = spec.num_parameters
+    if spec.tie_word_embeddings:
+        n += spec.vocab_size * spec.hidden_size
+    return math.ceil(n * bytes_per_weight(spec, precision))
 
 
 def kv_cache_bytes(spec: ModelSpec, precision: str, tokens: int, compute: str = "") -> int:
