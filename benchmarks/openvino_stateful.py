@@ -43,20 +43,13 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def export_all(source, out: Path, precisions, ctx: int) -> dict:
+def export_all(source, out: Path, precisions, ctx: int, reuse: bool = False) -> dict:
     from edgeslm.bundle import Bundle
-    from edgeslm.errors import ParityError
     from edgeslm.exporting import export_model
 
     bundles, parity = {}, {}
     for prec in precisions:
-        t0 = time.perf_counter()
-        try:
-            b = export_model(source, out / f"ov-{prec}", format="openvino", precision=prec, context_length=ctx,
-                             overwrite=True)
-        except ParityError as exc:  # below the bar: record it anyway (the bundle is kept)
-            print(f"  {prec}: {exc}", flush=True)
-            b = Bundle.open(out / f"ov-{prec}")
+        b = _export_one(source, out / f"ov-{prec}", prec, ctx, reuse)
         p = b.manifest["parity"]
         bundles[prec] = b
         parity[prec] = {
@@ -65,15 +58,33 @@ def export_all(source, out: Path, precisions, ctx: int) -> dict:
             "perplexity_source": p["perplexity_source"], "perplexity_export": p["perplexity_export"],
             "bundle_mb": round(b.bytes / 1e6, 1),
             "ir_weights_mb": round(b.manifest["files"]["openvino_model.bin"]["bytes"] / 1e6, 1),
-            "compression": b.manifest.get("compression"), "export_s": round(time.perf_counter() - t0, 1)}
+            "compression": b.manifest.get("compression"), "export_s": b.manifest["export"]["seconds"]}
         print(f"  {prec}: top-1 {p['top1_agreement']:.1%}, KL {p['kl_mean']:.2e}, {parity[prec]['bundle_mb']} MB",
               flush=True)
     t0 = time.perf_counter()
+    if reuse and (out / "ov-fp32-python-kv" / "manifest.json").is_file():
+        bundles["fp32-python-kv"] = Bundle.open(out / "ov-fp32-python-kv")
+        return {"bundles": bundles, "parity": parity}
     bundles["fp32-python-kv"] = export_model(source, out / "ov-fp32-python-kv", format="openvino", precision="fp32",
                                              context_length=ctx, parity=False, overwrite=True,
                                              options={"stateful": False})
     print(f"  fp32 non-stateful IR: {time.perf_counter() - t0:.0f} s", flush=True)
     return {"bundles": bundles, "parity": parity}
+
+
+def _export_one(source, path: Path, prec: str, ctx: int, reuse: bool):
+    from edgeslm.bundle import Bundle
+    from edgeslm.errors import ParityError
+    from edgeslm.exporting import export_model
+
+    kept = path / "manifest.json"
+    if reuse and kept.is_file() and "parity" in json.loads(kept.read_text()):
+        return Bundle.open(path)
+    try:
+        return export_model(source, path, format="openvino", precision=prec, context_length=ctx, overwrite=True)
+    except ParityError as exc:  # below the bar: record it anyway (the bundle is kept)
+        print(f"  {prec}: {exc}", flush=True)
+        return Bundle.open(path)
 
 
 def decode_run(engine, prompt, new_tokens: int) -> dict:
@@ -99,6 +110,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--reuse", action="store_true", help="reuse bundles (and their parity) left in --out-dir")
     args = ap.parse_args(argv)
 
     import openvino as ov
@@ -115,7 +127,7 @@ def main(argv=None) -> int:
     print(f"Loading {args.model}", flush=True)
     source = load_source(args.model)
     print("Exporting (with parity)", flush=True)
-    ex = export_all(source, args.out_dir, precisions, args.context_length)
+    ex = export_all(source, args.out_dir, precisions, args.context_length, args.reuse)
     bundles = ex["bundles"]
 
     print("Parity at the device-default precision (bf16 on this CPU)", flush=True)
