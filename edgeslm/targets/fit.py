@@ -153,8 +153,14 @@ def suggestions(spec: ModelSpec, target: TargetProfile, failed: Forecast) -> lis
     best = min((p for f in target.formats for p in f.precisions), key=lambda p: bytes_per_weight(spec, p))
     limit = max_parameters(spec, target, best)
     if limit < spec.num_parameters:
-        out.append(f"a smaller model: at {best}, {target.name} holds at most ~{limit / 1e6:.2f}M parameters "
-                   f"(this model has {spec.num_parameters / 1e6:.1f}M); distill a micro model of that size and export it for {target.formats[0].name}")
+        text = (f"a smaller model: at {best}, {target.name} holds at most ~{limit / 1e6:.2f}M parameters "
+                f"(this model has {spec.num_parameters / 1e6:.1f}M); distill a micro model of that size and "
+                f"export it for {target.formats[0].name}")
+        embedding = spec.vocab_size * spec.hidden_size
+        if embedding >= limit:
+            text += (f"; its {spec.vocab_size:,}-token embedding alone is {embedding / 1e6:.1f}M parameters, so the "
+                     f"micro model needs a much smaller vocabulary (e.g. character-level)")
+        out.append(text)
     return out
 
 
