@@ -131,7 +131,7 @@ def fit_command(model, target, fmt, precision, context_length, as_json):
     if ctx > spec.context_length:
         raise click.BadParameter(f"{ctx} exceeds the model's own context ({spec.context_length})",
                                  param_hint="--context-length")
-    exporters = installed_exporters()
+    exporters = installed_exporters(f.name for f in t.formats)
     rows = []
     for fs in t.formats:
         if fmt and fs.name != fmt:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from ..errors import BackendNotInstalledError, BundleError, TargetError
 from ..spec import ModelSpec
@@ -44,12 +44,19 @@ class ExportPlan:
         }
 
 
-def installed_exporters() -> dict[str, tuple[str, ...]]:
-    """{format: precisions its installed exporter writes}; exporters whose runtime is missing are left out."""
+def installed_exporters(formats: Iterable[str] | None = None) -> dict[str, tuple[str, ...]]:
+    """{format: precisions its installed exporter writes}, for ``formats`` (default: all installed).
+
+    Exporters whose runtime is missing are left out. Only the named plugins are imported, since
+    some pull in a heavy converter at import time.
+    """
     from ..plugins import EXPORTERS, available, get_exporter
 
+    wanted = None if formats is None else set(formats)
     out = {}
     for name in available(EXPORTERS):
+        if wanted is not None and name not in wanted:
+            continue
         try:
             out[name] = tuple(get_exporter(name).precisions)
         except BackendNotInstalledError:
@@ -61,7 +68,7 @@ def plan_export(spec: ModelSpec, target: TargetProfile, *, format: str | None = 
                 context: int | None = None, allow_fallback: bool = False,
                 exporters: Mapping[str, tuple[str, ...]] | None = None) -> ExportPlan:
     """Choose what to export for ``target`` (see the module docstring); raises when nothing can be chosen."""
-    exporters = installed_exporters() if exporters is None else exporters
+    exporters = installed_exporters(f.name for f in target.formats) if exporters is None else exporters
     ctx = context or min(target.runtime.default_context, spec.context_length)
     if ctx > spec.context_length:
         raise TargetError(f"--context-length {ctx} exceeds the model's own context ({spec.context_length})")
