@@ -37,6 +37,14 @@ def tiny_gguf(tiny_hf, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_gguf_q4(tiny_hf, tmp_path_factory):
+    """The same weights quantized like SmolLM2's file: matrices Q4_1, embedding Q8_0."""
+    from edgeslm.testing import make_tiny_gguf
+
+    return make_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny-q4_1.gguf", tiny_hf, quant="q4_1")
+
+
+@pytest.fixture(scope="session")
 def tiny_source(tiny_hf):
     from edgeslm.sources import load_source
 

@@ -15,7 +15,10 @@ one-line messages and a non-zero exit) can catch the whole family at once::
     │   ├── SignatureError          a signature is missing, malformed or does not verify
     │   └── SchemaVersionError      a manifest written by a newer, unknown schema
     ├── TargetError                 an unknown or invalid device target
-    │   └── DoesNotFitError         the model cannot fit the target's memory
+    │   ├── DoesNotFitError         the model cannot fit the target's memory
+    │   ├── UnknownTargetError      (edgeslm.targets.profile) no such target; did-you-mean
+    │   └── TargetFileError         (edgeslm.targets.profile) a target TOML that does not validate
+    │       ├── MissingFieldError, UnknownFormatError, UnknownPrecisionError, UnitError
     ├── GenerationError             bad generation input (empty prompt, context overflow ...)
     └── TelemetryError              malformed telemetry, broker trouble
 """

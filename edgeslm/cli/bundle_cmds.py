@@ -71,12 +71,13 @@ def verify_command(bundle, keys, rerun, source, as_json):
     from ..errors import BundleError
     from ..plugins import get_engine
 
+    if keys:  # the signature first: a tampered manifest is then blamed on the manifest
+        from ..bundle.signing import verify_bundle_signature
+
+        verify_bundle_signature(bundle, list(keys))
     b = Bundle.open(bundle, verify=True)
     result = {"bundle": str(b.path), "files": len(b.manifest["files"]), "hashes": "ok"}
     if keys:
-        from ..bundle.signing import verify_bundle_signature
-
-        verify_bundle_signature(b.path, list(keys))
         result["signature"] = "ok"
     engine = get_engine(b.format)(b)
     try:

@@ -20,11 +20,11 @@ class LoadedModel:
     @classmethod
     def open(cls, path: str | Path, engine_options: dict[str, Any] | None = None,
              trusted_keys=None) -> "LoadedModel":
-        bundle = Bundle.open(path, verify=True)
         if trusted_keys is not None:
             from ..bundle.signing import verify_bundle_signature
 
-            verify_bundle_signature(bundle.path, trusted_keys)
+            verify_bundle_signature(path, trusted_keys)  # the signature first, then every file
+        bundle = Bundle.open(path, verify=True)
         engine_cls = get_engine(bundle.format)
         engine = engine_cls(bundle, **(engine_options or {}))
         return cls(bundle, engine, bundle.load_tokenizer())

