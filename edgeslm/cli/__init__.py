@@ -29,15 +29,14 @@ def cli():
 
 
 def _register() -> None:
-    # Importing a verb module adds its command to `cli`; the modules import nothing heavy.
-    from . import bundle_cmds, export_cmd, models_cmd, run_cmd  # noqa: F401
+    """Import every verb module (``*_cmd.py`` / ``*_cmds.py`` here); importing one adds its
+    command to :data:`cli`. The modules import nothing heavy at import time."""
+    import importlib
+    import pkgutil
 
-    for optional in ("targets_cmd", "keys_cmd", "fleet_cmd", "agent_cmd", "compress_cmd", "bench_cmd"):
-        try:
-            __import__(f"{__name__}.{optional}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{optional}":
-                raise
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.endswith(("_cmd", "_cmds")):
+            importlib.import_module(f"{__name__}.{info.name}")
 
 
 def main(argv: list[str] | None = None) -> int:
