@@ -116,7 +116,7 @@ def emulate(module, package: Path, source, ctx: int, tokens: int) -> dict[str, A
     from .spec_check import expected_weights, stored_weights
 
     emu = copy.deepcopy(module)
-    names = [n for n, _ in emu.named_parameters()]
+    names = [n for n, p in emu.named_parameters() if p.dim() == 2]  # linear + embedding matrices
     stored = stored_weights(package, names)
     if len(stored) != expected_weights(source.spec):
         raise ExportError(f"read {len(stored)} weights back from {package.name}, expected "
