@@ -1,4 +1,9 @@
-"""ONNX Runtime engine: the KV cache lives in numpy arrays handed back to the session each step."""
+"""ONNX Runtime engine.
+
+The KV cache stays in onnxruntime's own buffers (OrtValues) between steps: each step binds the
+previous step's ``present_*`` outputs as the next ``past_*`` inputs through IO binding, so no
+cache tensor is converted to or from numpy in Python. Only the logits come back as numpy.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,14 @@ from edgeslm.runtime.engine import Engine
 
 class OnnxEngine(Engine):
     """Options: ``threads`` (intra-op threads, default: onnxruntime's choice),
-    ``providers`` (default ``["CPUExecutionProvider"]``)."""
+    ``providers`` (default ``["CPUExecutionProvider"]``), ``io_binding`` (default True;
+    False hands the cache through numpy each step, kept for comparison in benchmarks)."""
 
     name = "onnx"
 
-    def __init__(self, bundle, threads: int | None = None, providers: Sequence[str] | None = None, **options):
-        super().__init__(bundle, threads=threads, providers=providers, **options)
+    def __init__(self, bundle, threads: int | None = None, providers: Sequence[str] | None = None,
+                 io_binding: bool = True, **options):
+        super().__init__(bundle, threads=threads, providers=providers, io_binding=io_binding, **options)
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -34,8 +41,10 @@ class OnnxEngine(Engine):
         self.past_names = [n for n in names if n.startswith("past_")]
         self.present_names = ["present_" + n[len("past_"):] for n in self.past_names]
         self.output_names = ["logits", *self.present_names]
+        self.io_binding = io_binding
         s = self.spec
-        self._empty = np.zeros((1, s.num_kv_heads, 0, s.head_dim), dtype=np.float32)
+        empty = np.zeros((1, s.num_kv_heads, 0, s.head_dim), dtype=np.float32)
+        self._empty = ort.OrtValue.ortvalue_from_numpy(empty) if io_binding else empty
         self.reset()
 
     def reset(self) -> None:
@@ -43,12 +52,26 @@ class OnnxEngine(Engine):
         self.position = 0
 
     def _run(self, ids: np.ndarray) -> np.ndarray:
-        feed = {"input_ids": ids.reshape(1, -1)}
-        feed.update(zip(self.past_names, self.cache))
-        out = self.session.run(self.output_names, feed)
-        self.cache = out[1:]
+        ids = np.ascontiguousarray(ids.reshape(1, -1))
+        if self.io_binding:
+            io = self.session.io_binding()
+            io.bind_cpu_input("input_ids", ids)
+            for name, value in zip(self.past_names, self.cache):
+                io.bind_ortvalue_input(name, value)
+            for name in self.output_names:
+                io.bind_output(name, "cpu")
+            self.session.run_with_iobinding(io)
+            out = io.get_outputs()
+            self.cache = list(out[1:])  # (1, kv, P+S, hd) each, reused as the next past_*
+            logits = out[0].numpy()
+        else:
+            feed = {"input_ids": ids}
+            feed.update(zip(self.past_names, self.cache))
+            out = self.session.run(self.output_names, feed)
+            self.cache = out[1:]
+            logits = out[0]
         self.position += ids.size
-        return out[0][0]
+        return logits[0]
 
     def prefill(self, token_ids: Sequence[int]) -> np.ndarray:
         return self._run(self.check_tokens(token_ids))
@@ -58,3 +81,4 @@ class OnnxEngine(Engine):
 
     def close(self) -> None:
         self.session = None
+        self.cache = []

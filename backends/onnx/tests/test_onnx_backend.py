@@ -68,3 +68,14 @@ def test_threads_option(onnx_bundle):
 def test_bundle_open_is_cheap_without_verify(onnx_bundle):
     b = Bundle.open(onnx_bundle, verify=False)
     assert b.spec.num_layers == 2 and b.bytes > 0
+
+
+def test_io_binding_and_numpy_paths_agree(onnx_bundle):
+    ids = list(range(5, 25))
+    outs = []
+    for io_binding in (True, False):
+        with edgeslm.load(onnx_bundle, engine_options={"io_binding": io_binding}) as model:
+            eng = model.engine
+            rows = [eng.prefill(ids[:12])] + [eng.decode(t) for t in ids[12:]]
+            outs.append(np.stack(rows))
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)
