@@ -69,3 +69,25 @@ def test_cli_nothing_to_do_is_a_usage_error(tiny_hf, tmp_path):
     from edgeslm.cli import main
 
     assert main(["compress", str(tiny_hf), "-o", str(tmp_path / "x")]) == 2
+
+
+def test_cli_distill_with_checkpoints_and_finetune(tiny_hf, tmp_path, capsys):
+    pytest.importorskip("peft")
+    from edgeslm.cli import main
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join(CORPUS * 3))
+    out = tmp_path / "student"
+    assert main(["distill", str(tiny_hf), "-o", str(out), "--layers", "1", "--intermediate", "64", "--text", str(text),
+                 "--steps", "2", "--seq-len", "32", "--checkpoint-every", "1", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["parameters"][1] < summary["parameters"][0]
+    assert [p.name for p in sorted((out / "checkpoints").glob("*.pt"))] == ["step-000001.pt", "step-000002.pt"]
+
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text(json.dumps({"prompt": "hi", "completion": "hello there"}) + "\n")
+    tuned = tmp_path / "tuned"
+    assert main(["finetune", str(out), "--data", str(chats), "-o", str(tuned), "--steps", "2", "--rank", "2",
+                 "--json"]) == 0
+    history = json.loads((tuned / "edgeslm_compression.json").read_text())
+    assert [h["technique"] for h in history] == ["student_init", "distill", "lora"]
