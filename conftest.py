@@ -6,6 +6,7 @@ Session-scoped so the whole suite builds each tiny model and each tiny export on
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 
 import pytest
@@ -57,7 +58,7 @@ def bundle_factory(tiny_source, tmp_path_factory):
     cache = {}
 
     def make(fmt: str, precision: str = "fp32", **kw):
-        key = (fmt, precision, tuple(sorted(kw.items())))
+        key = (fmt, precision, json.dumps(kw, sort_keys=True, default=str))
         if key not in cache:
             from edgeslm.exporting import export_model
 

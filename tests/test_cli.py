@@ -86,3 +86,20 @@ def test_unknown_format(capsys, tmp_path, tiny_hf):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "edgeslm", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and "edgeslm" in out.stdout
+
+
+@requires_export
+def test_export_option_and_engine_option(capsys, tmp_path, tiny_hf):
+    import onnx
+
+    out = tmp_path / "plain"
+    code, _, err = run(["export", str(tiny_hf), "-o", str(out), "--option", "fused_ops=false", "--parity-tokens", "4",
+                        "--context-length", "64"], capsys)
+    assert code == 0, err
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx"), load_external_data=False).graph.node}
+    assert "RMSNormalization" not in ops and json.loads((out / "manifest.json").read_text())["artifacts"]["opset"] == 20
+    code, out_text, err = run(["run", str(out), "--prompt", "hi", "-n", "3", "--engine-option", "io_binding=false",
+                               "--json"], capsys)
+    assert code == 0, err
+    code, _, err = run(["export", str(tiny_hf), "-o", str(tmp_path / "x"), "--option", "nokeyvalue"], capsys)
+    assert code == 2 and "KEY=VALUE" in err

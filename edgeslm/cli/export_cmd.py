@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from . import cli
-from ._common import emit_json, json_option
+from ._common import emit_json, json_option, parse_options
 
 
 @cli.command("export")
@@ -33,9 +33,12 @@ from ._common import emit_json, json_option
               help="Greedy tokens per parity prompt compared against the source.")
 @click.option("--no-parity", is_flag=True, help="Skip the parity check (the manifest then records none).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle directory.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Backend exporter option, e.g. group_size=128 (openvino int4) or accuracy_level=0 (onnx "
+                   "int4); repeatable. Each backend's doc lists its options.")
 @json_option
 def export_command(model, out_dir, target, fmt, precision, context_length, allow_fallback, sign_key, parity_tokens,
-                   no_parity, overwrite, as_json):
+                   no_parity, overwrite, options, as_json):
     """Export MODEL into a verified bundle.
 
     MODEL is a built-in name (smollm2-135m), a .gguf file, or a Hugging Face folder
@@ -61,6 +64,7 @@ def export_command(model, out_dir, target, fmt, precision, context_length, allow
     from ..progress import Steps
 
     steps = Steps(enabled=True)
+    options = parse_options(options)
     if target is not None:
         from ..targets.plan import export_for_target
 
@@ -68,7 +72,8 @@ def export_command(model, out_dir, target, fmt, precision, context_length, allow
         bundle, _ = export_for_target(model, out_dir, target, format=fmt, precision=precision,
                                       context_length=context_length, allow_fallback=allow_fallback,
                                       sign_key=sign_key, parity=not no_parity, parity_tokens=parity_tokens,
-                                      overwrite=overwrite, steps=steps, echo=lambda s: click.echo(s, err=True))
+                                      overwrite=overwrite, steps=steps, echo=lambda s: click.echo(s, err=True),
+                                      options=options)
     else:
         if allow_fallback:
             raise click.UsageError("--allow-fallback needs --target")
@@ -76,7 +81,7 @@ def export_command(model, out_dir, target, fmt, precision, context_length, allow
 
         bundle = export_model(model, out_dir, format=fmt or "onnx", precision=precision or "fp32",
                               context_length=context_length, parity=not no_parity, parity_tokens=parity_tokens,
-                              overwrite=overwrite, steps=steps)
+                              overwrite=overwrite, steps=steps, options=options)
         if sign_key is not None:
             from ..bundle import Bundle
             from ..bundle.signing import load_private_key, sign_bundle, verify_bundle_signature

@@ -25,9 +25,11 @@ from ._common import emit_json, json_option
 @click.option("--threads", default=None, type=int, help="Engine threads [default: runtime's choice].")
 @click.option("--key", "keys", multiple=True, type=click.Path(path_type=Path),
               help="Trusted public key: refuse the bundle unless it is signed by one (repeatable).")
+@click.option("--engine-option", "engine_options", multiple=True, metavar="KEY=VALUE",
+              help="Engine option, e.g. device=GPU (openvino) or io_binding=false (onnx); repeatable.")
 @json_option
 def run_command(bundle, prompt, chat, system, max_new_tokens, temperature, top_k, top_p, seed, stop, threads,
-                keys, as_json):
+                keys, engine_options, as_json):
     """Generate text from BUNDLE, streaming tokens as they come.
 
     \b
@@ -48,7 +50,11 @@ def run_command(bundle, prompt, chat, system, max_new_tokens, temperature, top_k
         prompt = sys.stdin.read()
     config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                               seed=seed, stop=tuple(stop))
-    options = {"threads": threads} if threads else {}
+    from ._common import parse_options
+
+    options = {k: _typed(v) for k, v in parse_options(engine_options).items()}
+    if threads:
+        options["threads"] = threads
     with edgeslm.load(bundle, engine_options=options, trusted_keys=list(keys) or None) as model:
         if chat:
             messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
@@ -68,3 +74,13 @@ def run_command(bundle, prompt, chat, system, max_new_tokens, temperature, top_k
     m = result.metrics
     click.echo(f"[{m.prompt_tokens} prompt + {m.output_tokens} output tokens, first token {m.time_to_first_token_s * 1000:.0f} ms, "
                f"{m.decode_tokens_per_s:.1f} tok/s decode, finish: {result.finish_reason}]", err=True)
+
+
+def _typed(value: str):
+    """Engine options from the command line: true/false and integers become bool/int."""
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    try:
+        return int(value)
+    except ValueError:
+        return value

@@ -133,7 +133,8 @@ def plan_export(spec: ModelSpec, target: TargetProfile, *, format: str | None = 
 def export_for_target(model: Any, out_dir: str | Path, target: str | TargetProfile, *, format: str | None = None,
                       precision: str | None = None, context_length: int | None = None, allow_fallback: bool = False,
                       sign_key: str | Path | None = None, parity: bool = True, parity_tokens: int = 32,
-                      overwrite: bool = False, steps=None, echo: Callable[[str], None] = lambda s: None):
+                      overwrite: bool = False, steps=None, echo: Callable[[str], None] = lambda s: None,
+                      options: dict[str, Any] | None = None):
     """Plan, forecast, export with the backend plugin (parity checked), record target and forecast in
     the manifest, then sign with ``sign_key`` and verify the signature. Returns (Bundle, ExportPlan)."""
     from ..exporting import export_model
@@ -151,7 +152,7 @@ def export_for_target(model: Any, out_dir: str | Path, target: str | TargetProfi
     echo(f"target {profile.name}: {summary_line(plan.forecast)}; largest context that fits: {plan.largest_context}")
     bundle = export_model(model, out_dir, format=plan.format, precision=plan.precision, context_length=plan.context,
                           target=profile.name, parity=parity, parity_tokens=parity_tokens, overwrite=overwrite,
-                          steps=steps or NULL_STEPS, extra_manifest=plan.manifest_fields())
+                          steps=steps or NULL_STEPS, extra_manifest=plan.manifest_fields(), options=options)
     if sign_key is not None:
         from ..bundle.signing import load_private_key, sign_bundle, verify_bundle_signature
 

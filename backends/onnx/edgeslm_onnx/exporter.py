@@ -39,7 +39,7 @@ class OnnxExporter(Exporter):
 
         # Opset 23 has Attention (grouped-query) and RMSNormalization: with the fused forward each
         # layer becomes a few large ops instead of ~40 small ones (decode is op-overhead bound).
-        fused = bool(spec.options.get("fused_ops", True))
+        fused = str(spec.options.get("fused_ops", True)).lower() not in ("false", "0", "no")
         model = source.export_module().use_fused_ops(fused)
         opset = OPSET_FUSED if fused else OPSET_PLAIN
         ms = source.spec
