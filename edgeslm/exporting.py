@@ -55,7 +55,7 @@ class Exporter(ABC):
         return None
 
 
-def export_model(model: str | Path | Any, out_dir: str | Path, format: str = "onnx", precision: str = "fp32",
+def export_model(model: str | Path | Any, out_dir: str | Path, format: str = "onnx", precision: str | None = None,
                  context_length: int | None = None, target: str | None = None, parity: bool = True,
                  parity_tokens: int = 32, overwrite: bool = False, steps: Steps = NULL_STEPS,
                  options: dict[str, Any] | None = None, extra_manifest: dict[str, Any] | None = None) -> Bundle:
@@ -68,6 +68,7 @@ def export_model(model: str | Path | Any, out_dir: str | Path, format: str = "on
     exporter_cls = get_exporter(format)
     get_engine(format)  # fail before minutes of work if the device half is missing
     exporter = exporter_cls()
+    precision = precision or exporter.precisions[0]  # each backend's own default (fp32, coreml: fp16)
     if precision not in exporter.precisions:
         raise ExportError(f"the {format} exporter writes {', '.join(exporter.precisions)}, not '{precision}'")
 

@@ -20,7 +20,7 @@ from ._common import emit_json, json_option, parse_options
 @click.option("-f", "--format", "fmt", default=None,
               help="Bundle format: an installed exporter plugin [default: the target's choice, else onnx].")
 @click.option("-p", "--precision", default=None,
-              help="Weight precision [default: the target's best that the exporter writes, else fp32].")
+              help="Weight precision [default: the target's best that the exporter writes, else the exporter's first (onnx: fp32, coreml: fp16)].")
 @click.option("--context-length", type=int, default=None,
               help="Longest prompt + output the bundle accepts [default: the target's default context, "
                    "else min(2048, model's)].")
@@ -79,7 +79,7 @@ def export_command(model, out_dir, target, fmt, precision, context_length, allow
             raise click.UsageError("--allow-fallback needs --target")
         from ..exporting import export_model
 
-        bundle = export_model(model, out_dir, format=fmt or "onnx", precision=precision or "fp32",
+        bundle = export_model(model, out_dir, format=fmt or "onnx", precision=precision,
                               context_length=context_length, parity=not no_parity, parity_tokens=parity_tokens,
                               overwrite=overwrite, steps=steps, options=options)
         if sign_key is not None:
