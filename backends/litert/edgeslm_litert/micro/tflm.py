@@ -1,0 +1,57 @@
+"""Run a .tflite in the TFLite Micro Python interpreter (``tflite-micro`` on PyPI).
+
+The interpreter aborts the process (SIGSEGV) when an arena is too small, so each run happens in
+a child process: ``python -m edgeslm_litert.micro.tflm MODEL INPUTS.npy OUTPUTS.npy ARENA``.
+The child prints TFLM's RecordingMicroAllocator report; the arena it needs is parsed from it.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgeslm.errors import ExportError
+
+
+def run_tflm(model: Path, inputs: np.ndarray, arena: int = 64 * 1024, max_arena: int = 8 << 20) -> tuple[np.ndarray, int]:
+    """Outputs (B, V) int8 for inputs (B, ...) int8, and the arena bytes TFLM allocated."""
+    with tempfile.TemporaryDirectory(prefix="edgeslm-tflm-") as tmp:
+        inp, outp = Path(tmp) / "in.npy", Path(tmp) / "out.npy"
+        np.save(inp, inputs)
+        while True:
+            proc = subprocess.run([sys.executable, "-m", __name__, str(model), str(inp), str(outp), str(arena)],
+                                  capture_output=True, text=True)
+            if proc.returncode == 0:
+                break
+            if arena >= max_arena:
+                raise ExportError(f"TFLite Micro could not run {model.name} (arena {arena} bytes): "
+                                  f"{(proc.stdout + proc.stderr)[-1500:]}")
+            arena *= 4  # too small an arena kills the child; try a bigger one
+        m = re.search(r"Arena allocation total (\d+) bytes", proc.stdout + proc.stderr)
+        if not m:
+            raise ExportError(f"no arena report from TFLite Micro: {proc.stdout[-500:]}")
+        return np.load(outp), int(m.group(1))
+
+
+def _main(model: str, inp: str, outp: str, arena: str) -> None:
+    from tflite_micro.python.tflite_micro import runtime
+
+    itp = runtime.Interpreter.from_bytes(Path(model).read_bytes(), arena_size=int(arena))
+    xs = np.load(inp)
+    outs = []
+    for x in xs:
+        itp.set_input(x[None], 0)
+        itp.invoke()
+        outs.append(np.array(itp.get_output(0)[0]))
+    np.save(outp, np.stack(outs))
+    sys.stdout.flush()
+    itp.print_allocations()
+
+
+if __name__ == "__main__":
+    _main(*sys.argv[1:5])

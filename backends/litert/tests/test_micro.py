@@ -1,0 +1,77 @@
+"""The micro path: train a tiny char model, full-int8 .tflite, TFLite Micro check, C header + host C tests.
+
+No TensorFlow: litert-torch converts, ai-edge-quantizer quantizes (static int8 with a
+representative dataset), the PyPI tflite-micro interpreter runs it. gcc compiles the header and
+the firmware's chip-independent C code (firmware_examples/esp32-s3-tflm).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FIRMWARE = Path(__file__).resolve().parents[3] / "firmware_examples" / "esp32-s3-tflm"
+needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("make") is None, reason="needs gcc and make")
+
+
+@pytest.fixture(scope="module")
+def micro_dir(tmp_path_factory):
+    for m in ("torch", "litert_torch", "ai_edge_quantizer", "tflite_micro"):
+        if importlib.util.find_spec(m) is None:
+            pytest.skip(f"needs {m}: pip install 'edgeslm-litert[export]' (see docs/backends/litert.md)")
+    from edgeslm.cli import main
+    from edgeslm.testing import CORPUS
+
+    text = tmp_path_factory.mktemp("micro-text") / "corpus.txt"
+    text.write_text(("\n".join(CORPUS) + "\n") * 40)
+    out = tmp_path_factory.mktemp("micro") / "out"
+    assert main(["micro", "--text", str(text), "-o", str(out), "--steps", "400", "--context", "16",
+                 "--hidden", "128"]) == 0
+    return out
+
+
+def test_full_int8_model_report(micro_dir):
+    r = json.loads((micro_dir / "micro_report.json").read_text())
+    assert r["schema_version"] == 1
+    assert 20_000 < r["model"]["parameters"] < 1_000_000
+    i8 = r["int8"]
+    assert i8["bytes"] < 1 << 20 and i8["input"]["dtype"] == i8["output"]["dtype"] == "int8"
+    assert set(i8["ops"]) <= {"FULLY_CONNECTED", "RESHAPE"}
+    t = r["tflm"]
+    assert t["top1_agreement_with_float"] >= 0.95 and 1000 < t["arena_bytes"] < 64 * 1024
+
+
+def test_int8_tflite_is_really_int8(micro_dir):
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(str(micro_dir / "micro_lm.tflite"))
+    it.allocate_tensors()
+    assert it.get_input_details()[0]["dtype"] == np.int8 and it.get_output_details()[0]["dtype"] == np.int8
+    weights = [t for t in it.get_tensor_details() if len(t["shape"]) == 2 and t["shape"][0] > 16]
+    assert weights and all(t["dtype"] == np.int8 for t in weights)
+    # per-channel: one scale per output row
+    assert any(len(t["quantization_parameters"]["scales"]) == t["shape"][0] for t in weights)
+
+
+@needs_gcc
+def test_header_compiles_and_holds_the_model(micro_dir, tmp_path):
+    header = micro_dir / "micro_lm.h"
+    text = header.read_text()
+    assert "__attribute__((aligned(16)))" in text and "EDGESLM_MICRO_ARENA_BYTES" in text
+    subprocess.run(["make", "-s", "-C", str(FIRMWARE / "host_test"), "header", f"HEADER={header}",
+                    f"OUT={tmp_path}"], check=True)
+    assert (tmp_path / "header_check.o").stat().st_size > (micro_dir / "micro_lm.tflite").stat().st_size
+
+
+@needs_gcc
+def test_host_c_tokenizer_and_sampling(tmp_path):
+    r = subprocess.run(["make", "-s", "-C", str(FIRMWARE / "host_test"), "test", f"OUT={tmp_path}"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert " 0 failed" in r.stdout
