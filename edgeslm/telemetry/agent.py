@@ -10,9 +10,15 @@
     agent.stop()                               # final flush, drain, retained "offline"
 
 Delivery: every telemetry/event message goes into the on-disk :class:`DiskQueue` first and
-leaves it only on the broker's PUBACK (MQTT v5, QoS 1). While the broker is unreachable the
-queue grows (bounded); on reconnect it drains oldest first. The broker holds the last will
-(retained ``online: false, reason: lost``); a clean stop publishes ``reason: shutdown`` itself.
+leaves it only on the broker's successful PUBACK (MQTT v5, QoS 1). While the broker is
+unreachable the queue grows (bounded); on reconnect it drains oldest first. A PUBACK with
+reason 16 (*no matching subscribers*) means the broker dropped the message because no
+collector session was subscribed at that moment -- e.g. right after a broker restart, since
+Mosquitto 2.0 does not restore *shared* subscriptions from its persistence file, so they
+exist again only once the collector has reconnected and resubscribed. Such messages stay in
+the queue and are sent again with a backoff (1 s doubling to 10 s) until a collector takes
+them. The broker holds the last will (retained ``online: false, reason: lost``); a clean stop
+publishes ``reason: shutdown`` itself.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from .system import SystemSampler
 
 log = logging.getLogger("edgeslm.agent")
 
+NO_MATCHING_SUBSCRIBERS = 16  # MQTT v5 PUBACK reason: accepted, but nobody was subscribed -> dropped
+
 
 @dataclass
 class AgentConfig:
@@ -47,6 +55,8 @@ class AgentConfig:
     buffer_max: int = 100_000  # messages kept while offline; older ones are dropped and counted
     inflight_window: int = 200  # unacknowledged messages on the wire at once while draining
     resend_after_s: float = 30.0  # republish a message whose PUBACK never came (store dedupes)
+    unrouted_retry_s: tuple[float, float] = (1.0, 10.0)  # first and longest wait before resending after
+    # a PUBACK "no matching subscribers" (no collector subscribed yet: kept in the queue, not lost)
     resource: dict[str, Any] = field(default_factory=dict)  # extra resource attributes to report
 
     def __post_init__(self):
@@ -68,7 +78,10 @@ class Agent:
                                          "host.name": socket.gethostname(), **config.resource}
         self.acked = 0  # messages the broker acknowledged
         self.rejected = 0  # messages the broker refused (e.g. ACL: reason 135); not retried
-        self._acks: deque[tuple[int, bool]] = deque()  # (mid, ok) from the network thread
+        self.unrouted = 0  # PUBACKs "no matching subscribers": nobody got the message; kept and resent
+        self._acks: deque[tuple[int, int]] = deque()  # (mid, PUBACK reason code) from the network thread
+        self._hold_until = 0.0  # monotonic time before which nothing is sent (no subscriber yet)
+        self._unrouted_wait = config.unrouted_retry_s[0]
         self._inflight: dict[int, tuple[int, float]] = {}  # mid -> (queue row id, sent at)
         self._cursor = 0  # highest queue row id handed to paho
         self._connected = threading.Event()
@@ -200,11 +213,12 @@ class Agent:
     _final_stats: dict[str, Any] | None = None
 
     def stats(self) -> dict[str, Any]:
-        """connected, buffered, acked, dropped, rejected, last_seq (kept after :meth:`stop`)."""
+        """connected, buffered, acked, dropped, rejected, unrouted, last_seq (kept after :meth:`stop`)."""
         if self._final_stats is not None:
             return dict(self._final_stats)
         return {"connected": self._connected.is_set(), "buffered": len(self.queue), "acked": self.acked,
-                "dropped": self.queue.dropped, "rejected": self.rejected, "last_seq": self.queue.last_seq}
+                "dropped": self.queue.dropped, "rejected": self.rejected, "unrouted": self.unrouted,
+                "last_seq": self.queue.last_seq}
 
     # -- paho callbacks (network thread) -----------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties=None):
@@ -220,7 +234,7 @@ class Agent:
         self._connected.clear()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties=None):
-        self._acks.append((mid, reason_ok(reason_code)))
+        self._acks.append((mid, int(getattr(reason_code, "value", reason_code))))
         self._wake.set()
 
     # -- the sender loop ------------------------------------------------------------------
@@ -242,22 +256,41 @@ class Agent:
     def _settle_acks(self) -> None:
         done: list[int] = []
         while self._acks:
-            mid, ok = self._acks.popleft()
+            mid, code = self._acks.popleft()
             entry = self._inflight.pop(mid, None)
             if entry is None:
                 continue  # the status message, or a PUBACK for a message already resent
+            if code == NO_MATCHING_SUBSCRIBERS:
+                self._unrouted(entry[0])
+                continue
             done.append(entry[0])
-            if ok:
+            if code == 0:
                 self.acked += 1
+                self._hold_until = 0.0  # someone is subscribed now: send what was held at once
+                self._unrouted_wait = self.config.unrouted_retry_s[0]
             else:
                 self.rejected += 1
                 log.warning("broker refused a telemetry message (not retried)")
         self.queue.remove(done)
 
+    def _unrouted(self, row: int) -> None:
+        """The broker had no subscriber for queue row ``row`` and dropped it: keep it, resend later."""
+        self.unrouted += 1
+        self._cursor = min(self._cursor, row - 1)  # peek from here again once the hold is over
+        now = time.monotonic()
+        if self._hold_until <= now:  # one hold (and one log line) per burst of such PUBACKs
+            log.warning("broker %s has no subscriber for %s (collector not subscribed yet?): "
+                        "keeping %d message(s) buffered, resending in %.0f s", self.config.broker.url,
+                        self.topic("telemetry"), len(self.queue), self._unrouted_wait)
+            self._hold_until = now + self._unrouted_wait
+            self._unrouted_wait = min(self._unrouted_wait * 2, self.config.unrouted_retry_s[1])
+
     _reconnected = False
 
     def _send(self) -> None:
         now = time.monotonic()
+        if now < self._hold_until:
+            return
         if self._reconnected:
             self._reconnected = False
             self._inflight = {mid: (row, now) for mid, (row, _) in self._inflight.items()}

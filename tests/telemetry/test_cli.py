@@ -30,7 +30,7 @@ def test_simulate_collect_status_device_events(system_broker, fleet_id, tmp_path
     # simulator publishes now are queued for `fleet collect` below.
     pre = Collector(CollectorConfig(broker=system_broker, fleet=fleet_id, group="cli", client_id=client_id,
                                     session_expiry_s=7 * 24 * 3600), MemoryStore()).start()
-    assert pre.wait_connected(10)
+    assert pre.wait_connected(30)
     pre.kill()
     try:
         code, out, _ = run(capsys, "fleet", "simulate", "-b", url, "--fleet", fleet_id, "--devices", "4", "--rate", "0",

@@ -23,7 +23,7 @@ def collector_for(broker, fleet, store, **kw):
     cfg = CollectorConfig(broker=broker, fleet=fleet, group=f"g-{fleet}", client_id=f"c-{fleet}",
                           session_expiry_s=60, batch_wait_s=0.02, **kw)
     col = Collector(cfg, store).start()
-    assert col.wait_connected(10), "collector did not connect/subscribe"
+    assert col.wait_connected(30), "collector did not connect/subscribe"
     assert col.subscribe_error is None
     return col
 
@@ -34,7 +34,7 @@ def run_roundtrip(broker, fleet, store, tmp_path):
     agent = Agent(AgentConfig(fleet, "dev-1", broker, interval_s=3600, buffer_path=tmp_path / "buf.db"), model)
     agent.start()
     try:
-        assert agent.wait_connected(10)
+        assert agent.wait_connected(30)
         for _ in range(3):
             agent.generate("the edge device", max_new_tokens=5, stop_on_eos=False)
         with pytest.raises(Exception):
@@ -43,11 +43,11 @@ def run_roundtrip(broker, fleet, store, tmp_path):
         for _ in range(4):
             agent.generate("a small model", max_new_tokens=3, stop_on_eos=False)
             agent.flush()
-        assert agent.wait_drained(10), agent.stats()
+        assert agent.wait_drained(30), agent.stats()
     finally:
-        agent.stop()
+        agent.stop(drain_timeout=30)
     assert wait_for(lambda: store.telemetry_count(fleet) == 6 and
-                    (store.devices(fleet) or [None])[0] and store.devices(fleet)[0].online is False, 10)
+                    (store.devices(fleet) or [None])[0] and store.devices(fleet)[0].online is False, 30)
     col.stop()
     hist = store.history(fleet, "dev-1", 10)
     assert [r["seq"] for r in hist] == [5, 4, 3, 2, 1, 0]  # 5 flushes + the final one on stop
@@ -101,8 +101,8 @@ def test_agent_http_endpoint_is_measured(system_broker, fleet_id, tmp_path):
         assert json.loads(urllib.request.urlopen(f"{url}/health", timeout=10).read())["ok"] is True
     finally:
         server.shutdown()
-        agent.stop()
-    assert wait_for(lambda: store.telemetry_count(fleet_id) == 1, 10)
+        agent.stop(drain_timeout=30)
+    assert wait_for(lambda: store.telemetry_count(fleet_id) == 1, 30)
     col.stop()
     (row,) = store.history(fleet_id, "dev-h")
     assert row["requests"] == 2

@@ -158,3 +158,73 @@ def test_alert_rules_fire_once_and_resolve():
                                                              ("offline", False), ("temperature", False)]
     engine.observe(status(online=False), 110.0)
     assert engine.evaluate(114.0) == [] and engine.evaluate(115.5)[0].rule == "offline"
+
+
+class _FakeClient:
+    """Records publishes; mids count up like paho's."""
+
+    def __init__(self):
+        self.sent: list[tuple[int, bytes]] = []
+
+    def publish(self, topic, payload, qos=0, retain=False):
+        class Info:
+            rc = 0
+            mid = len(self.sent) + 1
+        self.sent.append((Info.mid, payload))
+        return Info
+
+
+def test_agent_keeps_and_resends_what_the_broker_had_no_subscriber_for():
+    from edgeslm.telemetry.agent import NO_MATCHING_SUBSCRIBERS, Agent, AgentConfig
+
+    agent = Agent(AgentConfig("f", "d", interval_s=3600, unrouted_retry_s=(0.2, 0.4)))
+    agent._client = _FakeClient()
+    for _ in range(3):
+        agent.flush()
+    agent._send()
+    assert [m for m, _ in agent._client.sent] == [1, 2, 3]
+    # after a broker restart no collector is subscribed yet: the broker drops the message (reason 16)
+    agent._acks.extend([(1, 0), (2, NO_MATCHING_SUBSCRIBERS), (3, NO_MATCHING_SUBSCRIBERS)])
+    agent._settle_acks()
+    assert len(agent.queue) == 2 and agent.acked == 1 and agent.unrouted == 2  # kept, not counted as delivered
+    agent._send()
+    assert len(agent._client.sent) == 3  # held back for a while (no hot loop)
+    time.sleep(0.25)
+    agent._send()
+    resent = agent._client.sent[3:]
+    assert [json.loads(p)["seq"] for _, p in resent] == [1, 2]  # the same messages again, oldest first
+    agent._acks.extend([(m, 0) for m, _ in resent])
+    agent._settle_acks()
+    assert len(agent.queue) == 0 and agent.acked == 3 and agent.rejected == 0
+
+
+@pytest.mark.parametrize("url", ["sqlite", "postgres"])
+def test_sql_store_reads_do_not_break_a_concurrent_write(url, tmp_path, request):
+    """One store object, the collector writing while another thread reads (fleet status, tests)."""
+    import threading
+
+    if url == "postgres":
+        pytest.importorskip("psycopg")
+        url = request.getfixturevalue("pg_url")
+    else:
+        url = f"sqlite:///{tmp_path}/fleet.db"
+    store = open_store(url)
+    done = threading.Event()
+
+    def read():
+        while not done.is_set():
+            store.telemetry_count("f")
+            store.devices("f")
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for seq in range(200):
+            batch = Batch()
+            batch.telemetry.append(telemetry(seq=seq))
+            assert store.write(batch) == 1
+    finally:
+        done.set()
+        reader.join()
+    assert store.telemetry_count("f") == 200  # not one batch emptied by a read's commit
+    store.close()

@@ -9,6 +9,7 @@ row-by-row inserts (FINDINGS: ~65-100k rows/s) and the ON CONFLICT keeps it idem
 from __future__ import annotations
 
 import re
+import threading
 
 from ...errors import TelemetryError
 from .base import TELEMETRY_COLUMNS
@@ -26,6 +27,7 @@ class PostgresStore(SQLStore):
         if schema is not None and not re.match(r"^[a-z_][a-z0-9_]{0,62}$", schema):
             raise TelemetryError(f"schema name {schema!r} must be lower-case letters, digits and _")
         self.dsn = dsn
+        self._lock = threading.RLock()  # one connection: reads and writes take turns
         try:
             self.conn = psycopg.connect(dsn)
             with self.conn.cursor() as cur:

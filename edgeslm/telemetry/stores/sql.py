@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 
@@ -41,9 +42,17 @@ def _marks(n: int, mark: str) -> str:
 
 
 class SQLStore(Store):
-    """A DB-API store; subclasses set ``mark`` (placeholder), open ``self.conn`` and may override inserts."""
+    """A DB-API store; subclasses set ``mark`` (placeholder), open ``self.conn`` and may override inserts.
+
+    Thread-safe: one connection, so a read (``fleet status``, a test, a dashboard thread) and the
+    collector's batch write are serialized by ``_lock``. Without it a read on the same connection
+    runs inside the writer's open transaction and its ``commit()`` ends that transaction half way:
+    PostgreSQL then empties the ``ON COMMIT DELETE ROWS`` staging table between ``COPY`` and
+    ``INSERT ... SELECT``, and the batch's telemetry is silently lost although it gets acknowledged.
+    """
 
     mark = "?"
+    _lock: threading.RLock  # subclasses create it before opening ``conn``
 
     # -- statements -------------------------------------------------------------------------
     def _sql(self) -> dict[str, str]:
@@ -67,6 +76,10 @@ class SQLStore(Store):
 
     # -- writing ----------------------------------------------------------------------------
     def write(self, batch: Batch) -> int:
+        with self._lock:
+            return self._write(batch)
+
+    def _write(self, batch: Batch) -> int:
         now = time.time()
         sql = self._statements
         cur = self.conn.cursor()
@@ -98,14 +111,15 @@ class SQLStore(Store):
 
     # -- reading ----------------------------------------------------------------------------
     def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
-        cur = self.conn.cursor()
-        try:
-            cur.execute(sql.replace("?", self.mark), params)
-            rows = cur.fetchall()
-        finally:
-            cur.close()
-        self.conn.commit()  # end the read transaction so the next read sees new rows
-        return rows
+        with self._lock:
+            cur = self.conn.cursor()
+            try:
+                cur.execute(sql.replace("?", self.mark), params)
+                rows = cur.fetchall()
+            finally:
+                cur.close()
+            self.conn.commit()  # end the read transaction so the next read sees new rows
+            return rows
 
     def devices(self, fleet: str | None = None) -> list[DeviceRow]:
         cols = ("fleet", "device", "online", "reason", "status_ts") + DEVICE_COLUMNS[2:]
@@ -151,6 +165,7 @@ class SQLStore(Store):
 
     def close(self) -> None:
         try:
-            self.conn.close()
+            with self._lock:
+                self.conn.close()
         except Exception:  # pragma: no cover - already closed
             pass

@@ -9,6 +9,7 @@ acknowledges a message to the broker only after its batch is committed.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 from ...errors import TelemetryError
@@ -20,6 +21,7 @@ class SQLiteStore(SQLStore):
 
     def __init__(self, path: str | Path):
         self.path = str(path)
+        self._lock = threading.RLock()  # one connection: reads and writes take turns
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
