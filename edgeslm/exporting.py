@@ -80,7 +80,9 @@ def export_model(model: str | Path | Any, out_dir: str | Path, format: str = "on
     ctx = min(context_length or 2048, source.spec.context_length)
     spec = ExportSpec(format=format, precision=precision, context_length=ctx, target=target, options=options or {})
 
-    tmp = Path(tempfile.mkdtemp(prefix=".edgeslm-export-", dir=out_dir.parent if out_dir.parent.exists() else None))
+    # Build next to the destination so the final rename is atomic (same filesystem).
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".edgeslm-export-", dir=out_dir.parent))
     try:
         t0 = time.perf_counter()
         with steps.step(f"Exporting to {format} ({precision})"):

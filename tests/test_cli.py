@@ -103,3 +103,11 @@ def test_export_option_and_engine_option(capsys, tmp_path, tiny_hf):
     assert code == 0, err
     code, _, err = run(["export", str(tiny_hf), "-o", str(tmp_path / "x"), "--option", "nokeyvalue"], capsys)
     assert code == 2 and "KEY=VALUE" in err
+
+
+@requires_export
+def test_export_into_missing_parent_folders(capsys, tmp_path, tiny_hf):
+    out = tmp_path / "a" / "b" / "bundle"
+    code, _, err = run(["export", str(tiny_hf), "-o", str(out), "--no-parity", "--context-length", "32"], capsys)
+    assert code == 0, err
+    assert (out / "manifest.json").is_file() and not list(out.parent.glob(".edgeslm-export-*"))
