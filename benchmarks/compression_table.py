@@ -100,6 +100,18 @@ def build(name: str, source, args, work: Path):
     elif name == "sparse":
         m = prune.magnitude_prune(source, prune.MagnitudePruneConfig(sparsity=0.5))
         note = "50% of decoder linear weights zeroed; dense ONNX keeps the zeros (see zipped bytes)"
+    elif name == "distilled" and args.student_folder:
+        # a student made by `edgeslm distill` (same code path, run as its own process)
+        from edgeslm.compress.model import load_model
+
+        m = load_model(args.student_folder)
+        hist = {h["technique"]: h for h in m.spec.extra.get("compression", [])}
+        st = hist.get("distill", {})
+        note = (f"`edgeslm distill`: {m.spec.num_layers} of {source.spec.num_layers} layers, MLP "
+                f"{m.spec.intermediate_size}; KD {st.get('steps')} steps x {st.get('batch_size')} x "
+                f"{st.get('seq_len')} tokens on {st.get('windows')} windows of teacher-written text; loss "
+                f"{st.get('loss_first', float('nan')):.2f}->{st.get('loss_last', float('nan')):.2f} "
+                f"({st.get('seconds')} s)")
     elif name == "distilled":
         student = distill.make_student(source, distill.StudentConfig(num_layers=args.student_layers,
                                                                      intermediate_size=args.student_intermediate))
@@ -139,6 +151,8 @@ def main() -> None:
     ap.add_argument("--speed-tokens", type=int, default=64)
     ap.add_argument("--student-layers", type=int, default=4)
     ap.add_argument("--student-intermediate", type=int, default=1024)
+    ap.add_argument("--student-folder", type=Path, default=None,
+                    help="use a student written by `edgeslm distill` instead of distilling here")
     ap.add_argument("--distill-steps", type=int, default=150)
     ap.add_argument("--distill-lr", type=float, default=5e-4)
     ap.add_argument("--seq-len", type=int, default=64)
@@ -146,7 +160,17 @@ def main() -> None:
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--samples", type=int, default=2)
     ap.add_argument("--lora-steps", type=int, default=40)
+    ap.add_argument("--merge", type=Path, nargs="*", default=[],
+                    help="rows from other runs' JSON files (e.g. rows run in parallel) to merge in, then exit")
     args = ap.parse_args()
+    if args.merge:
+        merged = json.loads(args.out_json.read_text())
+        rows = {r["key"]: r for r in merged["rows"]}
+        for other in args.merge:
+            rows.update({r["key"]: r for r in json.loads(other.read_text())["rows"]})
+        save(args, merged["meta"], rows)
+        log(f"merged {len(args.merge)} file(s) into {args.out_json} and {args.out_md}")
+        return
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from edgeslm.compress.evaluate import Evaluator
