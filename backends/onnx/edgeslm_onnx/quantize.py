@@ -228,48 +228,97 @@ def gguf_blocks(gguf_path: str, n_head: int, n_kv: int):
 
 
 def transcode_gguf(model, gguf_path: str, n_head: int, n_kv: int, accuracy_level: int = 4) -> tuple[Any, QuantReport]:
-    """Replace every MatMul/Gather whose weight is a dequantized GGUF tensor by its blocks."""
+    """Replace every MatMul/Gather whose weight is a dequantized GGUF tensor by its own blocks.
+
+    Q4_1 (``w = d*q + m`` per block of 32) is written as onnxruntime's fast symmetric 4-bit
+    kernel plus an exact per-block offset term::
+
+        y = x @ W.T = MatMulNBits(x; codes, d, zero point 8)  +  blocksum(x) @ C.T
+        C[n, b] = m[n, b] + 8 * d[n, b]            blocksum(x)[b] = sum of x over block b
+
+    because ``d*q + m = d*(q - 8) + (m + 8d)``. (MatMulNBits also accepts float zero points,
+    which state ``-m/d`` directly, but onnxruntime's CPU kernels then fall back to a path
+    measured ~35x slower.) The block sums of one input are computed once and shared by the
+    projections that read it (q/k/v, gate/up).
+    """
+    from onnx import helper
+
     from edgeslm.errors import ExportError
 
     report = QuantReport(precision="int4-gguf")
     untie_lm_head(model)
     _ensure_ms_opset(model)
     inits = _inits(model)
-    # digest of each constant MatMul weight as (out, in) -> node indices
-    by_digest: dict[str, list[int]] = {}
-    for idx, node in enumerate(model.graph.node):
+    nodes = list(model.graph.node)
+    by_digest: dict[str, list[int]] = {}  # digest of each constant MatMul weight as (out, in) -> node indices
+    for idx, node in enumerate(nodes):
         if node.op_type == "MatMul" and node.input[1] in inits:
             by_digest.setdefault(_digest(_array(inits[node.input[1]]).T), []).append(idx)
-    gathers = {n.input[0]: n for n in model.graph.node if n.op_type == "Gather" and n.input[0] in inits}
+    gathers = {n.input[0] for n in nodes if n.op_type == "Gather" and n.input[0] in inits}
     gather_digest = {_digest(_array(inits[name])): name for name in gathers}
     max_err = 0.0
     kinds: dict[str, int] = {}
+    replace: dict[int, list] = {}
+    blocksum_of: dict[str, tuple[int, str]] = {}  # input name -> (first consumer index, block-sum output)
     for name, qtype, codes, scales, zp, deq in gguf_blocks(gguf_path, n_head, n_kv):
         key = _digest(deq)
-        nodes = by_digest.pop(key, [])
-        bits = 4 if qtype == "Q4_1" else 8
-        for idx in nodes:
-            node = model.graph.node[idx]
-            n_out, k = deq.shape
-            packed = _pack4(codes) if bits == 4 else codes
-            zpt = zp if bits == 4 else np.full(scales.shape, 128, np.uint8)  # 8-bit needs uint8 zp
-            _matmul_nbits(model, idx, node.input[0], packed, scales, zpt, k, n_out, bits, accuracy_level)
-            # prove the mapping: dequantize what the graph now holds, compare with the GGUF
-            back = ((codes.astype(np.float32) - zp[..., None]) * scales[..., None]).reshape(deq.shape)
-            max_err = max(max_err, float(np.abs(back - deq).max()))
+        n_out, k = deq.shape
+        nb = k // BLOCK
+        for idx in by_digest.pop(key, []):
+            node = nodes[idx]
+            a, y = node.input[0], node.output[0]
+            base = f"{y}_gguf"
+            if qtype == "Q4_1":
+                offset = scales * (8.0 - zp)  # m + 8d, (N, blocks)
+                back = ((codes.astype(np.float32) - 8.0) * scales[..., None] + offset[..., None]).reshape(deq.shape)
+                ins = [a, _add_init(model, base + "_B", _pack4(codes)), _add_init(model, base + "_scales", scales.reshape(-1))]
+                first, bsum = blocksum_of.get(a, (idx, f"{a}_blocksum{nb}"))
+                blocksum_of[a] = (min(first, idx), bsum)
+                replace[idx] = [
+                    helper.make_node("MatMulNBits", ins, [base + "_q"], name=base, domain=MS, K=k, N=n_out, bits=4,
+                                     block_size=BLOCK, accuracy_level=accuracy_level),
+                    helper.make_node("MatMul", [bsum, _add_init(model, base + "_offsetT", offset.T.astype(np.float32))],
+                                     [base + "_offset"], name=base + "_offset"),  # (rows, N)
+                    helper.make_node("Add", [base + "_q", base + "_offset"], [y], name=base + "_add"),  # broadcast over batch 1
+                ]
+            else:  # Q8_0: symmetric 8-bit, zero point 128 in uint8 codes
+                back = ((codes.astype(np.float32) - 128.0) * scales[..., None]).reshape(deq.shape)
+                ins = [a, _add_init(model, base + "_B", codes), _add_init(model, base + "_scales", scales.reshape(-1)),
+                       _add_init(model, base + "_zp", np.full(scales.shape, 128, np.uint8).reshape(-1))]
+                replace[idx] = [helper.make_node("MatMulNBits", ins, [y], name=base, domain=MS, K=k, N=n_out, bits=8,
+                                                 block_size=BLOCK, accuracy_level=accuracy_level)]
+            max_err = max(max_err, float(np.abs(back - deq).max()))  # what the graph computes vs the GGUF
             kinds[qtype] = kinds.get(qtype, 0) + 1
-            if name.startswith("token_embd") or name.startswith("output."):
+            if name.startswith(("token_embd", "output.")):
                 report.lm_head = f"gguf-{qtype}"
         if key in gather_digest and qtype == "Q8_0":
             quantize_embedding_8bit(model, gather_digest[key], codes, scales)
+            nodes = list(model.graph.node)  # the Gather was rewritten in place
             report.embedding = "gguf-Q8_0"
-    left = sum(len(v) for v in by_digest.values())
-    if sum(kinds.values()) == 0:
+    if not kinds:
         raise ExportError(f"{gguf_path}: no Q4_1/Q8_0 tensor of the GGUF matches a weight of the export; "
                           "int4-gguf needs the unmodified GGUF as the source")
+    shape_init = {}
+    before: dict[int, list] = {}
+    for a, (first, bsum) in blocksum_of.items():
+        nb = int(bsum.rsplit("blocksum", 1)[1])
+        if nb not in shape_init:
+            shape_init[nb] = _add_init(model, f"blocksum_shape_{nb}", np.array([-1, nb, BLOCK], np.int64))
+            if "blocksum_axes" not in _inits(model):
+                _add_init(model, "blocksum_axes", np.array([-1], np.int64))
+        before.setdefault(first, []).extend([
+            helper.make_node("Reshape", [a, shape_init[nb]], [bsum + "_blocks"], name=bsum + "_reshape"),  # (rows, nb, 32)
+            helper.make_node("ReduceSum", [bsum + "_blocks", "blocksum_axes"], [bsum], name=bsum, keepdims=0),  # (rows, nb)
+        ])
+    out = []
+    for idx, node in enumerate(nodes):
+        out.extend(before.get(idx, []))
+        out.extend(replace.get(idx, [node]))
+    del model.graph.node[:]
+    model.graph.node.extend(out)
     _drop_unused_initializers(model)
     report.matmuls_quantized = sum(kinds.values())
-    report.matmuls_kept_float = left
+    report.matmuls_kept_float = sum(len(v) for v in by_digest.values())
     report.max_abs_weight_error = max_err
-    report.details = {"gguf_tensors_mapped": kinds}
+    report.details = {"gguf_tensors_mapped": kinds, "q4_1_as": "symmetric 4-bit MatMulNBits + exact per-block offset"}
     return model, report
