@@ -28,7 +28,10 @@ class LlamaCppEngine(Engine):
         self.reset()
 
     def _logits(self) -> np.ndarray:
-        return np.array(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float32, copy=True)
+        # Without logits_all, llama-cpp-python no longer copies logits into .scores; read the last
+        # token's row from the context (the only row llama.cpp computed).
+        n_vocab = self.llm.n_vocab()
+        return np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(n_vocab,)).astype(np.float32, copy=True)
 
     def prefill(self, token_ids):
         ids = self.check_tokens(token_ids)
@@ -43,7 +46,10 @@ class LlamaCppEngine(Engine):
         return self._logits()
 
     def reset(self):
+        # Llama.reset() only rewinds the token count; the KV cells of the last sequence would
+        # still be attended to, so clear the context's memory too.
         self.llm.reset()
+        self.llm._ctx.kv_cache_clear()
         self.position = 0
 
     def close(self):
