@@ -107,6 +107,10 @@ def load_hf_folder(folder: str | Path, name: str | None = None) -> SourceModel:
     config = _read_json(folder / "config.json")
     if not config:
         raise ModelLoadError(f"{folder}: not a Hugging Face model folder (no config.json)")
+    if config.get("edgeslm_low_rank"):  # factorized by edgeslm.compress.lowrank: Linear pairs, not dense
+        from ..compress.model import load_model
+
+        return load_model(folder)
     check_supported(config.get("model_type", "?"))
     if not (list(folder.glob("*.safetensors")) or list(folder.glob("*.bin"))):
         raise ModelLoadError(f"{folder}: no weights (*.safetensors)")
