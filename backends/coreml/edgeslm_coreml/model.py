@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgeslm.arch.llama import MLP  # the same SwiGLU block; only attention and norms differ here
 from edgeslm.spec import ModelSpec
 
 
@@ -77,17 +78,6 @@ class Attention(nn.Module):
         probs = torch.softmax(scores, dim=-1)
         out = torch.matmul(probs, values).transpose(1, 2).reshape(1, s, self.h * self.hd)  # (1, S, h*hd)
         return self.o_proj(out)
-
-
-class MLP(nn.Module):
-    def __init__(self, spec: ModelSpec):
-        super().__init__()
-        self.gate_proj = nn.Linear(spec.hidden_size, spec.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(spec.hidden_size, spec.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=False)
-
-    def forward(self, x):
-        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class DecoderLayer(nn.Module):
