@@ -8,10 +8,10 @@ EDGESLM=.venv/bin/edgeslm
 OUT=${OUT:-out/smollm2-onnx}
 if $EDGESLM verify "$OUT" >/dev/null 2>&1; then
   echo "==> $OUT already exported and verified"
+  $EDGESLM info "$OUT"
 else
-  $EDGESLM export smollm2-135m --format onnx -o "$OUT" --overwrite
+  $EDGESLM export smollm2-135m --format onnx -o "$OUT" --overwrite   # prints the bundle summary
 fi
-$EDGESLM info "$OUT"
 echo
 echo "==> chat"
 $EDGESLM run "$OUT" --chat --prompt "${PROMPT:-What is an edge device? Answer in two sentences.}" -n 96
