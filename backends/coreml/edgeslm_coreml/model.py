@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgeslm.arch.llama import MLP  # the same SwiGLU block; only attention and norms differ here
+from edgeslm.arch import llama as shared  # same projections, MLP and rotation; attention's cache and norms differ
 from edgeslm.spec import ModelSpec
 
 
@@ -44,28 +44,16 @@ class SafeRMSNorm(nn.Module):
         return self.weight * (y * torch.rsqrt(var))
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-class Attention(nn.Module):
-    def __init__(self, spec: ModelSpec, bias: bool):
-        super().__init__()
-        self.h, self.kv, self.hd = spec.num_heads, spec.num_kv_heads, spec.head_dim
-        hs = spec.hidden_size
-        self.q_proj = nn.Linear(hs, self.h * self.hd, bias=bias)
-        self.k_proj = nn.Linear(hs, self.kv * self.hd, bias=bias)
-        self.v_proj = nn.Linear(hs, self.kv * self.hd, bias=bias)
-        self.o_proj = nn.Linear(self.h * self.hd, hs, bias=False)
+class Attention(shared.Attention):
+    """The shared projections (q/k/v/o, same weight names); forward writes a fixed-size cache."""
 
     def forward(self, x, cos, sin, mask, key_cache, value_cache, layer: int, past, end):
         s = x.shape[1]
         q = self.q_proj(x).view(1, s, self.h, self.hd).transpose(1, 2)  # (1, h, S, hd)
         k = self.k_proj(x).view(1, s, self.kv, self.hd).transpose(1, 2)  # (1, kv, S, hd)
         v = self.v_proj(x).view(1, s, self.kv, self.hd).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        q = q * cos + shared.rotate_half(q) * sin
+        k = k * cos + shared.rotate_half(k) * sin
         key_cache[layer, :, :, past:end, :] = k  # in place: becomes a Core ML state write
         value_cache[layer, :, :, past:end, :] = v
         keys = key_cache[layer, :, :, :end, :]  # (1, kv, E, hd)
@@ -84,7 +72,7 @@ class DecoderLayer(nn.Module):
     def __init__(self, spec: ModelSpec, bias: bool):
         super().__init__()
         self.self_attn = Attention(spec, bias)
-        self.mlp = MLP(spec)
+        self.mlp = shared.MLP(spec)
         self.input_layernorm = SafeRMSNorm(spec.hidden_size, spec.rms_norm_eps)
         self.post_attention_layernorm = SafeRMSNorm(spec.hidden_size, spec.rms_norm_eps)
 
