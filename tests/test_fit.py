@@ -70,7 +70,7 @@ def test_esp32_refuses_with_byte_figures():
         plan_export(SMOLLM2, esp, exporters={"tflite-micro": ("full-int8",)})
     msg = str(exc.value)
     assert f"{f.weights:,} B" in msg and f"{esp.memory.weights_budget:,} B" in msg
-    assert "distill a micro model" in msg
+    assert "distill a micro model" in msg and "edgeslm micro --teacher" in msg
 
 
 def test_pi5_fits_up_to_the_models_context():

@@ -9,10 +9,14 @@ import click
 from . import cli
 
 
+TEACHER_FILE = "teacher_text.txt"
+
+
 @cli.command("micro")
 @click.option("--text", "text_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Training text (repeatable).")
-@click.option("--teacher", default=None, help="A bundle whose generations are added to the training text.")
+@click.option("--teacher", default=None,
+              help="A bundle whose sampled generations are added to the training text (kept as teacher_text.txt).")
 @click.option("--teacher-chars", default=20000, show_default=True, help="Characters to generate from the teacher.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--steps", default=3000, show_default=True, help="Training steps (batches of 64 windows).")
@@ -35,6 +39,7 @@ def micro(text_files, teacher, teacher_chars, output, steps, context, hidden, mi
       edgeslm micro --teacher out/smollm2-litert --text corpus.txt -o out/micro --steps 5000
     """
     from ..errors import ExportError
+    from ..progress import Steps
 
     try:
         from edgeslm_litert.micro import MicroConfig, build_micro_model
@@ -42,12 +47,14 @@ def micro(text_files, teacher, teacher_chars, output, steps, context, hidden, mi
         raise ExportError(f"the micro path is part of the LiteRT backend: pip install 'edgeslm-litert[export]' ({exc})")
     text = "".join(Path(f).read_text(errors="replace") for f in text_files)
     if teacher:
-        text += _teacher_text(teacher, teacher_chars)
+        generated = _teacher_text(teacher, teacher_chars)
+        Path(output).mkdir(parents=True, exist_ok=True)
+        (Path(output) / TEACHER_FILE).write_text(generated)  # kept: the training text is reproducible
+        text += generated
     if not text:
         raise click.UsageError("give --text FILE and/or --teacher BUNDLE")
     cfg = MicroConfig(steps=steps, context=context, hidden=hidden, min_agreement=min_agreement)
-    click.echo(f"training on {len(text)} characters ({steps} steps) ...", err=True)
-    r = build_micro_model(text, output, cfg)
+    r = build_micro_model(text, output, cfg, steps=Steps())
     click.echo(f"model      {r['model']['parameters']} parameters, vocab {r['model']['vocab']}, "
                f"context {r['model']['context']}")
     click.echo(f"int8       {r['int8']['bytes']} bytes ({', '.join(r['int8']['ops'])})")
@@ -57,14 +64,22 @@ def micro(text_files, teacher, teacher_chars, output, steps, context, hidden, mi
 
 
 def _teacher_text(teacher: str, chars: int) -> str:
+    """Sampled continuations of short prompts from the teacher bundle, ``chars`` characters in all."""
+    from rich.console import Console
+    from rich.progress import Progress
+
     import edgeslm
 
     prompts = ["Once upon a time", "The", "In a small town", "Q: What is", "Here is", "A"]
     parts: list[str] = []
-    with edgeslm.load(teacher) as model:
+    done = 0
+    with edgeslm.load(teacher) as model, Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(f"generating text with {teacher}", total=chars)
         i = 0
-        while sum(map(len, parts)) < chars:
+        while done < chars:
             res = model.generate(prompts[i % len(prompts)], max_new_tokens=128, temperature=0.8, seed=i)
             parts.append(prompts[i % len(prompts)] + res.text + "\n")
+            done += len(parts[-1])
+            progress.update(task, completed=min(done, chars))
             i += 1
     return "".join(parts)

@@ -160,6 +160,8 @@ def suggestions(spec: ModelSpec, target: TargetProfile, failed: Forecast) -> lis
         if embedding >= limit:
             text += (f"; its {spec.vocab_size:,}-token embedding alone is {embedding / 1e6:.1f}M parameters, so the "
                      f"micro model needs a much smaller vocabulary (e.g. character-level)")
+            if any(f.name == "tflite-micro" for f in target.formats):
+                text += "; `edgeslm micro --teacher BUNDLE --text FILE -o DIR` builds one"
         out.append(text)
     return out
 

@@ -20,11 +20,15 @@ FIRMWARE = Path(__file__).resolve().parents[3] / "firmware_examples" / "esp32-s3
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("make") is None, reason="needs gcc and make")
 
 
-@pytest.fixture(scope="module")
-def micro_dir(tmp_path_factory):
+def _needs_micro_deps():
     for m in ("torch", "litert_torch", "ai_edge_quantizer", "tflite_micro"):
         if importlib.util.find_spec(m) is None:
             pytest.skip(f"needs {m}: pip install 'edgeslm-litert[export]' (see docs/backends/litert.md)")
+
+
+@pytest.fixture(scope="module")
+def micro_dir(tmp_path_factory):
+    _needs_micro_deps()
     from edgeslm.cli import main
     from edgeslm.testing import CORPUS
 
@@ -71,6 +75,20 @@ def test_header_compiles_and_holds_the_model(micro_dir, tmp_path):
     assert (tmp_path / "header_check.o").stat().st_size > (micro_dir / "micro_lm.tflite").stat().st_size
 
 
+def test_teacher_text_is_generated_and_kept(onnx_bundle, tmp_path):
+    """--teacher samples text from a bundle (here the tiny ONNX one) and trains on it."""
+    _needs_micro_deps()
+    from edgeslm.cli import main
+
+    out = tmp_path / "out"
+    assert main(["micro", "--teacher", str(onnx_bundle), "--teacher-chars", "3000", "-o", str(out),
+                 "--steps", "200", "--context", "8", "--hidden", "64", "--min-agreement", "0"]) == 0
+    generated = (out / "teacher_text.txt").read_text()
+    assert len(generated) >= 3000 and generated.startswith("Once upon a time")
+    r = json.loads((out / "micro_report.json").read_text())
+    assert r["training"]["characters"] == len(generated)  # the teacher's text was the training text
+
+
 @needs_gcc
 def test_host_c_tokenizer_and_sampling(tmp_path):
     r = subprocess.run(["make", "-s", "-C", str(FIRMWARE / "host_test"), "test", f"OUT={tmp_path}"],
@@ -82,9 +100,7 @@ def test_host_c_tokenizer_and_sampling(tmp_path):
 @pytest.mark.slow
 def test_default_config_meets_the_bar_on_real_text(tmp_path):
     """`edgeslm micro` with its defaults (~483k parameters) on 40 KB of this repo's docs (~2 min)."""
-    for m in ("torch", "litert_torch", "ai_edge_quantizer", "tflite_micro"):
-        if importlib.util.find_spec(m) is None:
-            pytest.skip(f"needs {m}")
+    _needs_micro_deps()
     from edgeslm.cli import main
 
     root = FIRMWARE.parents[1]

@@ -15,6 +15,7 @@ import numpy as np
 
 from edgeslm._deps import require
 from edgeslm.errors import ExportError
+from edgeslm.progress import NULL_STEPS, Steps
 
 from .model import CharVocab, make_module, onehot, train, windows
 
@@ -40,7 +41,8 @@ class MicroConfig:
     seed: int = 0
 
 
-def build_micro_model(text: str, out_dir: str | Path, cfg: MicroConfig | None = None) -> dict[str, Any]:
+def build_micro_model(text: str, out_dir: str | Path, cfg: MicroConfig | None = None,
+                      steps: Steps = NULL_STEPS) -> dict[str, Any]:
     """Train, convert to full int8, verify in TFLite Micro and write the C header into ``out_dir``.
 
     Returns the report (also written to ``micro_report.json``); raises ExportError when the int8
@@ -58,8 +60,9 @@ def build_micro_model(text: str, out_dir: str | Path, cfg: MicroConfig | None = 
     train_ids, held = ids[:split], ids[split - cfg.context:]
     t0 = time.perf_counter()
     module = make_module(vocab.size, cfg.context, cfg.embed, cfg.hidden)
-    loss = train(module, train_ids, cfg.context, vocab.size, cfg.steps, lr=cfg.lr,
-                 label_smoothing=cfg.label_smoothing, seed=cfg.seed)
+    with steps.step(f"Training the micro model ({cfg.steps} steps on {len(train_ids)} characters)"):
+        loss = train(module, train_ids, cfg.context, vocab.size, cfg.steps, lr=cfg.lr,
+                     label_smoothing=cfg.label_smoothing, seed=cfg.seed)
     train_s = time.perf_counter() - t0
 
     rng = np.random.default_rng(cfg.seed + 1)
@@ -71,13 +74,16 @@ def build_micro_model(text: str, out_dir: str | Path, cfg: MicroConfig | None = 
         float_logits = module(torch.from_numpy(onehot(ev, vocab.size))).numpy()  # (B, V)
 
     float_path, int8_path = out / FLOAT_FILE, out / MODEL_FILE
-    to_float_tflite(module, cfg.context, vocab.size, float_path)
-    in_q, out_q = to_full_int8(float_path, int8_path, onehot(calib, vocab.size))
+    with steps.step("Converting to a float .tflite (litert-torch)"):
+        to_float_tflite(module, cfg.context, vocab.size, float_path)
+    with steps.step(f"Quantizing to full int8 ({len(calib)} calibration windows)"):
+        in_q, out_q = to_full_int8(float_path, int8_path, onehot(calib, vocab.size))
 
     from .tflm import run_tflm
 
     q_in = np.clip(np.round(onehot(ev, vocab.size) / in_q[0]) + in_q[1], -128, 127).astype(np.int8)
-    q_logits, arena = run_tflm(int8_path, q_in)  # (B, V) int8
+    with steps.step(f"Checking {n_eval} held-out windows in TFLite Micro"):
+        q_logits, arena = run_tflm(int8_path, q_in)  # (B, V) int8
     agree = float(np.mean(q_logits.argmax(-1) == float_logits.argmax(-1)))
     saturated = float(np.mean((q_logits == 127).any(-1)))  # clipped top logits tie; should be ~0
     ops = _ops(int8_path)
