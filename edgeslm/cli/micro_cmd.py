@@ -60,6 +60,8 @@ def micro(text_files, teacher, teacher_chars, output, steps, context, hidden, mi
     click.echo(f"int8       {r['int8']['bytes']} bytes ({', '.join(r['int8']['ops'])})")
     click.echo(f"tflm       top-1 agreement with float {r['tflm']['top1_agreement_with_float']:.1%}, "
                f"arena {r['tflm']['arena_bytes']} bytes")
+    sample = r["tflm"]["greedy_sample"]
+    click.echo(f"sample     {(sample['prompt'] + sample['text'])!r} (greedy, TFLite Micro)")
     click.echo(f"header     {Path(output) / r['header']['file']}")
 
 

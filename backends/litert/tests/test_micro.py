@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -51,6 +53,7 @@ def test_full_int8_model_report(micro_dir):
     assert t["top1_agreement_with_float"] >= 0.95 and 1000 < t["arena_bytes"] < 64 * 1024
     # min/max calibration: held-out logits rarely clip at 127 (a moving average clipped a third)
     assert t["saturated_outputs"] < 0.05
+    assert len(t["greedy_sample"]["text"]) == 80 and set(t["greedy_sample"]["text"]) <= set(r["model"]["chars"])
 
 
 def test_int8_tflite_is_really_int8(micro_dir):
@@ -87,6 +90,27 @@ def test_teacher_text_is_generated_and_kept(onnx_bundle, tmp_path):
     assert len(generated) >= 3000 and generated.startswith("Once upon a time")
     r = json.loads((out / "micro_report.json").read_text())
     assert r["training"]["characters"] == len(generated)  # the teacher's text was the training text
+
+
+@needs_gcc
+@pytest.mark.skipif(not os.environ.get("EDGESLM_TFLM_DIR"),
+                    reason="set EDGESLM_TFLM_DIR to a checkout of espressif/esp-tflite-micro (not on PyPI)")
+def test_firmware_program_on_host_matches_python_tflm(micro_dir, tmp_path):
+    """main/main.cc itself, built with g++ against TFLite Micro sources, generates greedily the
+    same characters as the report's sample (the Python TFLite Micro interpreter), in the arena."""
+    r = json.loads((micro_dir / "micro_report.json").read_text())
+    sample = r["tflm"]["greedy_sample"]
+    n = len(sample["text"])
+    define_prompt = '-DPROMPT="\\"' + sample["prompt"] + '\\""'
+    run = subprocess.run(["make", "-s", "-j2", "-C", str(FIRMWARE / "host_test"), "generate",
+                          f"TFLM_DIR={os.environ['EDGESLM_TFLM_DIR']}", f"HEADER={micro_dir / 'micro_lm.h'}",
+                          f"OUT={tmp_path}", f"GEN_FLAGS=-DTEMPERATURE=0 -DNEW_CHARS={n} {define_prompt}"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    m = re.search(rf"arena used: (\d+) bytes\n(.*)\n{n} chars in", run.stdout, re.S)
+    assert m, run.stdout[-2000:]
+    assert m.group(2) == sample["prompt"] + sample["text"]
+    assert int(m.group(1)) <= r["tflm"]["arena_bytes"] + 4096
 
 
 @needs_gcc

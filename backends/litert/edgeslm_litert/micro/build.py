@@ -23,6 +23,8 @@ MODEL_FILE = "micro_lm.tflite"
 FLOAT_FILE = "micro_lm_float.tflite"
 HEADER_FILE = "micro_lm.h"
 REPORT_FILE = "micro_report.json"
+SAMPLE_PROMPT = "The "  # the firmware's greedy output for this prompt must equal the report's sample
+SAMPLE_CHARS = 80
 
 
 @dataclass
@@ -79,11 +81,12 @@ def build_micro_model(text: str, out_dir: str | Path, cfg: MicroConfig | None = 
     with steps.step(f"Quantizing to full int8 ({len(calib)} calibration windows)"):
         in_q, out_q = to_full_int8(float_path, int8_path, onehot(calib, vocab.size))
 
-    from .tflm import run_tflm
+    from .tflm import greedy_generate, run_tflm
 
     q_in = np.clip(np.round(onehot(ev, vocab.size) / in_q[0]) + in_q[1], -128, 127).astype(np.int8)
     with steps.step(f"Checking {n_eval} held-out windows in TFLite Micro"):
         q_logits, arena = run_tflm(int8_path, q_in)  # (B, V) int8
+        sample = greedy_generate(int8_path, vocab.chars, cfg.context, in_q, SAMPLE_PROMPT, SAMPLE_CHARS, arena)
     agree = float(np.mean(q_logits.argmax(-1) == float_logits.argmax(-1)))
     saturated = float(np.mean((q_logits == 127).any(-1)))  # clipped top logits tie; should be ~0
     ops = _ops(int8_path)
@@ -105,6 +108,7 @@ def build_micro_model(text: str, out_dir: str | Path, cfg: MicroConfig | None = 
         "tflm": {"interpreter": "tflite-micro (PyPI)", "arena_bytes": arena,
                  "top1_agreement_with_float": agree, "eval_windows": int(n_eval),
                  "saturated_outputs": saturated,
+                 "greedy_sample": {"prompt": SAMPLE_PROMPT, "text": sample},
                  "min_agreement": cfg.min_agreement},
         "header": {"file": header.name, "bytes": header.stat().st_size},
     }
