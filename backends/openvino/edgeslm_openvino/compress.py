@@ -29,6 +29,7 @@ class CompressionConfig:
     ratio: float = 1.0  # share of ratio-defining layers in int4; the rest use backup_mode
     backup_mode: str = "int8_asym"  # precision of layers not in int4 (embedding, lm_head, 1 - ratio)
     all_layers: bool = False  # True puts embedding and lm_head in int4 too (smaller, worse)
+    int8_embedding: str = "fp16"  # int8 only: "fp16" keeps the embedding (= tied lm_head) in fp16; "int8"
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> "CompressionConfig":
@@ -36,6 +37,8 @@ class CompressionConfig:
         kw = {k: v for k, v in options.items() if k in names}
         cfg = cls(**kw)
         cfg.group_size, cfg.ratio = int(cfg.group_size), float(cfg.ratio)
+        if cfg.int8_embedding not in ("fp16", "int8"):
+            raise ExportError(f"int8_embedding must be 'fp16' or 'int8', got {cfg.int8_embedding!r}")
         if isinstance(cfg.all_layers, str):
             cfg.all_layers = cfg.all_layers.lower() in ("1", "true", "yes")
         if not 0.0 <= cfg.ratio <= 1.0:
@@ -54,15 +57,20 @@ def compress(model, precision: str, cfg: CompressionConfig):
     try:
         if precision == "int8":
             mode = nncf.CompressWeightsMode(cfg.int8_mode)
-            out = nncf.compress_weights(model, mode=mode)
-            asked = {"mode": cfg.int8_mode}
+            embedding = _embedding_ops(model) if cfg.int8_embedding == "fp16" else None
+            scope = nncf.IgnoredScope(names=embedding[1]) if embedding else None
+            out = nncf.compress_weights(model, mode=mode, ignored_scope=scope)
+            asked = {"mode": cfg.int8_mode, "int8_embedding": cfg.int8_embedding}
+            if embedding:
+                _store_fp16(embedding[0])
+                asked["fp16_layers"] = [_short(embedding[0].get_friendly_name())]
         elif precision == "int4":
             mode = nncf.CompressWeightsMode(cfg.int4_mode)
             adv = AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode(cfg.group_size_fallback))
             out = nncf.compress_weights(model, mode=mode, group_size=cfg.group_size, ratio=cfg.ratio,
                                         all_layers=cfg.all_layers, backup_mode=nncf.BackupMode(cfg.backup_mode),
                                         advanced_parameters=adv)
-            asked = {k: v for k, v in asdict(cfg).items() if k != "int8_mode"}
+            asked = {k: v for k, v in asdict(cfg).items() if k not in ("int8_mode", "int8_embedding")}
             asked["mode"] = asked.pop("int4_mode")
         else:
             raise ExportError(f"no compression for precision '{precision}'")
@@ -74,6 +82,37 @@ def compress(model, precision: str, cfg: CompressionConfig):
         raise ExportError(f"NNCF {precision} compression failed: {first} Try a group_size that divides "
                           f"the layer widths, or group_size_fallback='adjust'.") from exc
     return out, {"library": "nncf", "nncf_version": nncf.__version__, **asked, **describe(out)}
+
+
+def _embedding_ops(model):
+    """(the embedding table's Constant, names of the ops reading it) or None.
+
+    The table is the f32 Constant a Gather looks rows up in; with tied embeddings the lm_head
+    MatMul reads the same Constant. NNCF must skip all of them, or it compresses the shared table.
+    """
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Gather":
+            continue
+        table = op.input_value(0).get_node()
+        if table.get_type_name() == "Constant" and table.get_element_type().get_type_name() == "f32" \
+                and len(table.get_output_shape(0)) == 2:
+            readers = [t.get_node().get_friendly_name() for t in table.output(0).get_target_inputs()]
+            return table, readers
+    return None
+
+
+def _store_fp16(table) -> None:
+    """Replace an f32 Constant by an f16 Constant + Convert to f32 (half the bytes, same graph)."""
+    import numpy as np
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    name = table.get_friendly_name()
+    half = ops.constant(table.get_data().astype(np.float16))
+    half.set_friendly_name(name)
+    up = ops.convert(half, ov.Type.f32)
+    for target in list(table.output(0).get_target_inputs()):
+        target.replace_source_output(up.output(0))
 
 
 def describe(model) -> dict[str, Any]:
@@ -90,6 +129,7 @@ def describe(model) -> dict[str, Any]:
     out: dict[str, Any] = {"layers_by_bits": {str(b): len(n) for b, n in sorted(layers.items())}}
     if 4 in layers:  # a mix: say which stayed 8-bit (embedding, lm_head, ratio < 1)
         out["int8_layers"] = layers.get(8, [])
+
     return out
 
 

@@ -79,7 +79,14 @@ def test_int8_weights_and_parity(bundle_factory, fp32_bundle):
     m = _manifest(b)
     c = m["compression"]
     assert c["library"] == "nncf" and c["mode"] == "int8_asym"
-    assert c["layers_by_bits"] == {"8": 15}  # 14 decoder matrices + the tied embedding/lm_head
+    # 14 decoder matrices in int8; the tied embedding/lm_head table stays fp16 (int8_embedding)
+    assert c["layers_by_bits"] == {"8": 14} and c["fp16_layers"] == ["model.embed_tokens.weight"]
+    import openvino as ov
+
+    consts = {op.get_friendly_name(): op.get_element_type().get_type_name()
+              for op in ov.Core().read_model(str(b / "openvino_model.xml")).get_ordered_ops()
+              if op.get_type_name() == "Constant"}
+    assert consts["self.model.embed_tokens.weight"] == "f16"
     assert m["parity"]["passed"] and m["parity"]["top1_agreement"] >= 0.95
     assert m["parity"]["min_top1_agreement"] == 0.95
     bin8 = m["files"]["openvino_model.bin"]["bytes"]
@@ -155,7 +162,8 @@ def test_smollm2_int8_parity_and_chat(request, tmp_path_factory):
                      precision="int8", context_length=512)
     p = b.manifest["parity"]
     assert p["passed"] and p["top1_agreement"] >= 0.95, p
-    assert b.manifest["compression"]["layers_by_bits"] == {"8": 211}
+    c = b.manifest["compression"]
+    assert c["layers_by_bits"] == {"8": 210} and c["fp16_layers"] == ["model.embed_tokens.weight"]  # 30 x 7 int8
     with edgeslm.load(b.path) as model:
         res = model.chat([{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=24)
     assert "Paris" in res.text, res.text
