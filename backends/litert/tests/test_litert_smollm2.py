@@ -9,15 +9,21 @@ import pytest
 pytest.importorskip("ai_edge_litert")
 
 
-@pytest.mark.slow
-def test_smollm2_dynamic_int8_parity_and_chat(smollm2_source, tmp_path_factory):
-    import edgeslm
+def _export(source, tmp_path_factory, precision: str):
+    """A SmolLM2 LiteRT bundle with a 512-token KV cache (3-6 min each)."""
     from edgeslm.exporting import export_model
 
     if importlib.util.find_spec("litert_torch") is None:
         pytest.skip("needs: pip install --no-deps litert-torch==0.10.0 litert-converter==0.5.0")
-    b = export_model(smollm2_source, tmp_path_factory.mktemp("smollm2") / "litert-dyn", format="litert",
-                     precision="dynamic-int8", context_length=512)
+    return export_model(source, tmp_path_factory.mktemp("smollm2") / f"litert-{precision}", format="litert",
+                        precision=precision, context_length=512)
+
+
+@pytest.mark.slow
+def test_smollm2_dynamic_int8_parity_and_chat(smollm2_source, tmp_path_factory):
+    import edgeslm
+
+    b = _export(smollm2_source, tmp_path_factory, "dynamic-int8")
     m = b.manifest
     p = m["parity"]
     assert p["passed"] and p["top1_agreement"] >= 0.85, p
@@ -30,13 +36,7 @@ def test_smollm2_dynamic_int8_parity_and_chat(smollm2_source, tmp_path_factory):
 
 @pytest.mark.slow
 def test_smollm2_fp32_matches_the_source(smollm2_source, tmp_path_factory):
-    """fp32 .tflite: greedy top-1 agreement 100% with the source (~4-6 min, ~4 GB RAM)."""
-    from edgeslm.exporting import export_model
-
-    if importlib.util.find_spec("litert_torch") is None:
-        pytest.skip("needs: pip install --no-deps litert-torch==0.10.0 litert-converter==0.5.0")
-    b = export_model(smollm2_source, tmp_path_factory.mktemp("smollm2") / "litert-fp32", format="litert",
-                     precision="fp32", context_length=512)
-    p = b.manifest["parity"]
+    """fp32 .tflite: greedy top-1 agreement 100% with the source."""
+    p = _export(smollm2_source, tmp_path_factory, "fp32").manifest["parity"]
     assert p["passed"] and p["top1_agreement"] == 1.0 and p["kl_mean"] < 1e-6, p
     assert abs(p["perplexity_export"] - p["perplexity_source"]) < 0.01 * p["perplexity_source"]

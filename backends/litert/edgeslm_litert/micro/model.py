@@ -82,7 +82,7 @@ def train(module, ids: np.ndarray, context: int, vocab: int, steps: int, batch: 
     """Train on random windows of ``ids``; return the last loss.
 
     Label smoothing keeps the logits in a narrow band (without it the unlikely characters' logits
-    run to -60 while the likely ones sit near +15): the int8 logits then get a ~5x finer scale
+    run to -60 while the likely ones sit near +15): the int8 logits then get a 3-5x finer scale
     and top-1 ties after quantization become rare.
     """
     import torch
