@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -152,13 +153,15 @@ def to_full_int8(float_path: Path, path: Path, calib: np.ndarray) -> tuple[tuple
     # of the int8 outputs saturated at 127 and tied. The true min/max over the set keeps top-1.
     rm = recipe_manager.RecipeManager()
     rm.load_quantization_recipe(recipe.static_wi8_ai8())
-    calib_run = calibrator.Calibrator(float_path.read_bytes(), num_threads=1,
-                                      qsv_update_func=qsv_utils.min_max_update)
-    calib_run.calibrate({"serving_default": [{"onehot": c[None]} for c in calib]}, rm)
-    stats = calib_run.get_model_qsvs()
     tmp = path.with_suffix(".offsets.tflite")
-    with contextlib.redirect_stdout(sys.stderr):  # the quantizer prints a size summary
-        q.quantize(stats).export_model(str(tmp), overwrite=True)
+    with warnings.catch_warnings():  # calibration reads every intermediate tensor on purpose
+        warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
+        calib_run = calibrator.Calibrator(float_path.read_bytes(), num_threads=1,
+                                          qsv_update_func=qsv_utils.min_max_update)
+        calib_run.calibrate({"serving_default": [{"onehot": c[None]} for c in calib]}, rm)
+        stats = calib_run.get_model_qsvs()
+        with contextlib.redirect_stdout(sys.stderr):  # the quantizer prints a size summary
+            q.quantize(stats).export_model(str(tmp), overwrite=True)
     # ai-edge-quantizer stores weights after the flatbuffer (buffer offsets); TFLite Micro only
     # reads weights stored inside it, else it copies them into the arena (~ the model's size).
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(tmp.read_bytes()))
