@@ -82,12 +82,12 @@ def build_micro_model(text: str, out_dir: str | Path, cfg: MicroConfig | None = 
     with steps.step(f"Quantizing to full int8 ({len(calib)} calibration windows)"):
         in_q, out_q = to_full_int8(float_path, int8_path, onehot(calib, vocab.size))
 
-    from .tflm import greedy_generate, run_tflm
+    from .tflm import greedy_generate, quantize_input, run_tflm
 
-    q_in = np.clip(np.round(onehot(ev, vocab.size) / in_q[0]) + in_q[1], -128, 127).astype(np.int8)
+    q_in = quantize_input(onehot(ev, vocab.size), in_q)
     with steps.step(f"Checking {n_eval} held-out windows in TFLite Micro"):
         q_logits, arena = run_tflm(int8_path, q_in)  # (B, V) int8
-        sample = greedy_generate(int8_path, vocab.chars, cfg.context, in_q, SAMPLE_PROMPT, SAMPLE_CHARS, arena)
+        sample = greedy_generate(int8_path, vocab, cfg.context, in_q, SAMPLE_PROMPT, SAMPLE_CHARS, arena)
     agree = float(np.mean(q_logits.argmax(-1) == float_logits.argmax(-1)))
     saturated = float(np.mean((q_logits == 127).any(-1)))  # clipped top logits tie; should be ~0
     ops = _ops(int8_path)

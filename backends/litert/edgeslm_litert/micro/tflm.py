@@ -38,29 +38,31 @@ def run_tflm(model: Path, inputs: np.ndarray, arena: int = 64 * 1024, max_arena:
         return np.load(outp), int(m.group(1))
 
 
-def greedy_generate(model: Path, chars: str, context: int, in_q: tuple[float, int], prompt: str, n: int,
+def quantize_input(x: np.ndarray, q: tuple[float, int]) -> np.ndarray:
+    """Float input -> the int8 tensor a (scale, zero point) quantized input expects."""
+    return np.clip(np.round(x / q[0]) + q[1], -128, 127).astype(np.int8)
+
+
+def greedy_generate(model: Path, vocab, context: int, in_q: tuple[float, int], prompt: str, n: int,
                     arena: int) -> str:
     """The firmware's loop (main/main.cc, TEMPERATURE=0) in the TFLite Micro Python interpreter.
 
-    The window is the last ``context`` characters, left-padded with ' '; characters outside
-    ``chars`` read as id 0. ``arena`` must be one ``run_tflm`` reported (too small aborts the
-    process). Returns the ``n`` generated characters.
+    The window is the last ``context`` characters of the text, left-padded with ' ' like
+    micro_window_ids(); ``vocab`` is the model's CharVocab. ``arena`` must be one ``run_tflm``
+    reported (too small aborts the process). Returns the ``n`` generated characters.
     """
     from tflite_micro.python.tflite_micro import runtime
 
-    index = {c: i for i, c in enumerate(chars) if i}
-    pad = index.get(" ", 0)
-    on = int(np.clip(round(1.0 / in_q[0]) + in_q[1], -128, 127))
-    off = int(np.clip(in_q[1], -128, 127))
+    from .model import onehot
+
+    pad = vocab.encode(" ")
     itp = runtime.Interpreter.from_bytes(Path(model).read_bytes(), arena_size=arena + 4096)
     text = prompt
     for _ in range(n):
-        window = [pad] * max(0, context - len(text)) + [index.get(c, 0) for c in text[-context:]]
-        x = np.full((1, context, len(chars)), off, dtype=np.int8)
-        x[0, np.arange(context), window] = on
-        itp.set_input(x, 0)
+        window = np.concatenate([np.repeat(pad, max(0, context - len(text))), vocab.encode(text[-context:])])
+        itp.set_input(quantize_input(onehot(window[None], vocab.size), in_q), 0)
         itp.invoke()
-        text += chars[int(np.argmax(itp.get_output(0)[0]))]
+        text += vocab.decode([np.argmax(itp.get_output(0)[0])])
     return text[len(prompt):]
 
 
