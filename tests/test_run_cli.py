@@ -102,3 +102,16 @@ def test_run_without_chat_template_refuses_system(capsys, tmp_path, onnx_bundle)
     assert code == 1 and "chat template" in err
     code, _, err = run(["run", str(b), "-p", "hi", "--chat"], capsys)
     assert code == 1 and "no chat template" in err
+
+
+@requires_export
+def test_bench_prefills_the_whole_prompt_every_run(onnx_bundle):
+    """Cache reuse must not turn bench's repeated prompt into a 1-token prefill."""
+    import edgeslm
+    from edgeslm.bench import BenchConfig, bench_model
+
+    with edgeslm.load(onnx_bundle) as m:
+        seen = []
+        m.generator.listeners.append(seen.append)
+        bench_model(m, BenchConfig(prompt_tokens=32, new_tokens=4, runs=2, warmup=1))
+    assert len(seen) == 3 and all(r.metrics.cached_tokens == 0 and r.metrics.prompt_tokens == 32 for r in seen)
