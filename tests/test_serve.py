@@ -281,3 +281,38 @@ def test_cli_serves_and_stops_cleanly_on_sigterm(onnx_bundle, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert shutil.which("curl")
+
+
+def test_agent_serves_openai_and_measures_it(onnx_bundle, tmp_path):
+    """`edgeslm agent --openai`: the same server inside the agent; its requests reach the
+    agent's telemetry (the final interval, flushed on SIGTERM, counts them)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen([sys.executable, "-m", "edgeslm", "agent", "--bundle", str(onnx_bundle), "--fleet", "t",
+                             "--device", "serve-1", "--http", "off", "--openai", f"127.0.0.1:{port}",
+                             "--buffer", str(tmp_path / "q.db"), "--broker", "mqtt://127.0.0.1:9"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                res = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=3)
+                break
+            except openai.APIConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline, "agent did not come up"
+                time.sleep(0.2)
+        assert res.usage.completion_tokens >= 1
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and "agent stopped" in err and "Traceback" not in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    from edgeslm.telemetry.buffer import DiskQueue
+
+    queue = DiskQueue(tmp_path / "q.db", 100)  # broker unreachable: the telemetry waits on disk
+    bodies = [json.loads(payload) for _, topic, payload in queue.peek(0, 100) if topic.endswith("/telemetry")]
+    assert sum(b["metrics"]["gen_ai.client.token.usage"]["output"] for b in bodies) == res.usage.completion_tokens
