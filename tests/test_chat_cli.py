@@ -186,3 +186,24 @@ def test_ctrl_c_stops_a_reply_and_the_chat_goes_on(onnx_bundle, monkeypatch, cap
                              {"role": "user", "content": "And the sea?"}], max_new_tokens=12, stop_on_eos=False)
     assert last == expect.text
     model.close()
+
+
+def test_a_long_conversation_drops_its_oldest_turns(onnx_bundle):
+    import edgeslm
+    from edgeslm.errors import GenerationError
+    from edgeslm.runtime.chat import ChatSession
+    from edgeslm.runtime.generator import GenerationConfig
+
+    with edgeslm.load(onnx_bundle) as model:  # context 128
+        chat = ChatSession(model, system="Be brief.", config=GenerationConfig(max_new_tokens=8, stop_on_eos=False))
+        for i in range(8):
+            reply = chat.ask(f"Question number {i}: why is the sky blue?")
+            assert "".join(reply) == reply.result.text
+        assert chat.dropped > 0 and chat.messages()[0]["role"] == "system"
+        assert chat.history[-2]["content"].startswith("Question number 7")
+        n = len(chat.history)
+        with pytest.raises(GenerationError, match="context overflow"):
+            list(chat.ask("word " * 200))  # one message longer than the context: refused, not kept
+        assert len(chat.history) == n
+        with pytest.raises(GenerationError, match="empty"):
+            chat.ask("  ")

@@ -115,3 +115,9 @@ def test_bench_prefills_the_whole_prompt_every_run(onnx_bundle):
         m.generator.listeners.append(seen.append)
         bench_model(m, BenchConfig(prompt_tokens=32, new_tokens=4, runs=2, warmup=1))
     assert len(seen) == 3 and all(r.metrics.cached_tokens == 0 and r.metrics.prompt_tokens == 32 for r in seen)
+
+
+@pytest.mark.parametrize("verb", ["run", "chat", "serve"])
+def test_help_teaches_with_examples(verb, capsys):
+    code, out, _ = run([verb, "--help"], capsys)
+    assert code == 0 and "Examples:" in out and f"edgeslm {verb} out/smollm2-onnx" in out

@@ -316,3 +316,30 @@ def test_agent_serves_openai_and_measures_it(onnx_bundle, tmp_path):
     queue = DiskQueue(tmp_path / "q.db", 100)  # broker unreachable: the telemetry waits on disk
     bodies = [json.loads(payload) for _, topic, payload in queue.peek(0, 100) if topic.endswith("/telemetry")]
     assert sum(b["metrics"]["gen_ai.client.token.usage"]["output"] for b in bodies) == res.usage.completion_tokens
+
+
+@pytest.mark.slow
+def test_smollm2_answers_through_run_and_serve(smollm2_onnx_bundle, capsys):
+    """The real instruct model: `run` applies the chat template by default and answers, and so
+    does the server through the openai client; the second turn comes from the cache."""
+    import edgeslm
+    from edgeslm.cli import main
+
+    assert main(["run", str(smollm2_onnx_bundle), "--prompt", "What is the capital of France?", "-n", "16"]) == 0
+    assert "Paris" in capsys.readouterr().out
+    with edgeslm.load(smollm2_onnx_bundle) as m:
+        from edgeslm.server import ServeConfig, create_app
+
+        s = ServerThread(create_app(m, ServeConfig(model_id="smollm2-135m")))
+        try:
+            c = s.client()
+            q = [{"role": "user", "content": "What is the capital of France?"}]
+            first = c.chat.completions.create(model="smollm2-135m", messages=q, max_tokens=16, temperature=0)
+            assert "Paris" in first.choices[0].message.content
+            q += [{"role": "assistant", "content": first.choices[0].message.content},
+                  {"role": "user", "content": "And of Italy?"}]
+            second = c.chat.completions.create(model="smollm2-135m", messages=q, max_tokens=16, temperature=0)
+            assert second.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens
+            assert "Rome" in second.choices[0].message.content
+        finally:
+            s.stop()

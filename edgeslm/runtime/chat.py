@@ -51,9 +51,8 @@ class ChatSession:
         if not text.strip():
             raise GenerationError("empty message")
         self.history.append({"role": "user", "content": text})
-        ids = self._fit()
         try:
-            stream = self.model.generator.stream(ids, self.config)
+            stream = self.model.generator.stream(self._fit(), self.config)
         except Exception:
             self.history.pop()
             raise
@@ -68,6 +67,11 @@ class ChatSession:
         """Token ids of the conversation, dropping the oldest exchanges until it fits the context
         with room for a reply."""
         tok, eng = self.model.tokenizer, self.model.engine
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        alone = len(tok.encode(tok.apply_chat_template(head + self.history[-1:])))
+        if alone >= eng.max_context:  # even without any history there is no room to answer
+            raise GenerationError(f"context overflow: this message needs {alone} tokens with the chat template; "
+                                  f"the context is {eng.max_context}")
         room = min(self.config.max_new_tokens, eng.max_context // 2)
         while True:
             ids = tok.encode(tok.apply_chat_template(self.messages()))
@@ -94,8 +98,11 @@ class TurnStream:
         except StopIteration:
             self._finish()
             raise
-        except BaseException:  # Ctrl-C inside the engine: keep what was shown
+        except KeyboardInterrupt:  # Ctrl-C inside the engine: keep what was shown
             self._finish()
+            raise
+        except BaseException:  # the turn failed (e.g. context overflow): keep what was shown, if anything
+            self._finish(failed=not self._shown)
             raise
         self._shown.append(piece)
         return piece
@@ -111,8 +118,13 @@ class TurnStream:
         self._inner.close()
         self._finish()
 
-    def _finish(self) -> None:
-        if not self._done:
-            self._done = True
-            res = self._inner.result
-            self._session.answered(res.text if res is not None else "".join(self._shown))
+    def _finish(self, failed: bool = False) -> None:
+        if self._done:
+            return
+        self._done = True
+        history = self._session.history
+        if failed and history and history[-1]["role"] == "user":
+            history.pop()  # nothing was said: the turn did not happen
+            return
+        res = self._inner.result
+        self._session.answered(res.text if res is not None else "".join(self._shown))
