@@ -22,7 +22,11 @@ class PtyChild:
     so writing Ctrl-C sends it SIGINT, as a terminal does)."""
 
     def __init__(self, argv):
-        self.pid, self.fd = pty.fork()
+        import warnings
+
+        with warnings.catch_warnings():  # the child execs at once: fork's thread caveat does not apply
+            warnings.simplefilter("ignore", RuntimeWarning)
+            self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child
             os.environ["TERM"] = "dumb"
             os.execv(sys.executable, [sys.executable, *argv])
