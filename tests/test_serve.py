@@ -219,8 +219,11 @@ def test_queue_full_is_429_with_retry_after_and_counted(slow_model):
         assert all(r[1] == ("2", "rate_limit_exceeded") for r in refused)
         import urllib.request
 
-        health = json.loads(urllib.request.urlopen(s.url + "/health").read())
-        assert health["busy"] == 0 and health["rejected"] == len(refused) and health["served"] >= len(ok)
+        deadline = time.monotonic() + 5
+        while (health := json.loads(urllib.request.urlopen(s.url + "/health").read()))["busy"]:
+            assert time.monotonic() < deadline  # the worker releases its place just after answering
+            time.sleep(0.01)
+        assert health["rejected"] == len(refused) and health["served"] == len(ok)
         metrics = agent.aggregator.take()  # the agent's own telemetry saw the same requests
         assert metrics[schema.TOKEN_USAGE]["output"] == sum(r[1] for r in ok)
         assert metrics[schema.ERRORS]["by_type"] == {"QueueFull": len(refused)}

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import EdgeSLMError, GenerationError
-from .protocol import ApiError, Limits, Request, chunk_body, completion_body, new_id, parse_chat, parse_completion
+from .protocol import (FINISH, ApiError, Limits, Request, chunk_body, completion_body, new_id, parse_chat,
+                       parse_completion)
 from .worker import Job, ModelWorker
 
 
@@ -26,93 +27,119 @@ class ServeConfig:
 def create_app(model: Any, config: ServeConfig, telemetry: Any = None, lock: Any = None):
     """An ASGI app serving ``model`` (a LoadedModel). ``telemetry``: anything with
     ``record_error(error)`` -- an :class:`~edgeslm.telemetry.agent.Agent` whose ``attach(model)``
-    already records every finished generation -- counts failed and refused requests too."""
+    already records every finished generation -- counts failed and refused requests too.
+    ``lock``: held while generating, when something else uses the model too (the agent)."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.middleware import Middleware
-    from starlette.requests import Request as HttpRequest
-    from starlette.responses import JSONResponse, StreamingResponse
     from starlette.routing import Route
 
-    on_error = (lambda exc: telemetry.record_error(type(exc).__name__)) if telemetry is not None else None
-    worker = ModelWorker(model, config.max_queue, lock=lock, on_error=on_error)
-    started = time.time()
+    h = _Handlers(model, config, telemetry, lock)
+    routes = [
+        Route("/health", h.health, methods=["GET"]),
+        Route("/v1/models", h.models, methods=["GET"]),
+        Route("/v1/models/{model:path}", h.model_detail, methods=["GET"]),
+        Route("/v1/chat/completions", h.chat, methods=["POST"]),
+        Route("/v1/completions", h.completions, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, middleware=[Middleware(_ApiKey, key=config.api_key)],
+                    exception_handlers={ApiError: _on_api_error, HTTPException: _on_http_error, Exception: _on_crash},
+                    lifespan=_lifespan(h.worker))
+    app.state.worker = h.worker
+    return app
 
-    def error_response(err: ApiError) -> JSONResponse:
-        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
-    async def health(request: HttpRequest):
-        return JSONResponse({"ok": True, "model": config.model_id, "busy": worker.busy, "capacity": worker.capacity,
-                             "served": worker.served, "rejected": worker.rejected,
-                             "uptime_s": round(time.time() - started, 1)})
+class _Handlers:
+    """The endpoints, sharing one model worker."""
 
-    async def models(request: HttpRequest):
-        return JSONResponse({"object": "list", "data": [_model_card(config.model_id, started)]})
+    def __init__(self, model: Any, config: ServeConfig, telemetry: Any, lock: Any):
+        on_error = (lambda exc: telemetry.record_error(type(exc).__name__)) if telemetry is not None else None
+        self.model, self.config, self.telemetry = model, config, telemetry
+        self.worker = ModelWorker(model, config.max_queue, lock=lock, on_error=on_error)
+        self.started = time.time()
 
-    async def model_detail(request: HttpRequest):
-        if request.path_params["model"] != config.model_id:
-            raise _unknown_model(request.path_params["model"], config.model_id)
-        return JSONResponse(_model_card(config.model_id, started))
+    async def health(self, request):
+        from starlette.responses import JSONResponse
 
-    async def chat(request: HttpRequest):
-        return await _generate(request, parse_chat)
+        w = self.worker
+        return JSONResponse({"ok": True, "model": self.config.model_id, "busy": w.busy, "capacity": w.capacity,
+                             "served": w.served, "rejected": w.rejected,
+                             "uptime_s": round(time.time() - self.started, 1)})
 
-    async def completions(request: HttpRequest):
-        return await _generate(request, parse_completion)
+    async def models(self, request):
+        from starlette.responses import JSONResponse
 
-    async def _generate(request: HttpRequest, parse):
-        req = parse(await _read_json(request, config.limits.max_body_bytes))
-        if req.model != config.model_id:
-            raise _unknown_model(req.model, config.model_id)
-        ids = await asyncio.to_thread(_render, model, req)
-        max_new = _check_lengths(model, req, ids, config.limits)
-        if not worker.admit():
-            if telemetry is not None:
-                telemetry.record_error("QueueFull")
-            raise ApiError(429, f"the server is busy ({worker.capacity} requests running or queued); retry "
-                           f"after {config.retry_after_s} s", code="rate_limit_exceeded", type="requests",
-                           headers={"Retry-After": str(config.retry_after_s)})
-        job = Job(ids=ids, config=req.config(max_new))
+        return JSONResponse({"object": "list", "data": [_model_card(self.config.model_id, self.started)]})
+
+    async def model_detail(self, request):
+        from starlette.responses import JSONResponse
+
+        if request.path_params["model"] != self.config.model_id:
+            raise _unknown_model(request.path_params["model"], self.config.model_id)
+        return JSONResponse(_model_card(self.config.model_id, self.started))
+
+    async def chat(self, request):
+        return await self._generate(request, parse_chat)
+
+    async def completions(self, request):
+        return await self._generate(request, parse_completion)
+
+    async def _generate(self, request, parse):
+        from starlette.responses import JSONResponse, StreamingResponse
+
+        cfg = self.config
+        req = parse(await _read_json(request, cfg.limits.max_body_bytes))
+        if req.model != cfg.model_id:
+            raise _unknown_model(req.model, cfg.model_id)
+        ids = await asyncio.to_thread(_render, self.model, req)
+        job = Job(ids=ids, config=req.config(_check_lengths(self.model, req, ids, cfg.limits)))
+        self._admit()
         events: asyncio.Queue = asyncio.Queue()
-        worker.submit(job, asyncio.get_running_loop(), events)
+        self.worker.submit(job, asyncio.get_running_loop(), events)
         rid = new_id(req.kind)
         if req.stream:
-            return StreamingResponse(_sse(req, rid, config.model_id, job, events), media_type="text/event-stream",
+            return StreamingResponse(_sse(req, rid, cfg.model_id, job, events), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
             while True:
                 kind, value = await events.get()
                 if kind == "done":
-                    return JSONResponse(completion_body(req, rid, config.model_id, value))
+                    return JSONResponse(completion_body(req, rid, cfg.model_id, value))
                 if kind == "error":
                     raise _as_api_error(value)
         finally:
             job.cancelled.set()  # harmless when done; stops the job when this handler was cancelled
 
-    async def on_api_error(request, exc: ApiError):
-        return error_response(exc)
+    def _admit(self) -> None:
+        if self.worker.admit():
+            return
+        if self.telemetry is not None:
+            self.telemetry.record_error("QueueFull")
+        retry = self.config.retry_after_s
+        raise ApiError(429, f"the server is busy ({self.worker.capacity} requests running or queued); retry "
+                       f"after {retry} s", code="rate_limit_exceeded", type="requests",
+                       headers={"Retry-After": str(retry)})
 
-    async def on_http_error(request, exc: HTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        message = f"{request.method} {request.url.path}: {exc.detail}; see GET /v1/models, POST " \
-                  f"/v1/chat/completions, POST /v1/completions"
-        return error_response(ApiError(exc.status_code, message, code=code))
 
-    async def on_crash(request, exc: Exception):
-        return error_response(ApiError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error"))
+def _error_response(err: ApiError):
+    from starlette.responses import JSONResponse
 
-    routes = [
-        Route("/health", health, methods=["GET"]),
-        Route("/v1/models", models, methods=["GET"]),
-        Route("/v1/models/{model:path}", model_detail, methods=["GET"]),
-        Route("/v1/chat/completions", chat, methods=["POST"]),
-        Route("/v1/completions", completions, methods=["POST"]),
-    ]
-    app = Starlette(routes=routes, middleware=[Middleware(_ApiKey, key=config.api_key)],
-                    exception_handlers={ApiError: on_api_error, HTTPException: on_http_error, Exception: on_crash},
-                    lifespan=_lifespan(worker))
-    app.state.worker = worker
-    return app
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+async def _on_api_error(request, exc: ApiError):
+    return _error_response(exc)
+
+
+async def _on_http_error(request, exc):
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    message = f"{request.method} {request.url.path}: {exc.detail}; see GET /v1/models, POST " \
+              f"/v1/chat/completions, POST /v1/completions"
+    return _error_response(ApiError(exc.status_code, message, code=code))
+
+
+async def _on_crash(request, exc: Exception):
+    return _error_response(ApiError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error"))
 
 
 def _lifespan(worker: ModelWorker):
@@ -138,11 +165,9 @@ class _ApiKey:
             given = headers.get(b"authorization", b"").decode("latin-1")
             token = given[7:].strip() if given[:7].lower() == "bearer " else ""
             if not hmac.compare_digest(token.encode(), self.key.encode()):
-                from starlette.responses import JSONResponse
-
                 err = ApiError(401, "missing or incorrect API key: send 'Authorization: Bearer <key>'",
                                code="invalid_api_key")
-                await JSONResponse(err.body(), status_code=401)(scope, receive, send)
+                await _error_response(err)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -199,8 +224,6 @@ async def _sse(req: Request, rid: str, model_id: str, job: Job, events: asyncio.
             if kind == "piece":
                 yield event(chunk_body(req, rid, model_id, text=value))
             elif kind == "done":
-                from .protocol import FINISH
-
                 yield event(chunk_body(req, rid, model_id, finish=FINISH.get(value.finish_reason, "stop")))
                 if req.include_usage:
                     yield event(chunk_body(req, rid, model_id, result=value))
