@@ -96,8 +96,11 @@ class OpenVINOEngine(Engine):
         if self.stateful:
             import openvino as ov
 
-            for state in self.request.query_state():  # (1, kv, P, hd) -> (1, kv, length, hd)
-                state.state = ov.Tensor(np.ascontiguousarray(state.state.data[:, :, :length]))
+            try:
+                for state in self.request.query_state():  # (1, kv, P, hd) -> (1, kv, length, hd)
+                    state.state = ov.Tensor(np.ascontiguousarray(state.state.data[:, :, :length]))
+            except Exception:  # a device whose state is not host-readable: the Generator resets instead
+                return False
         else:
             self.cache = [np.ascontiguousarray(c[:, :, :length]) for c in self.cache]
         self.position = length
