@@ -94,6 +94,7 @@ def bench_model(model, config: BenchConfig, on_run: Callable[[int], None] | None
                               f"context {model.engine.max_context}")
     prefill, decode, ttft, overhead = [], [], [], []
     for i in range(config.warmup + config.runs):
+        model.generator.forget_cache()  # every run prefills the whole prompt: same prompt, no reuse
         r = model.generate(ids, max_new_tokens=config.new_tokens, stop_on_eos=False)
         if i >= config.warmup:
             m = r.metrics

@@ -20,6 +20,7 @@ one-line messages and a non-zero exit) can catch the whole family at once::
     │   └── TargetFileError         (edgeslm.targets.profile) a target TOML that does not validate
     │       ├── MissingFieldError, UnknownFormatError, UnknownPrecisionError, UnitError
     ├── GenerationError             bad generation input (empty prompt, context overflow ...)
+    ├── EngineOptionError           an engine option the engine does not know or cannot honour
     └── TelemetryError              malformed telemetry, broker trouble
 """
 
@@ -80,6 +81,11 @@ class DoesNotFitError(TargetError):
 
 class GenerationError(EdgeSLMError):
     """Generation cannot run on the given input (empty prompt, ids out of range, overflow)."""
+
+
+class EngineOptionError(EdgeSLMError):
+    """An engine option the engine does not know, a value of the wrong kind, or a device /
+    execution provider the runtime does not have."""
 
 
 class TelemetryError(EdgeSLMError):

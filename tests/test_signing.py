@@ -193,7 +193,7 @@ def test_smollm2_export_for_x86_signed_verified_runs_and_detects_tampering(keys,
           f"{sum(f['bytes'] for f in m['files'].values()):,} B, forecast weights {m['forecast']['weights']:,} B")
     code, _, err = run(["verify", str(out), "--key", str(keys["pub"])], capsys)
     assert code == 0, err
-    code, text, err = run(["run", str(out), "--key", str(keys["pub"]), "--prompt", "The capital of France is",
+    code, text, err = run(["run", str(out), "--key", str(keys["pub"]), "--raw", "--prompt", "The capital of France is",
                            "-n", "8"], capsys)
     assert code == 0 and "Paris" in text, err
     flip_byte(out / "model.onnx.data")

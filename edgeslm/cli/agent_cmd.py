@@ -25,11 +25,17 @@ from ..telemetry.cliopts import broker_options
               help="Messages kept while the broker is unreachable; older ones are dropped and counted.")
 @click.option("--http", "http_addr", default="127.0.0.1:8080", show_default=True,
               help="HOST:PORT of the local request endpoint (POST /generate, /chat; GET /health); 'off' disables.")
+@click.option("--openai", "openai_addr", default="off", show_default=True,
+              help="HOST:PORT of an OpenAI-compatible server (edgeslm serve) whose requests the agent "
+                   "measures like its own; 'off' disables. Needs the serve extra.")
+@click.option("--api-key", envvar="EDGESLM_API_KEY", default=None,
+              help="API key the --openai server requires [env EDGESLM_API_KEY].")
 @click.option("--threads", default=None, type=int, help="Engine threads [default: runtime's choice].")
 @click.option("--key", "keys", multiple=True, type=click.Path(path_type=Path),
               help="Trusted public key: refuse the bundle unless it is signed by one (repeatable).")
 @broker_options
-def agent_command(bundle, fleet_id, device, interval, buffer_path, buffer_max, http_addr, threads, keys, broker):
+def agent_command(bundle, fleet_id, device, interval, buffer_path, buffer_max, http_addr, openai_addr, api_key,
+                  threads, keys, broker):
     """Serve BUNDLE on this device and publish its telemetry to the fleet broker.
 
     \b
@@ -38,6 +44,7 @@ def agent_command(bundle, fleet_id, device, interval, buffer_path, buffer_max, h
       EDGESLM_MQTT_PASSWORD=s3cret edgeslm agent --bundle /opt/model --fleet shop --device till-7 \\
           --broker mqtts://hub.example.com:8883 --ca-file ca.crt -u till-7
       curl -s 127.0.0.1:8080/generate -d '{"prompt": "Hello", "max_new_tokens": 16}'
+      edgeslm agent --bundle out/smollm2-onnx --fleet demo --device pi-01 --openai 127.0.0.1:8000
 
     Every request (HTTP or Python API) is measured; once per --interval the agent publishes a
     telemetry aggregate (QoS 1) on edgeslm/v1/FLEET/DEVICE/telemetry. While the broker is away
@@ -47,7 +54,6 @@ def agent_command(bundle, fleet_id, device, interval, buffer_path, buffer_max, h
     """
     import edgeslm  # the runtime only: the agent never imports torch
 
-    from ..errors import TelemetryError
     from ..telemetry.agent import Agent, AgentConfig
     from ..telemetry.serve import serve
 
@@ -60,17 +66,18 @@ def agent_command(bundle, fleet_id, device, interval, buffer_path, buffer_max, h
                               buffer_path=buffer_path, buffer_max=buffer_max), model)
     server = None
     if http_addr != "off":
-        host, _, port = http_addr.rpartition(":")
-        if not port.isdigit():
-            raise TelemetryError(f"--http {http_addr!r}: expected HOST:PORT or 'off'")
-        server = serve(agent, host or "127.0.0.1", int(port))
+        host, port = _host_port(http_addr, "--http")
+        server = serve(agent, host, port)
+    openai = _host_port(openai_addr, "--openai") if openai_addr != "off" else None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     agent.start()
     click.echo(f"agent {fleet_id}/{device} -> {broker.url}; buffer {buffer_path}"
                + (f"; requests on http://{http_addr}" if server else ""), err=True)
     try:
-        while not stop.wait(0.5):
+        if openai:
+            _serve_openai(model, agent, openai, api_key)  # returns on SIGTERM / Ctrl-C
+        while not openai and not stop.wait(0.5):
             pass
     except KeyboardInterrupt:
         pass
@@ -82,3 +89,23 @@ def agent_command(bundle, fleet_id, device, interval, buffer_path, buffer_max, h
         s = agent.stats()
         click.echo(f"agent stopped: {s['acked']} messages delivered, {s['buffered']} still buffered, "
                    f"{s['dropped']} dropped", err=True)
+
+
+def _host_port(addr: str, flag: str) -> tuple[str, int]:
+    from ..errors import TelemetryError
+
+    host, _, port = addr.rpartition(":")
+    if not port.isdigit():
+        raise TelemetryError(f"{flag} {addr!r}: expected HOST:PORT or 'off'")
+    return host or "127.0.0.1", int(port)
+
+
+def _serve_openai(model, agent, addr: tuple[str, int], api_key) -> None:
+    """The OpenAI-compatible server in the foreground; every request lands in the agent's telemetry
+    (the agent is attached to the model) and shares its model lock with the --http endpoint."""
+    from ..server import run_server
+    from .serve_cmd import serve_config
+
+    config = serve_config(model, None, api_key, 8, 1024, None, 1 << 20)
+    click.echo(f"OpenAI-compatible API on http://{addr[0]}:{addr[1]}/v1", err=True)
+    run_server(model, config, host=addr[0], port=addr[1], telemetry=agent, lock=agent.model_lock)

@@ -11,23 +11,33 @@ from .generator import GenerationConfig, GenerationResult, Generator, Stream
 
 
 class LoadedModel:
-    def __init__(self, bundle: Bundle, engine, tokenizer):
+    def __init__(self, bundle: Bundle, engine, tokenizer, reuse_cache: bool = True):
         self.bundle = bundle
         self.engine = engine
         self.tokenizer = tokenizer
-        self.generator = Generator(engine, tokenizer)
+        self.generator = Generator(engine, tokenizer, reuse_cache=reuse_cache)
 
     @classmethod
     def open(cls, path: str | Path, engine_options: dict[str, Any] | None = None,
-             trusted_keys=None) -> "LoadedModel":
+             trusted_keys=None, reuse_cache: bool = True) -> "LoadedModel":
+        """Open a bundle: signature (with ``trusted_keys``), every file's sha256, then the engine.
+
+        ``engine_options`` are checked against the engine's declared options (strings from a
+        command line are converted); ``reuse_cache=False`` makes every call prefill its whole
+        prompt instead of continuing a cached prefix.
+        """
         if trusted_keys is not None:
             from ..bundle.signing import verify_bundle_signature
 
             verify_bundle_signature(path, trusted_keys)  # the signature first, then every file
         bundle = Bundle.open(path, verify=True)
         engine_cls = get_engine(bundle.format)
-        engine = engine_cls(bundle, **(engine_options or {}))
-        return cls(bundle, engine, bundle.load_tokenizer())
+        engine = engine_cls(bundle, **engine_cls.coerce_options(engine_options))
+        return cls(bundle, engine, bundle.load_tokenizer(), reuse_cache=reuse_cache)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(self.tokenizer.chat_template)
 
     @property
     def spec(self):

@@ -102,6 +102,12 @@ class Agent:
         generator.listeners.append(self.record)
         self.resource.update(describe_model(model))
 
+    @property
+    def model_lock(self) -> threading.Lock:
+        """Held while the attached model generates; other request paths (the OpenAI server of
+        ``edgeslm agent --openai``) take it too, since a Generator runs one call at a time."""
+        return self._model_lock
+
     def record(self, result: Any) -> None:
         """Add one finished GenerationResult to the current interval."""
         self.aggregator.record(result)

@@ -23,11 +23,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgeslm.errors import BundleError, GenerationError
-from edgeslm.runtime.engine import Engine
+from edgeslm.runtime.engine import Engine, EngineOption
 
 
 class LiteRTEngine(Engine):
     name = "litert"
+    known_options = {
+        "threads": EngineOption("int", "interpreter threads"),
+        "xnnpack": EngineOption("bool", "use the XNNPACK delegate (default true)"),
+    }
 
     def __init__(self, bundle, threads: int | None = None, xnnpack: bool = True, **options: Any):
         super().__init__(bundle, threads=threads, xnnpack=xnnpack, **options)
@@ -77,6 +81,17 @@ class LiteRTEngine(Engine):
         ids = self.check_tokens([token_id])
         self._alive()
         return self._step(int(ids[0]))
+
+    def truncate(self, length: int) -> bool:
+        """Static slots: rows at and past ``length`` are masked by position and overwritten
+        before use, so cutting the cache is moving the position back."""
+        if not 0 <= length <= self.position:
+            return False
+        if length == 0:
+            return super().truncate(0)
+        self.tokens = self.tokens[:length]
+        self.position = length
+        return True
 
     def close(self) -> None:
         self._prefill = self._decode = self.interpreter = None
