@@ -19,15 +19,23 @@ class LoadedModel:
 
     @classmethod
     def open(cls, path: str | Path, engine_options: dict[str, Any] | None = None,
-             trusted_keys=None) -> "LoadedModel":
-        if trusted_keys is not None:
-            from ..bundle.signing import verify_bundle_signature
-
-            verify_bundle_signature(path, trusted_keys)  # the signature first, then every file
-        bundle = Bundle.open(path, verify=True)
-        engine_cls = get_engine(bundle.format)
-        engine = engine_cls(bundle, **(engine_options or {}))
-        return cls(bundle, engine, bundle.load_tokenizer())
+             trusted_keys=None, snapshot: bool | None = None) -> "LoadedModel":
+        """Open ``path``: with ``trusted_keys`` the signature is checked over the manifest bytes
+        that are then parsed, and the engine loads a private copy hashed while it was made
+        (``snapshot``, default on with keys), so no file can be swapped after the check."""
+        bundle = Bundle.open(path, verify=True, trusted_keys=trusted_keys, snapshot=snapshot)
+        try:
+            engine_cls = get_engine(bundle.format)
+            engine = engine_cls(bundle, **(engine_options or {}))
+            try:
+                tokenizer = bundle.load_tokenizer()
+            except BaseException:
+                engine.close()
+                raise
+        except BaseException:
+            bundle.close()
+            raise
+        return cls(bundle, engine, tokenizer)
 
     @property
     def spec(self):
@@ -50,6 +58,7 @@ class LoadedModel:
 
     def close(self) -> None:
         self.engine.close()
+        self.bundle.close()
 
     def __enter__(self):
         return self

@@ -32,7 +32,7 @@ class OnnxEngine(Engine):
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        model = bundle.file(bundle.manifest["artifacts"]["model"])
+        model = bundle.artifact("model")
         try:
             self.session = ort.InferenceSession(str(model), so, providers=list(providers or ["CPUExecutionProvider"]))
         except Exception as exc:
