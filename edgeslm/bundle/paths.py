@@ -85,10 +85,10 @@ def open_member(root: Path, name: str) -> int:
         dfd = os.open(root, os.O_RDONLY | _DIRECTORY)
         try:
             for part in parts[:-1]:
-                nxt = _open_at(dfd, part, os.O_RDONLY | _DIRECTORY | _NOFOLLOW, name)
+                nxt = _open_at(dfd, part, os.O_RDONLY | _DIRECTORY | _NOFOLLOW, root, name)
                 os.close(dfd)
                 dfd = nxt
-            fd = _open_at(dfd, parts[-1], flags, name)
+            fd = _open_at(dfd, parts[-1], flags, root, name)
         finally:
             os.close(dfd)
     else:  # pragma: no cover - platforms without openat (Windows): check each component first
@@ -110,16 +110,19 @@ def open_member(root: Path, name: str) -> int:
     return fd
 
 
-def _open_at(dfd: int, part: str, flags: int, name: str) -> int:
+def _open_at(dfd: int, part: str, flags: int, root: Path, name: str) -> int:
     try:
         return os.open(part, flags, dir_fd=dfd)
     except OSError as exc:
-        # O_NOFOLLOW on a link: ELOOP (Linux), EMLINK (FreeBSD); O_DIRECTORY on a file: ENOTDIR
-        if exc.errno in (errno.ELOOP, errno.EMLINK):
-            raise BundleError(f"'{name}': '{part}' is a symbolic link; bundles may not contain links") from None
-        if exc.errno == errno.ENOTDIR:
-            raise BundleError(f"'{name}': '{part}' is not a directory") from None
-        raise
+        # O_NOFOLLOW on a link: ELOOP (Linux), EMLINK (FreeBSD); O_DIRECTORY on a link or file: ENOTDIR
+        if exc.errno not in (errno.ELOOP, errno.EMLINK, errno.ENOTDIR):
+            raise
+        try:
+            is_link = stat.S_ISLNK(os.stat(part, dir_fd=dfd, follow_symlinks=False).st_mode)
+        except OSError:
+            is_link = exc.errno != errno.ENOTDIR
+        what = "a symbolic link; bundles may not contain links" if is_link else "not a directory"
+        raise BundleError(f"{root}: '{name}': '{part}' is {what}") from None
 
 
 def walk(root: Path) -> Iterator[str]:
