@@ -92,10 +92,30 @@ class Tokenizer:
             backend = HFTokenizer.from_file(str(directory / TOKENIZER_FILE))
             config = json.loads((directory / CONFIG_FILE).read_text())
         except (OSError, ValueError, Exception) as exc:  # tokenizers raises a bare Exception
-            raise BundleError(f"cannot read the tokenizer in {directory}: {exc}") from exc
+            raise BundleError(f"cannot read the tokenizer in {directory}: {' '.join(str(exc).split())[:300]}") from None
+        _check_config(config, directory / CONFIG_FILE)
         return cls(backend=backend, bos_token_id=config.get("bos_token_id"),
                    eos_token_ids=tuple(config.get("eos_token_ids") or ()),
                    add_bos=bool(config.get("add_bos")), chat_template=config.get("chat_template"))
+
+
+def _check_config(config, where: Path) -> None:
+    """BundleError naming the field when edgeslm_tokenizer.json has the wrong JSON types."""
+    def token_id(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    if not isinstance(config, dict):
+        raise BundleError(f"{where}: must be a JSON object, not {type(config).__name__}")
+    eos = config.get("eos_token_ids")
+    checks = {
+        "bos_token_id": config.get("bos_token_id") is None or token_id(config.get("bos_token_id")),
+        "eos_token_ids": eos is None or (isinstance(eos, list) and all(token_id(t) for t in eos)),
+        "add_bos": isinstance(config.get("add_bos", False), bool),
+        "chat_template": config.get("chat_template") is None or isinstance(config.get("chat_template"), str),
+    }
+    for name, ok in checks.items():
+        if not ok:
+            raise BundleError(f"{where}: '{name}' has the wrong type ({type(config.get(name)).__name__})")
 
 
 class IncrementalDecoder:
