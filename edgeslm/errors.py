@@ -20,6 +20,8 @@ one-line messages and a non-zero exit) can catch the whole family at once::
     │   └── TargetFileError         (edgeslm.targets.profile) a target TOML that does not validate
     │       ├── MissingFieldError, UnknownFormatError, UnknownPrecisionError, UnitError
     ├── GenerationError             bad generation input (empty prompt, context overflow ...)
+    │   └── ChatTemplateError       a chat template fails to compile or render
+    │       └── ChatTemplateLimitError  rendering hit a resource limit (``.limit`` names it)
     └── TelemetryError              malformed telemetry, broker trouble
 """
 
@@ -80,6 +82,18 @@ class DoesNotFitError(TargetError):
 
 class GenerationError(EdgeSLMError):
     """Generation cannot run on the given input (empty prompt, ids out of range, overflow)."""
+
+
+class ChatTemplateError(GenerationError):
+    """A chat template does not compile, or fails or refuses while rendering."""
+
+
+class ChatTemplateLimitError(ChatTemplateError):
+    """Rendering a chat template hit a resource limit; ``limit`` names it (``max_output_chars`` ...)."""
+
+    def __init__(self, message: str, limit: str = ""):
+        super().__init__(message)
+        self.limit = limit
 
 
 class TelemetryError(EdgeSLMError):

@@ -9,7 +9,7 @@ extra BOS changes every logit the model produces.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -26,7 +26,6 @@ class Tokenizer:
     eos_token_ids: tuple[int, ...] = ()
     add_bos: bool = False
     chat_template: str | None = None
-    _template_cache: dict = field(default_factory=dict, repr=False)
 
     # -- text <-> ids ---------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -47,27 +46,20 @@ class Tokenizer:
 
     # -- chat -----------------------------------------------------------------------------
     def apply_chat_template(self, messages: Iterable[dict], add_generation_prompt: bool = True) -> str:
-        """Render messages with the model's own Jinja chat template (sandboxed, like transformers)."""
+        """Render messages with the model's own Jinja chat template (sandboxed like transformers, and
+        bounded in output, loops and time: see :mod:`edgeslm.chat_template`)."""
         messages = list(messages)
         for m in messages:
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
                 raise GenerationError(f"each chat message needs 'role' and 'content', got {m!r}")
         if not self.chat_template:
             raise GenerationError("this model has no chat template; use a plain prompt instead")
-        template = self._template_cache.get(self.chat_template)
-        if template is None:
-            from jinja2.sandbox import ImmutableSandboxedEnvironment
+        from .chat_template import compile_template, render_compiled
 
-            def raise_exception(message):
-                raise GenerationError(f"chat template refused the messages: {message}")
-
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-            env.globals["raise_exception"] = raise_exception
-            template = env.from_string(self.chat_template)
-            self._template_cache[self.chat_template] = template
+        template = compile_template(self.chat_template)  # sandboxed and resource-bounded
         bos = self.backend.id_to_token(self.bos_token_id) if self.bos_token_id is not None else ""
         eos = self.backend.id_to_token(self.eos_token_ids[0]) if self.eos_token_ids else ""
-        return template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+        return render_compiled(template, messages=messages, add_generation_prompt=add_generation_prompt,
                                bos_token=bos, eos_token=eos)
 
     # -- persistence ----------------------------------------------------------------------
