@@ -19,6 +19,7 @@ one-line messages and a non-zero exit) can catch the whole family at once::
     │   ├── UnknownTargetError      (edgeslm.targets.profile) no such target; did-you-mean
     │   └── TargetFileError         (edgeslm.targets.profile) a target TOML that does not validate
     │       ├── MissingFieldError, UnknownFormatError, UnknownPrecisionError, UnitError
+    ├── OutputError                 an output folder or file cannot be created
     ├── GenerationError             bad generation input (empty prompt, context overflow ...)
     │   └── ChatTemplateError       a chat template fails to compile or render
     │       └── ChatTemplateLimitError  rendering hit a resource limit (``.limit`` names it)
@@ -78,6 +79,10 @@ class TargetError(EdgeSLMError):
 
 class DoesNotFitError(TargetError):
     """The model, at the chosen precision and context, exceeds the target's memory."""
+
+
+class OutputError(EdgeSLMError):
+    """An output path is a file where a folder is needed, or cannot be created or written."""
 
 
 class GenerationError(EdgeSLMError):

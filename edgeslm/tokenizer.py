@@ -29,6 +29,7 @@ class Tokenizer:
 
     # -- text <-> ids ---------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
+        _check_text(text)
         ids = self.backend.encode(text, add_special_tokens=False).ids
         if self.add_bos and self.bos_token_id is not None:
             ids = [self.bos_token_id, *ids]
@@ -52,6 +53,8 @@ class Tokenizer:
         for m in messages:
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
                 raise GenerationError(f"each chat message needs 'role' and 'content', got {m!r}")
+            if isinstance(m["content"], str):
+                _check_text(m["content"])
         if not self.chat_template:
             raise GenerationError("this model has no chat template; use a plain prompt instead")
         from .chat_template import compile_template, render_compiled
@@ -89,6 +92,20 @@ class Tokenizer:
         return cls(backend=backend, bos_token_id=config.get("bos_token_id"),
                    eos_token_ids=tuple(config.get("eos_token_ids") or ()),
                    add_bos=bool(config.get("add_bos")), chat_template=config.get("chat_template"))
+
+
+def _check_text(text) -> None:
+    """GenerationError for text that is not a str of valid Unicode: bytes the shell could not decode
+    arrive as lone surrogates (U+DC80..U+DCFF stand for the bytes 0x80..0xFF)."""
+    if not isinstance(text, str):
+        raise GenerationError(f"text must be str, not {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        ch = ord(text[exc.start])
+        what = f"byte 0x{ch - 0xDC00:02x}" if 0xDC80 <= ch <= 0xDCFF else f"lone surrogate U+{ch:04X}"
+        raise GenerationError(f"the text is not valid UTF-8: {what} at character {exc.start}; "
+                              f"pass UTF-8 text (check the terminal's or the file's encoding)") from None
 
 
 def _check_config(config, where: Path) -> None:

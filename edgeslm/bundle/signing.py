@@ -63,11 +63,16 @@ def generate_keypair(private_path: str | Path, public_path: str | Path | None = 
     key = ed25519.Ed25519PrivateKey.generate()
     enc = s.BestAvailableEncryption(passphrase) if passphrase else s.NoEncryption()
     pem = key.private_bytes(s.Encoding.PEM, s.PrivateFormat.PKCS8, enc)
-    private_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    public_path.write_bytes(key.public_key().public_bytes(s.Encoding.PEM, s.PublicFormat.SubjectPublicKeyInfo))
+    from ..outputs import make_dir
+
+    make_dir(private_path.parent, "key folder")
+    try:
+        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        public_path.write_bytes(key.public_key().public_bytes(s.Encoding.PEM, s.PublicFormat.SubjectPublicKeyInfo))
+    except OSError as exc:
+        raise SignatureError(f"cannot write the key pair {private_path} / {public_path} ({exc.strerror or exc})") from None
     return private_path, public_path, key_id(key.public_key())
 
 
@@ -129,7 +134,12 @@ def sign_bundle(bundle_dir: str | Path, private_key: Any) -> str:
     kid = key_id(key.public_key())
     doc = {"schema_version": SIGNATURE_SCHEMA_VERSION, "algorithm": ALGORITHM, "key_id": kid,
            "signature": base64.b64encode(key.sign(manifest_bytes)).decode("ascii")}
-    (bundle.path / SIGNATURE_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+    tmp = bundle.path / f".{SIGNATURE_FILE}.tmp"
+    try:  # write then rename: a reader never sees half a signature
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        os.replace(tmp, bundle.path / SIGNATURE_FILE)
+    except OSError as exc:
+        raise SignatureError(f"{bundle.path}: cannot write {SIGNATURE_FILE} ({exc.strerror or exc})") from None
     return kid
 
 

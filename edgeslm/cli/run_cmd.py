@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from . import cli
-from ._common import emit_json, json_option
+from ._common import emit_json, json_option, read_stdin_text
 
 
 @cli.command("run")
@@ -47,7 +47,7 @@ def run_command(bundle, prompt, chat, system, max_new_tokens, temperature, top_k
     if prompt is None:
         if sys.stdin is None or sys.stdin.isatty():
             raise click.UsageError("give --prompt TEXT or pipe the prompt on stdin")
-        prompt = sys.stdin.read()
+        prompt = read_stdin_text()
     config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                               seed=seed, stop=tuple(stop))
     from ._common import parse_options
