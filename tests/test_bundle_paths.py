@@ -213,6 +213,7 @@ def signed(onnx_bundle, tmp_path):
     out = tmp_path / "signed"
     shutil.copytree(onnx_bundle, out)
     sign_bundle(out, priv)
+    out.chmod(0o777)  # a shared folder: other users could swap files, so a signed load must copy
     return out, pub
 
 
@@ -249,7 +250,7 @@ def test_files_swapped_between_verification_and_engine_load_are_not_loaded(signe
     monkeypatch.setattr(model_mod, "get_engine", swap_then_get_engine)
     with edgeslm.load(root, trusted_keys=[pub]) as model:
         np.testing.assert_array_equal(_first_logits(model), expected)  # the verified weights ran
-        assert model.bundle.path != root
+        assert model.bundle.snapshot and "writable by other users" in model.bundle.snapshot_reason
     monkeypatch.setattr(model_mod, "get_engine", real_get_engine)
     with pytest.raises(EdgeSLMError, match="manifest.json"):  # and the swapped bundle itself is refused
         edgeslm.load(root, trusted_keys=[pub])
@@ -272,3 +273,37 @@ def test_manifest_swapped_right_after_the_signature_check_is_not_used(signed, mo
     monkeypatch.setattr(signing, "check_signature", check_then_swap)
     with pytest.raises(BundleIntegrityError, match="'model.onnx.data' does not match"):
         edgeslm.load(root, trusted_keys=[pub])
+
+
+@requires_export
+def test_signed_load_copies_only_when_someone_else_could_write(signed):
+    """In place when only this user (or root) can change the files; copied otherwise."""
+    root, pub = signed  # mode 0777: shared
+    with Bundle.open(root, trusted_keys=[pub]) as b:
+        assert b.snapshot and b.snapshot_reason == f"{root} is writable by other users"
+    root.chmod(0o700)
+    with Bundle.open(root, trusted_keys=[pub]) as b:
+        assert not b.snapshot and b.path == root and b.snapshot_reason is None
+    (root / "model.onnx.data").chmod(0o666)  # one file writable by anyone
+    with Bundle.open(root, trusted_keys=[pub]) as b:
+        assert b.snapshot and "model.onnx.data is writable by other users" in b.snapshot_reason
+    (root / "model.onnx.data").chmod(0o644)
+    if os.geteuid() == 0:  # a file owned by another user: they could rewrite it
+        os.chown(root / "tokenizer.json", 65534, -1)
+        with Bundle.open(root, trusted_keys=[pub]) as b:
+            assert b.snapshot and "tokenizer.json belongs to uid 65534" in b.snapshot_reason
+    with Bundle.open(root, trusted_keys=[pub], snapshot=True) as b:  # always copy when asked
+        assert b.snapshot
+
+
+def test_bundles_on_network_filesystems_count_as_shared(tmp_path, monkeypatch):
+    import edgeslm.bundle.privacy as privacy
+
+    b = make_bundle(tmp_path / "b")
+    b.chmod(0o700)
+    assert privacy.why_not_private(b, ["model.onnx"]) is None
+    assert privacy.filesystem_type(Path("/proc")) == "proc"
+    monkeypatch.setattr(privacy, "filesystem_type", lambda path: "nfs4")  # the server can change files
+    assert privacy.why_not_private(b, ["model.onnx"]) == "it is on a nfs4 filesystem"
+    monkeypatch.setattr(privacy, "filesystem_type", lambda path: "fuse.sshfs")
+    assert privacy.why_not_private(b, ["model.onnx"]) == "it is on a fuse.sshfs filesystem"

@@ -3,9 +3,9 @@
 In place (:func:`verify_in_place`) every listed file is opened without following links and
 hashed; that proves the bundle is intact *now*, but the engine opens the files again later by
 name, so whoever can write the bundle directory could swap a file in between. When the bundle
-is signed that gap matters, so loading with trusted keys uses :func:`copy_verified`: each
-listed file is read once, hashed and written to a fresh private folder (``mkdtemp``, mode
-0700) in the same pass, and the engine loads that copy. What runs is then exactly what was
+is signed and someone else could write it (:mod:`edgeslm.bundle.privacy`) that gap matters,
+so the load uses :func:`copy_verified`: each listed file is read once, hashed and written to a
+fresh private folder (``mkdtemp``, mode 0700) in the same pass, and the engine loads that copy. What runs is then exactly what was
 hashed, and what was hashed is what the verified manifest bytes name. ``EDGESLM_SNAPSHOT_DIR``
 chooses where the copies go (default: the system temp folder).
 """

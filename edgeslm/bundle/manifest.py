@@ -59,6 +59,7 @@ class Bundle:
     source: Path | None = None
     manifest_bytes: bytes = field(default=b"", repr=False)
     key_id: str | None = None  # the trusted key whose signature was verified, if any
+    snapshot_reason: str | None = None  # why a signed load copied the files (others could change them)
     _cleanup: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
@@ -103,9 +104,10 @@ class Bundle:
         """Read the manifest once and check it; with ``trusted_keys`` check its signature over
         those same bytes; then check every file (``verify``, always with keys).
 
-        ``snapshot`` (default: when keys are given) copies the files into a private folder while
-        hashing them, so what the engine loads is exactly what was verified; :meth:`close`
-        removes the copy.
+        ``snapshot=True`` copies the files into a private folder while hashing them, so what the
+        engine loads is exactly what was verified; :meth:`close` removes the copy. The default
+        (None) copies when keys are given and someone other than this user could change the
+        files (:mod:`edgeslm.bundle.privacy`); ``snapshot_reason`` then says why.
         """
         root = Path(path)
         if not root.is_dir():
@@ -118,7 +120,12 @@ class Bundle:
             key_id, sig_raw = check_signature(root, raw, trusted_keys)
         manifest = parse_manifest(raw, str(root / MANIFEST_FILE))
         bundle = cls(path=root, manifest=manifest, source=root, manifest_bytes=raw, key_id=key_id)
-        if snapshot if snapshot is not None else trusted_keys is not None:
+        if snapshot is None and trusted_keys is not None:
+            from .privacy import why_not_private
+
+            bundle.snapshot_reason = why_not_private(root, manifest["files"])
+            snapshot = bundle.snapshot_reason is not None
+        if snapshot:
             extra = {MANIFEST_FILE: raw, **({SIGNATURE_FILE: sig_raw} if sig_raw is not None else {})}
             bundle.path = copy_verified(root, manifest["files"], extra, snapshot_dir)
             bundle._cleanup = weakref.finalize(bundle, shutil.rmtree, str(bundle.path), True)
