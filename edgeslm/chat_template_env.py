@@ -203,6 +203,8 @@ def _check_filter(env, name: str, value, rest: tuple, kwargs: dict):
             ct.bounded_join(str(sep), map(make_attrgetter(env, attribute), value), limits)
         else:
             ct.bounded_join(str(sep), value, limits)
+    elif name in ("slice", "batch") and rest and _is_int(rest[0]) and rest[0] > limits.max_range:
+        ct._limit("max_range", f"{name} into {rest[0]:,} parts, more than {limits.max_range:,}")
     elif name == "replace" and isinstance(value, str) and len(rest) >= 2:
         _check_replace(value, str(rest[0]), str(rest[1]), limits)
     elif name == "format" and isinstance(value, str):

@@ -256,6 +256,7 @@ LIMIT_CASES = [  # (id, template, limit that must be named)
     ("squaring", "{% set ns = namespace(x=3) %}{% for i in range(64) %}{% set ns.x = ns.x * ns.x %}{% endfor %}",
      "max_int_bits"),
     ("power", "{{ 10 ** 100000 }}", "max_int_bits"),
+    ("slice-into-millions", "{{ range(10)|slice(2000000)|list|length }}", "max_range"),
     ("template-size", "x" * 300_000, "max_template_chars"),
 ]
 
