@@ -31,6 +31,13 @@ class BenchConfig:
     warmup: int = 1  # unmeasured runs first (allocations, kernel selection)
     threads: int | None = None  # engine threads; None = runtime's default
 
+    def __post_init__(self):
+        from .errors import GenerationError
+
+        if self.runs < 1 or self.warmup < 0 or self.prompt_tokens < 1 or self.new_tokens < 1:
+            raise GenerationError(f"bench needs runs >= 1, warmup >= 0, prompt_tokens >= 1 and new_tokens >= 1 "
+                                  f"(got {self.runs}, {self.warmup}, {self.prompt_tokens}, {self.new_tokens})")
+
 
 @dataclass
 class Stat:

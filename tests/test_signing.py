@@ -111,8 +111,8 @@ def test_keys_sign_cli_and_a_single_key_argument(onnx_bundle, keys, tmp_path, ca
     code, out, _ = run(["keys", "sign", str(b), "--key", str(keys["priv"])], capsys)
     assert code == 0 and keys["id"] in out
     assert verify_bundle_signature(b, keys["pub"]) == keys["id"]  # a lone path, not a list
-    with edgeslm.load(b, trusted_keys=str(keys["pub"])) as model:
-        assert model.bundle.path == b
+    with edgeslm.load(b, trusted_keys=str(keys["pub"])) as model:  # only we can write b: run it in place
+        assert model.bundle.path == model.bundle.source == b and not model.bundle.snapshot
     (b / "extra.txt").write_text("x")  # never sign a bundle whose files do not match
     code, _, err = run(["keys", "sign", str(b), "--key", str(keys["priv"])], capsys)
     assert code == 1 and "'extra.txt'" in err

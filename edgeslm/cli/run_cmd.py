@@ -9,7 +9,7 @@ import click
 
 from . import cli
 from ..errors import GenerationError
-from ._common import emit_json, json_option
+from ._common import emit_json, json_option, read_stdin_text
 from ._model_opts import engine_options, generation_options, open_model
 
 
@@ -47,7 +47,7 @@ def run_command(bundle, prompt, chat, raw, system, config, engine_options, keys,
     if prompt is None:
         if sys.stdin is None or sys.stdin.isatty():
             raise click.UsageError("give --prompt TEXT or pipe the prompt on stdin")
-        prompt = sys.stdin.read().rstrip("\r\n")
+        prompt = read_stdin_text().rstrip("\r\n")
     with open_model(bundle, engine_options, keys) as model:
         use_chat = not raw and (chat or model.has_chat_template)
         if not use_chat and system is not None:

@@ -42,10 +42,14 @@ class GenerationConfig:
         self.stop = tuple(self.stop)
         if self.max_new_tokens < 1:
             raise GenerationError("max_new_tokens must be at least 1")
-        if self.temperature < 0:
-            raise GenerationError("temperature must be >= 0")
-        if not 0.0 < self.top_p <= 1.0:
+        if not (isinstance(self.temperature, (int, float)) and 0 <= self.temperature < float("inf")):
+            raise GenerationError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        if not 0.0 < self.top_p <= 1.0:  # also refuses NaN
             raise GenerationError("top_p must be in (0, 1]")
+        if self.top_k < 0:
+            raise GenerationError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise GenerationError(f"seed must be an integer >= 0, got {self.seed!r}")
 
 
 @dataclass

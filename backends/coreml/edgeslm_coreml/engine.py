@@ -63,7 +63,7 @@ class CoreMLEngine(Engine):
         unit = COMPUTE_UNITS.get(str(compute_units).lower())
         if unit is None:
             raise BundleError(f"compute_units '{compute_units}' is not one of {', '.join(COMPUTE_UNITS)}")
-        path = bundle.file(bundle.manifest["artifacts"]["model"])
+        path = bundle.artifact("model")
         try:
             self.model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, unit))
         except Exception as exc:

@@ -77,7 +77,7 @@ class OnnxEngine(Engine):
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        model = bundle.file(bundle.manifest["artifacts"]["model"])
+        model = bundle.artifact("model")
         wanted = resolve_providers(providers)
         try:
             self.session = ort.InferenceSession(str(model), so, providers=wanted)
@@ -87,6 +87,7 @@ class OnnxEngine(Engine):
         if missing:  # onnxruntime falls back to the CPU with only a warning: refuse instead
             raise EngineOptionError(f"onnxruntime could not start {', '.join(missing)} for {model.name} "
                                     f"(see its log above); running on {', '.join(self.session.get_providers())}")
+        _check_io(self.session, self.spec, bundle.source)
         names = [i.name for i in self.session.get_inputs()]
         self.past_names = [n for n in names if n.startswith("past_")]
         self.present_names = ["present_" + n[len("past_"):] for n in self.past_names]
@@ -149,3 +150,18 @@ class OnnxEngine(Engine):
     def close(self) -> None:
         self.session = None
         self.cache = []
+
+
+def _check_io(session, spec, where) -> None:
+    """BundleError when the manifest's spec disagrees with the graph's fixed dimensions, so a
+    mismatched bundle is refused at load instead of failing inside onnxruntime at the first step."""
+    want = {"past_": (1, spec.num_kv_heads, None, spec.head_dim), "logits": (1, spec.vocab_size)}
+    for io in [*session.get_inputs(), *session.get_outputs()]:
+        expected = next((shape for prefix, shape in want.items() if io.name.startswith(prefix)), None)
+        if expected is None:
+            continue
+        shape = list(io.shape)
+        if len(shape) != len(expected) or any(isinstance(d, int) and e is not None and d != e
+                                              for d, e in zip(shape, expected)):
+            raise BundleError(f"{where}: the model's '{io.name}' has shape {shape}, but the manifest's spec "
+                              f"implies {['?' if e is None else e for e in expected]}")

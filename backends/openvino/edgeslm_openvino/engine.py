@@ -49,7 +49,7 @@ class OpenVINOEngine(Engine):
         self.core = ov.Core()
         if cache_dir:
             self.core.set_property({"CACHE_DIR": str(cache_dir)})
-        path = bundle.file(bundle.manifest["artifacts"]["model"])
+        path = bundle.artifact("model")
         try:
             model = self.core.read_model(str(path))
         except Exception as exc:
