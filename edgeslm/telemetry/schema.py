@@ -51,6 +51,7 @@ class MessageError(TelemetryError):
 
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
+        self.ack: tuple[str, str, int] | None = None  # (fleet, device, seq) of the topic's device, when known
         self.reason = reason  # malformed_json | schema_version | invalid | oversized | topic | store
 
 
@@ -117,6 +118,19 @@ def event_body(fleet: str, device: str, ts: float, name: str, severity: str, mes
             "attributes": attributes or {}}
 
 
+def ack_body(fleet: str, device: str, ts: float, ranges: list[list[int]]) -> dict[str, Any]:
+    """What a collector tells a device after a commit: these sequence numbers are handled, forget them."""
+    return {"schema_version": SCHEMA_VERSION, "kind": "ack", "fleet": fleet, "device": device, "ts": round(ts, 3),
+            "seqs": ranges}
+
+
+def event_seq(body: dict[str, Any], seq: int | None) -> dict[str, Any]:
+    """``body`` with a top-level ``seq`` (agent events travel through the device queue like telemetry)."""
+    if seq is not None:
+        body["seq"] = seq
+    return body
+
+
 _TOPIC_KIND = {"telemetry": "telemetry", "status": "status", "events": "event"}
 _TOPICS: dict[str, topics.TopicParts] = {}  # parsed topic names (they repeat once per device)
 
@@ -147,6 +161,16 @@ def parse(topic_name: str, payload: bytes, max_bytes: int = MAX_PAYLOAD_BYTES, r
         raise MessageError("malformed_json", "JSON nested too deeply to decode") from None
     if type(body) is not dict:
         raise MessageError("malformed_json", "payload is JSON but not an object")
+    try:
+        return _validate(parts, body, payload, text, received_at)
+    except MessageError as exc:
+        seq = body.get("seq")  # the sender may forget a refused message: ack it for the TOPIC's device
+        if parts.kind != "status" and type(seq) is int and 0 <= seq <= V.INT64_MAX:
+            exc.ack = (parts.fleet, parts.device, seq)
+        raise
+
+
+def _validate(parts: topics.TopicParts, body: dict, payload: bytes, text: str, received_at: float) -> Message:
     version = body.get("schema_version")
     if type(version) is not int:  # bool is not int here: true is refused
         raise MessageError("schema_version", "no integer schema_version")

@@ -28,6 +28,9 @@ class DeadLetter:
     size: int  # payload bytes as received
     payload: bytes  # first KiB only, enough to debug the sender
     received_at: float = field(default_factory=time.time)
+    #: (fleet, device, seq) of the refused message when known (not stored): the collector tells the
+    #: device it may forget it, since sending it again would be refused again
+    ack: tuple[str, str, int] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
