@@ -253,12 +253,13 @@ def simulate_command(fleet_id, devices, rate, duration, messages, connections, p
         click.echo(f"simulating {devices} devices in fleet {fleet_id} on {broker.url} "
                    f"({'max' if rate == 0 else f'{rate:g}/s each'}); Ctrl-C stops", err=True)
     res = simulate(cfg)
-    out = {"sent": res.sent, "acked": res.acked, "refused": res.refused, "elapsed_s": round(res.elapsed_s, 3),
+    out = {"sent": res.sent, "acked": res.acked, "refused": res.refused, "unrouted": res.unrouted,
+           "elapsed_s": round(res.elapsed_s, 3),
            "msgs_per_s": round(res.sent / res.elapsed_s, 1) if res.elapsed_s else 0.0}
     if as_json:
         emit_json(out)
     else:
         click.echo(f"sent {out['sent']} ({out['msgs_per_s']:.0f} msg/s), acknowledged {out['acked']}, "
-                   f"refused {out['refused']}", err=True)
+                   f"refused {out['refused']}, no subscriber {out['unrouted']}", err=True)
     if res.refused:
         sys.exit(1)
