@@ -257,7 +257,9 @@ class Collector:
         return items
 
     def _store_down(self, exc: BaseException, delay: float) -> None:
-        log.error("store write failed (%s); retrying in %.1f s, nothing acknowledged meanwhile", exc, delay)
+        self.stats.store_errors += 1
+        log.error("store write failed (%s: %s); retrying in %.1f s, nothing acknowledged meanwhile",
+                  type(exc).__name__, ingest.one_line(exc), delay)
 
     def _commit(self, items: list[tuple]) -> bool:
         """Store one batch, then PUBACK it and tell the devices; False if stopped while the store was down."""

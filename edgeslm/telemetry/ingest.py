@@ -39,6 +39,10 @@ def dead_letter(topic: str, reason: str, detail: str, payload: bytes, received_a
     return DeadLetter(topic, reason, detail, len(payload), bytes(payload[:1024]), received_at, ack)
 
 
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def to_entries(items: list[tuple], max_bytes: int) -> list[Entry]:
     """(topic, payload, mid, qos, received_at) items -> validated messages and dead letters, in order."""
     out: list[Entry] = []
@@ -78,7 +82,7 @@ class WriteResult:
     dead: list[DeadLetter] = field(default_factory=list)  # written to dead_letters (refused + isolated)
     lost: int = 0  # dead letters the store refused too (logged, then dropped)
     writes: int = 0  # store transactions, bisection included
-    store_errors: int = 0  # failed writes
+    store_errors: int = 0  # writes the store refused for their data (transient failures go to on_store_down)
 
 
 def write_entries(store: Store, entries: list[Entry], stop: threading.Event,
@@ -94,7 +98,6 @@ def write_entries(store: Store, entries: list[Entry], stop: threading.Event,
             res.writes += 1
             new = store.write(batch)
         except Exception as exc:
-            res.store_errors += 1
             if store.is_transient(exc):
                 if on_store_down:
                     on_store_down(exc, delay)
@@ -103,9 +106,11 @@ def write_entries(store: Store, entries: list[Entry], stop: threading.Event,
                 delay = min(delay * 2, 10.0)
                 pending.appendleft(chunk)
             elif len(chunk) > 1:
+                res.store_errors += 1
                 mid = len(chunk) // 2
                 pending.extendleft([chunk[mid:], chunk[:mid]])
             else:
+                res.store_errors += 1
                 _isolate(store, chunk[0], exc, res)
             continue
         delay = 0.2
@@ -119,7 +124,7 @@ def write_entries(store: Store, entries: list[Entry], stop: threading.Event,
 
 def _isolate(store: Store, entry: Entry, exc: BaseException, res: WriteResult) -> None:
     """One entry the (healthy) store refuses: keep it as a dead letter, or drop it with a log line."""
-    detail = f"the store refused it: {type(exc).__name__}: {str(exc).strip()}"
+    detail = f"the store refused it: {type(exc).__name__}: {one_line(exc)}"
     if isinstance(entry, DeadLetter):
         log.error("dropping a dead letter from %s the store refused: %s", entry.topic, detail)
         res.lost += 1
