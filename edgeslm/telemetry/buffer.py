@@ -44,6 +44,9 @@ class DiskQueue:
             self._db.executescript(_SCHEMA)
             if "seq" not in {r[1] for r in self._db.execute("PRAGMA table_info(queue)")}:  # a file from 0.1
                 self._db.execute("ALTER TABLE queue ADD COLUMN seq INTEGER")
+                # its rows carry their seq in the payload (events: attributes.seq); collectors ack by seq
+                self._db.execute("UPDATE queue SET seq = coalesce(json_extract(CAST(payload AS TEXT), '$.seq'), "
+                                 "json_extract(CAST(payload AS TEXT), '$.attributes.seq')) WHERE seq IS NULL")
             self._db.execute("CREATE INDEX IF NOT EXISTS queue_seq ON queue (seq)")
         except (sqlite3.Error, OSError) as exc:
             raise TelemetryError(f"cannot open the telemetry buffer {self.path}: {exc}") from None

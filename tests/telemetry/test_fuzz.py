@@ -146,7 +146,7 @@ def test_arbitrary_json_in_any_field_never_stops_collection(system_broker, fleet
         canary = schema.telemetry_body(fleet_id, "canary", n, time.time(), 1.0, {}, {})
         pub.send(canary_topic, schema.encode(canary))
         for store in stores:  # the valid message sent afterwards is stored, in both stores
-            assert wait_for(lambda: (store.history(fleet_id, "canary", 1) or [{}])[0].get("seq") == n, 20), \
+            assert wait_for(lambda s=store: (s.history(fleet_id, "canary", 1) or [{}])[0].get("seq") == n, 20), \
                 (kind, path, mutation, [c.stats for c in cols], [c.error for c in cols])
         assert all(c.error is None for c in cols)
         # and validation refused it before the store had to (bisection is the second line of defence)

@@ -60,6 +60,36 @@ def test_parse_refuses_with_a_reason(payload, reason):
     assert info.value.reason == reason
 
 
+@pytest.mark.parametrize("version", [0, -1, True, 1.0, "1", None, 2**70])
+def test_parse_refuses_schema_versions_that_are_not_the_integer_1(version):
+    body = schema.telemetry_body("f", "d", 0, time.time(), 1.0, {}, {})
+    body["schema_version"] = version
+    with pytest.raises(schema.MessageError) as info:
+        schema.parse("edgeslm/v1/f/d/telemetry", json.dumps(body).encode())
+    assert info.value.reason == "schema_version" and info.value.ack == ("f", "d", 0)
+    from edgeslm.telemetry import ingest  # ... but a collector does not tell the device to forget it
+
+    (dead,) = ingest.to_entries([("edgeslm/v1/f/d/telemetry", json.dumps(body).encode(), 1, 1, 0.0)], 65536)
+    assert dead.reason == "schema_version" and ingest.ack_ranges([dead]) == {}
+
+
+def test_an_old_agent_buffer_gets_seqs_so_collector_acks_can_clear_it(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript("CREATE TABLE queue (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB "
+                     "NOT NULL); CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);")
+    db.executemany("INSERT INTO queue(topic, payload) VALUES (?, ?)",
+                   [("t", b'{"seq": 7}'), ("e", b'{"attributes": {"seq": 8}}')])
+    db.execute("INSERT INTO meta VALUES ('next_seq', 9)")
+    db.commit()
+    db.close()
+    q = DiskQueue(path)
+    assert len(q) == 2 and q.remove_seqs([(7, 8)]) == [1, 2] and len(q) == 0
+    assert q.put("t", lambda s: b"{}") == 9
+
+
 def test_parse_refuses_spoofed_device_and_bad_fields():
     body = schema.telemetry_body("f", "other", 0, time.time(), 1.0, {}, {})
     with pytest.raises(schema.MessageError, match="differ from the topic"):
@@ -252,7 +282,7 @@ def test_outbox_backs_off_a_message_no_collector_takes():
     times = []
     t = 0.0
     box.pump(t)
-    for step in range(400):  # every 10 s a newer message is sent and acked while row 0 never is
+    for _ in range(400):  # every 10 s a newer message is sent and acked while row 0 never is
         t += 10.0
         for mid, _ in wire.sent[len(times):]:
             box.puback(mid, 0, t - 9.0)
