@@ -28,6 +28,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -172,6 +173,7 @@ def main() -> int:
     ap.add_argument("--no-save", action="store_true", help="do not write the results file")
     ap.add_argument("--baseline", default=None, help="checkout of another edgeslm to compare with, phase by phase")
     ap.add_argument("--rounds", type=int, default=1, help="repetitions of every phase (with --baseline: interleaved)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder (broker, SQLite store)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="edgeslm-bench-"))
     db = args.db or f"sqlite:///{tmp}/fleet.db"
@@ -200,6 +202,8 @@ def main() -> int:
     finally:
         if broker_proc:
             broker_proc.stop()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
     if args.baseline:
         results["baseline"] = args.baseline
         results["comparison"] = compare(results["phases"])
