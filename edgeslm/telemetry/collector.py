@@ -52,6 +52,7 @@ class CollectorConfig:
     alerts: AlertRules | None = None  # None: no alert evaluation (run it on one collector per fleet)
     alert_every_s: float = 1.0  # how often alert rules are evaluated
     acks: bool = True  # publish end-to-end acks to the devices after each commit (off for views that store nothing)
+    ack_every_s: float = 0.5  # acks of one device are gathered this long (one ack message, not one per batch)
 
     def __post_init__(self):
         if self.fleet is not None:
@@ -62,8 +63,8 @@ class CollectorConfig:
         _check_range("receive maximum", self.receive_maximum, 1, 65535)
         _check_range("session expiry (s)", self.session_expiry_s, 0, 2**32 - 1)
         _check_range("max payload bytes", self.max_payload_bytes, 1, 256 * 1024 * 1024)
-        if not (0 < self.batch_wait_s <= 60) or not (0 < self.alert_every_s <= 3600):
-            raise TelemetryError("batch wait and alert interval must be > 0 (and at most 60 s / 1 h)")
+        if not (0 < self.batch_wait_s <= 60 and 0 < self.alert_every_s <= 3600 and 0 <= self.ack_every_s <= 60):
+            raise TelemetryError("batch wait, alert and ack intervals must be > 0 (and at most 60 s / 1 h / 60 s)")
         if self.client_id is None:
             self.client_id = f"edgeslm-collector-{self.group or 'solo'}-{self.fleet or 'all'}-{socket.gethostname()}"
 
@@ -120,6 +121,8 @@ class Collector:
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
         self._client = None
+        self._acks_due: dict[tuple[str, str], list[int]] = {}  # handled seqs not yet acked to their device
+        self._acks_at = 0.0  # monotonic time of the last ack flush
         self.subscribe_error: str | None = None  # the broker refused a subscription
         self.connect_error: str | None = None  # the broker refused the connection (CONNACK reason)
         self.error: str | None = None  # a thread of ours failed: the collector is not collecting
@@ -239,7 +242,9 @@ class Collector:
                     next_alert = time.monotonic() + self.config.alert_every_s
                     if not self._evaluate_alerts():
                         return
-                if self._stop.is_set() and self._inbox.empty():
+                stopping = self._stop.is_set() and self._inbox.empty()
+                self._flush_acks(force=stopping)
+                if stopping:
                     return
         except BaseException as exc:  # never die silently: the CLI sees .error and exits non-zero
             self._fail("writer", exc)
@@ -295,14 +300,22 @@ class Collector:
                 if qos > 0:
                     client.ack(mid, qos)
             if self.config.acks:
-                self._publish_acks(client, entries)
+                for key, seqs in ingest.handled_seqs(entries).items():
+                    self._acks_due.setdefault(key, []).extend(seqs)
         return True
 
-    def _publish_acks(self, client, entries: list[ingest.Entry]) -> None:
+    def _flush_acks(self, force: bool = False) -> None:
+        """Tell each device which of its seqs are handled: one ack per device per ``ack_every_s``."""
+        client = self._client
+        if not self._acks_due or client is None:
+            return
+        if not force and time.monotonic() - self._acks_at < self.config.ack_every_s:
+            return
+        due, self._acks_due, self._acks_at = self._acks_due, {}, time.monotonic()
         now = time.time()
-        for (fleet, device), ranges in ingest.ack_ranges(entries).items():
-            client.publish(topics.topic(fleet, device, "acks"), schema.encode(schema.ack_body(fleet, device, now,
-                                                                                              ranges)), qos=0)
+        for (fleet, device), seqs in due.items():
+            body = schema.ack_body(fleet, device, now, ingest.to_ranges(seqs))
+            client.publish(topics.topic(fleet, device, "acks"), schema.encode(body), qos=0)
             self.stats.acks += 1
 
     def _evaluate_alerts(self) -> bool:

@@ -142,8 +142,8 @@ def _isolate(store: Store, entry: Entry, exc: BaseException, res: WriteResult) -
         log.error("dropping a message from %s: %s; and its dead letter: %s", topic, detail, again)
 
 
-def ack_ranges(entries: list[Entry]) -> dict[tuple[str, str], list[list[int]]]:
-    """Per device, the sequence numbers now handled (stored, or refused for good) as [first, last] ranges."""
+def handled_seqs(entries: list[Entry]) -> dict[tuple[str, str], list[int]]:
+    """Per device, the sequence numbers now handled: stored, or refused for good."""
     seqs: dict[tuple[str, str], list[int]] = defaultdict(list)
     for e in entries:
         if isinstance(e, DeadLetter):
@@ -152,17 +152,24 @@ def ack_ranges(entries: list[Entry]) -> dict[tuple[str, str], list[list[int]]]:
                 seqs[ack[:2]].append(ack[2])
         elif e.seq is not None and e.kind in ("telemetry", "event"):
             seqs[(e.fleet, e.device)].append(e.seq)
-    out: dict[tuple[str, str], list[list[int]]] = {}
-    for key, values in seqs.items():
-        values.sort()
-        ranges = [[values[0], values[0]]]
-        for v in values[1:]:
-            if v <= ranges[-1][1] + 1:
-                ranges[-1][1] = max(ranges[-1][1], v)
-            else:
-                ranges.append([v, v])
-        out[key] = ranges
-    return out
+    return seqs
+
+
+def to_ranges(values: list[int]) -> list[list[int]]:
+    """Sorted [first, last] ranges covering ``values``."""
+    values = sorted(values)
+    ranges = [[values[0], values[0]]]
+    for v in values[1:]:
+        if v <= ranges[-1][1] + 1:
+            ranges[-1][1] = max(ranges[-1][1], v)
+        else:
+            ranges.append([v, v])
+    return ranges
+
+
+def ack_ranges(entries: list[Entry]) -> dict[tuple[str, str], list[list[int]]]:
+    """Per device, the handled sequence numbers as [first, last] ranges."""
+    return {key: to_ranges(values) for key, values in handled_seqs(entries).items()}
 
 
 #: dead-letter reasons the sender should NOT forget: a collector that reads them may come later
