@@ -8,9 +8,10 @@
 * **At least once, stored once**: messages are acknowledged (manual PUBACK) only after the
   batch holding them is committed; the store ignores a (fleet, device, seq) it already has,
   so redelivery after a crash is harmless.
-* **End to end**: after each commit the collector publishes, per device, the sequence numbers
-  it now holds on ``edgeslm/v1/<fleet>/<device>/acks``; agents keep a message until then, so a
-  broker PUBACK that reached some other subscriber (a live view) loses nothing.
+* **End to end**: after its commits the collector publishes, per device (gathered for
+  ``ack_every_s``), the sequence numbers it now holds on ``edgeslm/v1/<fleet>/<device>/acks``;
+  agents keep a message until then, so a broker PUBACK that reached some other subscriber (a
+  live view) loses nothing.
 * **One message never stops it** (:mod:`.ingest`): every field is validated; a batch the store
   still refuses is bisected so only the offending message becomes a dead letter; a store that
   is down is retried without acknowledging anything; a failure of its own threads is kept in
