@@ -31,16 +31,20 @@ class ServerThread:
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        # log_config=None: uvicorn's loggers propagate instead of holding this test's (captured,
+        # later closed) stderr; a server thread outliving a failed test cannot then kill pytest
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", log_config=None))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 120  # generous: CI machines can be loaded
         while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError("uvicorn did not start within 120 s")
             time.sleep(0.02)
 
     def client(self, api_key="none", **kw):
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=60, **kw)
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=300, **kw)
 
     def stop(self):
         self.server.should_exit = True
