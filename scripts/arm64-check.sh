@@ -3,19 +3,23 @@
 # Pi 4/5 or a Jetson runs), installed from this checkout's wheels plus PyPI's aarch64 wheels of
 # the runtimes. No torch inside: the bundles are exported on this (x86) machine.
 #
-#   sudo bash scripts/arm64-check.sh [ONNX_BUNDLE] [LITERT_BUNDLE]
-#   bash scripts/arm64-check.sh --rootfs-only        # just build/refresh the cached userland
+#   sudo bash scripts/arm64-check.sh [BUNDLE ...]
+#   sudo bash scripts/arm64-check.sh --rootfs-only        # just build/refresh the cached userland
 #
 # Without bundle arguments it exports (once, cached) SmolLM2-135M to ONNX int4-gguf and a tiny
 # random Llama to LiteRT fp32 with the host's .venv (scripts/setup.sh). Inside the userland it
-# runs `edgeslm run`, `verify`, `verify --on-device` and `bench` on each bundle, printing the
-# time of each step. Everything it builds is cached under $EDGESLM_ARM64_CACHE (default
-# ~/.cache/edgeslm-arm64): a second run reuses the rootfs (~5 min to build), the pip cache and
-# the exported bundles, and only reinstalls edgeslm's own wheels.
+# installs 'edgeslm[onnx,litert]' from the wheels, checks that torch is absent, and runs
+# `edgeslm run`, `verify`, `verify --on-device` and `bench` on each bundle, printing the time of
+# each step; then it runs firmware_examples/raspberry-pi/install.sh (and uninstall.sh --purge)
+# there on the LiteRT bundle (no systemd runs in a chroot: units are written, not started).
+# Everything it builds is cached under $EDGESLM_ARM64_CACHE (default ~/.cache/edgeslm-arm64): a
+# second run reuses the rootfs (~3-5 min to build), the pip cache and the exported bundles, and
+# only reinstalls edgeslm's own wheels. Exit status 1 when any step failed.
 #
 # Needs root (binfmt_misc, debootstrap, chroot) and the Debian packages qemu-user-static,
 # debootstrap and binfmt-support (installed with apt-get when missing). Speeds inside are
-# EMULATED (qemu user mode on x86): they say nothing about a real Pi, only that it runs.
+# EMULATED (qemu user mode on x86): they say nothing about a real Pi, only that it runs; the
+# numerics are the ARM code paths' own (see docs/devices.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -30,8 +34,7 @@ LOG=$CACHE/last-run.log
 
 rootfs_only=0
 if [ "${1:-}" = "--rootfs-only" ]; then rootfs_only=1; shift; fi
-ONNX_BUNDLE=${1:-}
-LITERT_BUNDLE=${2:-}
+BUNDLES=("$@")
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'arm64-check: %s\n' "$*" >&2; exit 1; }
@@ -98,10 +101,11 @@ pip_config() {
 mounted=()
 mount_chroot() {
   local d
-  for d in proc dev; do
+  for d in proc sys dev; do
     if ! mountpoint -q "$ROOT/$d"; then
       case $d in
         proc) mount -t proc proc "$ROOT/proc" ;;
+        sys) mount --bind /sys "$ROOT/sys" ;;  # onnxruntime's cpuinfo reads /sys/devices/system/cpu
         dev) mount --bind /dev "$ROOT/dev" ;;
       esac
       mounted+=("$ROOT/$d")
@@ -142,41 +146,58 @@ export_cached() {  # export_cached DIR ARGS...: edgeslm export once into DIR
     nice -n 10 "$HOST_VENV/bin/edgeslm" export "$@" -o "$dir" --overwrite
   fi
 }
-if [ -z "$ONNX_BUNDLE" ]; then
-  ONNX_BUNDLE=$CACHE/bundles/smollm2-onnx-int4-gguf
-  export_cached "$ONNX_BUNDLE" smollm2-135m -f onnx -p int4-gguf --context-length 512
+TINY_LITERT=$CACHE/bundles/tiny-litert-fp32
+if [ ! -d "$CACHE/bundles/tiny-hf" ]; then
+  "$HOST_VENV/bin/python" -c "import sys; from edgeslm.testing import make_tiny_hf_folder as m; m(sys.argv[1])" \
+    "$CACHE/bundles/tiny-hf"
 fi
-if [ -z "$LITERT_BUNDLE" ]; then
-  LITERT_BUNDLE=$CACHE/bundles/tiny-litert-fp32
-  if [ ! -d "$CACHE/bundles/tiny-hf" ]; then
-    "$HOST_VENV/bin/python" -c "import sys; from edgeslm.testing import make_tiny_hf_folder as m; m(sys.argv[1])" \
-      "$CACHE/bundles/tiny-hf"
-  fi
-  export_cached "$LITERT_BUNDLE" "$CACHE/bundles/tiny-hf" -f litert -p fp32 --context-length 128
+export_cached "$TINY_LITERT" "$CACHE/bundles/tiny-hf" -f litert -p fp32 --context-length 128
+if [ ${#BUNDLES[@]} -eq 0 ]; then
+  export_cached "$CACHE/bundles/smollm2-onnx-int4-gguf" smollm2-135m -f onnx -p int4-gguf
+  BUNDLES=("$CACHE/bundles/smollm2-onnx-int4-gguf" "$TINY_LITERT")
 fi
 rm -rf "$ROOT/opt/bundles"
 mkdir -p "$ROOT/opt/bundles"
-cp -r "$ONNX_BUNDLE" "$ROOT/opt/bundles/onnx"
-cp -r "$LITERT_BUNDLE" "$ROOT/opt/bundles/litert"
+names=()
+for b in "${BUNDLES[@]}"; do
+  [ -f "$b/manifest.json" ] || die "$b is not a bundle"
+  names+=("$(basename "$b")")
+  cp -r "$b" "$ROOT/opt/bundles/${names[-1]}"
+done
+rm -rf "$ROOT/opt/service-test"
+cp -r "$TINY_LITERT" "$ROOT/opt/service-test"
+rm -rf "$ROOT/opt/edgeslm-firmware"
+cp -r firmware_examples/raspberry-pi "$ROOT/opt/edgeslm-firmware"
 
 {
   say "arm64 check $(date -u +%FT%TZ) on $(uname -m) host, emulated aarch64 ($SUITE)"
-  say "install: pip install --find-links /opt/edgeslm-dist 'edgeslm[onnx]' 'edgeslm[litert]'"
+  say "install: pip install --find-links /opt/edgeslm-dist 'edgeslm[onnx,litert]'"
   timed "venv + device install (pip cache kept in the rootfs)" inside '
     set -e
     [ -x /opt/venv/bin/python ] || python3 -m venv /opt/venv
-    pip install -q --upgrade --force-reinstall --no-deps /opt/edgeslm-dist/*.whl
+    pip uninstall -q -y edgeslm edgeslm-onnx edgeslm-litert edgeslm-openvino edgeslm-coreml 2>/dev/null || true
     pip install -q --find-links /opt/edgeslm-dist "edgeslm[onnx,litert]"
     python -c "import importlib.util as u; assert u.find_spec(\"torch\") is None, \"torch in a device install\""
     pip list 2>/dev/null | grep -i -E "^(edgeslm|onnxruntime|ai-edge-litert|numpy|tokenizers) "'
-  for name in onnx litert; do
+  for name in "${names[@]}"; do
     b=/opt/bundles/$name
-    say "$name bundle: $(inside "python -c \"import json; m=json.load(open('$b/manifest.json')); print(m['model']['name'], m['format'], m['precision'])\"")"
+    say "$name: $(inside "python -c \"import json; m=json.load(open('$b/manifest.json')); print(m['model']['name'], m['format'], m['precision'])\"")"
     timed "$name: edgeslm run" inside "edgeslm run $b --prompt 'The capital of France is' -n 16" || true
     timed "$name: edgeslm verify" inside "edgeslm verify $b" || true
     timed "$name: edgeslm verify --on-device" inside "edgeslm verify $b --on-device" || true
     timed "$name: edgeslm bench (EMULATED speed)" inside "edgeslm bench $b $BENCH_ARGS" || true
   done
+  # shellcheck disable=SC2016  # expanded inside the userland, not here
+  timed "service files: install.sh + uninstall.sh --purge (litert, tiny)" inside '
+    set -e
+    bash /opt/edgeslm-firmware/install.sh --wheels /opt/edgeslm-dist --bundle /opt/service-test \
+      --extra litert --prefix /opt/edgeslm-svc
+    id edgeslm
+    test "$(stat -c %a /etc/edgeslm/broker.env)" = 600
+    grep -q "^ExecStart=/opt/edgeslm-svc/venv/bin/edgeslm agent" /etc/systemd/system/edgeslm-agent.service
+    test "$(readlink /opt/edgeslm-svc/bundles/current)" = service-test
+    bash /opt/edgeslm-firmware/uninstall.sh --purge --prefix /opt/edgeslm-svc
+    ! id edgeslm 2>/dev/null && test ! -e /etc/systemd/system/edgeslm-serve.service' || true
 } 2>&1 | tee "$LOG"
 say "log: $LOG"
 grep -q -- '--- .*(exit [1-9]' "$LOG" && die "a step failed (see above)"
