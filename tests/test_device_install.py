@@ -88,8 +88,8 @@ def test_readme_device_install_runs_as_written(tiny_gguf_q4, tmp_path):
         assert res.returncode == 0, f"{line}\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
         if "--on-device" in line:
             assert "on-device parity passed" in res.stdout
-        if " run " in line:
-            assert res.stdout.strip(), "run printed nothing"
+        if " run " in line:  # tokens streamed, or at least the metrics line (a tiny random model may stop at once)
+            assert res.stdout.strip() or "output tokens" in res.stderr, res.stderr
     venv_python = home / "edgeslm-venv" / "bin" / "python"
     assert venv_python.exists(), "the README's venv is not where the test expects it"
     probe = subprocess.run([str(venv_python), "-c", "import torch"], capture_output=True, text=True, env=env)

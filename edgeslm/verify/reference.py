@@ -10,7 +10,7 @@ compared against, small enough to ship in every bundle (kilobytes):
       continuation     int32 (prompts, tokens)           the source's greedy tokens
       topk_ids         int32 (prompts * tokens, k)       the source's k largest logits per position
       topk_logits      float32 (prompts * tokens, k)     ... their values, descending
-      logsumexp        float32 (prompts * tokens,)       log of the source's softmax denominator
+      logsumexp        float64 (prompts * tokens,)       log of the source's softmax denominator
       text_ids         int32 (n,)                        perplexity text (may be empty)
       text_nll         float64 ()                        the source's mean NLL over it (nan if none)
 
@@ -58,7 +58,7 @@ def save_reference(directory: Path, references: Sequence[Any], text_ids: Sequenc
         continuation=np.array([r.continuation for r in references], dtype=np.int32),
         topk_ids=np.take_along_axis(ids, order, axis=1).astype(np.int32),
         topk_logits=np.take_along_axis(vals, order, axis=1).astype(np.float32),
-        logsumexp=lse.astype(np.float32),
+        logsumexp=lse,  # float64: float32 would put a ~1e-8 floor under the KL
         text_ids=np.asarray(text_ids or [], dtype=np.int32),
         text_nll=np.float64(np.nan if text_nll is None else text_nll),
     )
