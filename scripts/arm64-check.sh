@@ -101,11 +101,13 @@ pip_config() {
 mounted=()
 mount_chroot() {
   local d
-  for d in proc sys dev; do
+  # No /sys: with the host's (x86) /sys visible, cpuinfo inside onnxruntime and LiteRT's XNNPACK
+  # crashes under qemu (SIGSEGV at import); without it they warn ("cpuinfo_initialize failed")
+  # and run on their generic ARM kernel choice.
+  for d in proc dev; do
     if ! mountpoint -q "$ROOT/$d"; then
       case $d in
         proc) mount -t proc proc "$ROOT/proc" ;;
-        sys) mount --bind /sys "$ROOT/sys" ;;  # onnxruntime's cpuinfo reads /sys/devices/system/cpu
         dev) mount --bind /dev "$ROOT/dev" ;;
       esac
       mounted+=("$ROOT/$d")
@@ -119,7 +121,7 @@ umount_chroot() {
 trap umount_chroot EXIT
 
 inside() {  # inside CMD: run a bash command line in the arm64 userland
-  chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=/opt/venv/bin:/usr/local/bin:/usr/bin:/bin \
+  chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=/opt/venv/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin \
     LANG=C.UTF-8 PIP_CERT="${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}" /bin/bash -c "$1"
 }
 
