@@ -101,9 +101,10 @@ pip_config() {
 mounted=()
 mount_chroot() {
   local d
-  # No /sys: with the host's (x86) /sys visible, cpuinfo inside onnxruntime and LiteRT's XNNPACK
-  # crashes under qemu (SIGSEGV at import); without it they warn ("cpuinfo_initialize failed")
-  # and run on their generic ARM kernel choice.
+  # No /sys by default: with the host's (x86) /sys visible, cpuinfo inside onnxruntime and
+  # LiteRT's XNNPACK crashes under qemu (SIGSEGV at import); without it they warn
+  # ("cpuinfo_initialize failed") and take their generic ARM kernels. OpenVINO is the other way
+  # round (hwloc crashes without /sys): sys_for FORMAT mounts it around OpenVINO's steps only.
   for d in proc dev; do
     if ! mountpoint -q "$ROOT/$d"; then
       case $d in
@@ -116,9 +117,17 @@ mount_chroot() {
 }
 umount_chroot() {
   local m
+  mountpoint -q "$ROOT/sys" && umount -l "$ROOT/sys"  # sys_for mounts it in the logged subshell
   for m in "${mounted[@]}"; do umount -l "$m" 2>/dev/null || true; done
 }
 trap umount_chroot EXIT
+sys_for() {
+  if [ "$1" = openvino ]; then
+    mountpoint -q "$ROOT/sys" || mount --bind /sys "$ROOT/sys"
+  elif mountpoint -q "$ROOT/sys"; then
+    umount -l "$ROOT/sys"
+  fi
+}
 
 inside() {  # inside CMD: run a bash command line in the arm64 userland
   chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=/opt/venv/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin \
@@ -160,13 +169,14 @@ if [ ${#BUNDLES[@]} -eq 0 ]; then
 fi
 rm -rf "$ROOT/opt/bundles"
 mkdir -p "$ROOT/opt/bundles"
-names=()
+names=() fmts=()
 formats=litert  # the service-file stage uses the tiny LiteRT bundle
 for b in "${BUNDLES[@]}"; do
   [ -f "$b/manifest.json" ] || die "$b is not a bundle"
   names+=("$(basename "$b")")
   cp -r "$b" "$ROOT/opt/bundles/${names[-1]}"
   fmt=$(sed -n 's/^ *"format": "\([a-z]*\)".*/\1/p' "$b/manifest.json" | head -1)
+  fmts+=("$fmt")
   [[ ",$formats," == *",$fmt,"* ]] || formats="$formats,$fmt"
 done
 rm -rf "$ROOT/opt/service-test"
@@ -184,14 +194,16 @@ cp -r firmware_examples/raspberry-pi "$ROOT/opt/edgeslm-firmware"
     pip install -q --find-links /opt/edgeslm-dist 'edgeslm[$formats]'
     ! python -c 'import torch' 2>/dev/null || { echo 'torch in a device install' >&2; exit 1; }
     pip list 2>/dev/null | grep -i -E '^(edgeslm|onnxruntime|ai-edge-litert|openvino|numpy|tokenizers) '"
-  for name in "${names[@]}"; do
-    b=/opt/bundles/$name
+  for i in "${!names[@]}"; do
+    name=${names[$i]} b=/opt/bundles/${names[$i]}
+    sys_for "${fmts[$i]}"
     say "$name: $(inside "python -c \"import json; m=json.load(open('$b/manifest.json')); print(m['model']['name'], m['format'], m['precision'])\"")"
     timed "$name: edgeslm run" inside "edgeslm run $b --prompt 'The capital of France is' -n 16" || true
     timed "$name: edgeslm verify" inside "edgeslm verify $b" || true
     timed "$name: edgeslm verify --on-device" inside "edgeslm verify $b --on-device" || true
     timed "$name: edgeslm bench (EMULATED speed)" inside "edgeslm bench $b $BENCH_ARGS" || true
   done
+  sys_for litert
   # shellcheck disable=SC2016  # expanded inside the userland, not here
   timed "service files: install.sh + uninstall.sh --purge (litert, tiny)" inside '
     set -e
