@@ -70,7 +70,7 @@ def log(msg: str) -> None:
 def edgeslm_run(bundle: Path, prompt: str, tokens: int = 16) -> dict:
     """Generate through the real CLI (`edgeslm run`), as a user would."""
     exe = Path(sys.executable).parent / "edgeslm"
-    cmd = [str(exe), "run", str(bundle), "--prompt", prompt, "-n", str(tokens), "--json"]
+    cmd = [str(exe), "run", str(bundle), "--raw", "--prompt", prompt, "-n", str(tokens), "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         return {"ok": False, "error": proc.stderr.strip()[-300:]}

@@ -11,10 +11,14 @@ first publish, so slow publishers cap it) and "backlog drain" (devices publish w
 collectors are away, their persistent sessions queue everything, the clock runs from the
 collectors' return: their own ceiling). The clock stops when the store holds every message; "lost" is
 messages acknowledged by the broker but missing from the store, "duplicates" rows the store
-refused as already present. Results go to stdout and benchmarks/telemetry_ingest_results.json.
+refused as already present; "cpu us/msg" is the collector processes' CPU time per message
+(steadier than msg/s on a shared machine). Results go to stdout and
+benchmarks/telemetry_ingest_results.json.
 
     python benchmarks/telemetry_ingest.py                      # 20,000 messages per phase, SQLite
     python benchmarks/telemetry_ingest.py --messages 100000 --db postgresql://postgres@127.0.0.1/test
+    git archive main | tar -x -C /tmp/base                     # before/after in one run: the same
+    python benchmarks/telemetry_ingest.py --baseline /tmp/base --rounds 3   # publishers, collectors alternating
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -31,7 +36,6 @@ import uuid
 from pathlib import Path
 
 from edgeslm.telemetry.broker import Mosquitto, free_port, write_config
-from edgeslm.telemetry.collector import Collector, CollectorConfig
 from edgeslm.telemetry.mqtt import BrokerConfig
 from edgeslm.telemetry.simulate import SimConfig, simulate
 from edgeslm.telemetry.stores import open_store
@@ -39,8 +43,17 @@ from edgeslm.telemetry.stores import open_store
 RESULTS = Path(__file__).with_name("telemetry_ingest_results.json")
 
 
-def collector_process(broker: BrokerConfig, fleet: str, db: str, client_id: str, ready, done, out) -> None:
+def collector_process(tree: str | None, broker: BrokerConfig, fleet: str, db: str, client_id: str, ready, done,
+                      out) -> None:
+    if tree:  # run the collector of another checkout (the publishers stay the same)
+        for name in [m for m in sys.modules if m == "edgeslm" or m.startswith("edgeslm.")]:
+            del sys.modules[name]
+        sys.path.insert(0, tree)
+    from edgeslm.telemetry.collector import Collector, CollectorConfig
+    from edgeslm.telemetry.stores import open_store
+
     store = open_store(db)
+    cpu0 = time.process_time()  # from here on: connecting, receiving, validating, storing, acknowledging
     col = Collector(CollectorConfig(broker=broker, fleet=fleet, group="bench", client_id=client_id,
                                     session_expiry_s=300, batch_size=5000), store).start()
     if not col.wait_connected(15):
@@ -51,7 +64,8 @@ def collector_process(broker: BrokerConfig, fleet: str, db: str, client_id: str,
     col.stop()
     s = col.stats
     out.put({"client_id": client_id, "received": s.received, "stored": s.stored, "duplicates": s.duplicates,
-             "dead": sum(s.dead.values()), "batches": s.batches, "first_at": s.first_at, "last_commit_at": s.last_commit_at})
+             "dead": sum(s.dead.values()), "batches": s.batches, "first_at": s.first_at,
+             "last_commit_at": s.last_commit_at, "cpu_s": time.process_time() - cpu0})
     store.close()
 
 
@@ -60,11 +74,11 @@ def count(db: str, fleet: str) -> int:
         return store.telemetry_count(fleet)
 
 
-def start_collectors(broker, db, fleet, n, ctx):
+def start_collectors(broker, db, fleet, n, ctx, tree=None):
     done, out = ctx.Event(), ctx.Queue()
     readies = [ctx.Event() for _ in range(n)]
-    procs = [ctx.Process(target=collector_process, args=(broker, fleet, db, f"bench-{fleet}-{k}", readies[k], done, out))
-             for k in range(n)]
+    procs = [ctx.Process(target=collector_process, args=(tree, broker, fleet, db, f"bench-{fleet}-{k}", readies[k],
+                                                         done, out)) for k in range(n)]
     for p in procs:
         p.start()
     for r in readies:
@@ -92,7 +106,7 @@ def wait_stored(db: str, fleet: str, expected: int, timeout: float = 180) -> int
 
 
 def phase(broker: BrokerConfig, db: str, collectors: int, devices: int, per_device: int, publishers: int,
-          backlog: bool) -> dict:
+          backlog: bool, tree: str | None = None) -> dict:
     """``backlog``: publish everything while the collectors are away (their sessions queue it), then
     time the drain -- the collectors' own ceiling, free of the publishers' speed."""
     fleet = "bench-" + uuid.uuid4().hex[:8]
@@ -100,13 +114,13 @@ def phase(broker: BrokerConfig, db: str, collectors: int, devices: int, per_devi
     expected = devices * per_device
     sim_cfg = SimConfig(broker=broker, fleet=fleet, devices=devices, rate=0, duration_s=None, messages=per_device,
                         connections=2, processes=publishers, status=False)
-    procs, done, out = start_collectors(broker, db, fleet, collectors, ctx)  # creates the sessions
+    procs, done, out = start_collectors(broker, db, fleet, collectors, ctx, tree)  # creates the sessions
     if backlog:
         stop_collectors(procs, done, out)
         t0 = time.monotonic()
         sim = simulate(sim_cfg)
         t_pub = time.monotonic() - t0
-        procs, done, out = start_collectors(broker, db, fleet, collectors, ctx)
+        procs, done, out = start_collectors(broker, db, fleet, collectors, ctx, tree)
         t0 = time.monotonic()
     else:
         t0 = time.monotonic()
@@ -121,7 +135,32 @@ def phase(broker: BrokerConfig, db: str, collectors: int, devices: int, per_devi
             "acked_by_broker": sim.acked, "stored": stored, "lost": sim.acked - stored,
             "duplicates": sum(s.get("duplicates", 0) for s in stats),
             "publish_msgs_per_s": round(sim.sent / t_pub, 1), "ingest_msgs_per_s": round(stored / t_all, 1),
+            "collector_cpu_us_per_msg": round(1e6 * sum(x.get("cpu_s", 0) for x in stats)
+                                              / max(1, sum(x.get("received", 0) for x in stats)), 1),
             "seconds": round(t_all, 2), "per_collector": stats}
+
+
+def report(r: dict, label: str = "") -> None:
+    print(f"{label}{r['mode']:>13}, {r['collectors']} collector(s): {r['ingest_msgs_per_s']:.0f} msg/s stored "
+          f"({r['stored']}/{r['messages']} in {r['seconds']} s; publishers {r['publish_msgs_per_s']:.0f} msg/s), "
+          f"collector cpu {r['collector_cpu_us_per_msg']:.0f} us/msg, lost {r['lost']}, duplicates {r['duplicates']}, "
+          f"split {[s.get('received') for s in r['per_collector']]}")
+
+
+def compare(results: list[dict]) -> dict:
+    """Per phase: best msg/s and least CPU/msg of each side, and current/baseline ratios."""
+    out = {}
+    for r in results:
+        key = f"{r['mode']}, {r['collectors']} collector(s)"
+        side = out.setdefault(key, {}).setdefault(r["tree"], {"msgs_per_s": 0.0, "cpu_us_per_msg": float("inf")})
+        side["msgs_per_s"] = max(side["msgs_per_s"], r["ingest_msgs_per_s"])
+        side["cpu_us_per_msg"] = min(side["cpu_us_per_msg"], r["collector_cpu_us_per_msg"])
+    for sides in out.values():
+        if "baseline" in sides and "current" in sides:
+            b, c = sides["baseline"], sides["current"]
+            sides["msgs_per_s_ratio"] = round(c["msgs_per_s"] / b["msgs_per_s"], 3)
+            sides["cpu_ratio"] = round(c["cpu_us_per_msg"] / b["cpu_us_per_msg"], 3)
+    return out
 
 
 def main() -> int:
@@ -132,6 +171,9 @@ def main() -> int:
     ap.add_argument("--broker", default=None, help="use this broker instead of starting one")
     ap.add_argument("--db", default=None, help="store URL [default: a fresh SQLite file]")
     ap.add_argument("--no-save", action="store_true", help="do not write the results file")
+    ap.add_argument("--baseline", default=None, help="checkout of another edgeslm to compare with, phase by phase")
+    ap.add_argument("--rounds", type=int, default=1, help="repetitions of every phase (with --baseline: interleaved)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder (broker, SQLite store)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="edgeslm-bench-"))
     db = args.db or f"sqlite:///{tmp}/fleet.db"
@@ -146,18 +188,28 @@ def main() -> int:
         files = write_config(tmp / "broker", free_port(), users=None, persistence=False, max_queued=0)
         broker_proc = Mosquitto(files).start()
         broker = BrokerConfig(port=files.port)
+    trees = [("baseline", str(Path(args.baseline).resolve())), ("current", None)] if args.baseline else \
+        [("current", None)]
     try:
-        for backlog in (False, True):
-            for n in (1, 2):
-                r = phase(broker, db, n, args.devices, per_device, args.publishers, backlog)
-                results["phases"].append(r)
-                print(f"{r['mode']:>13}, {n} collector(s): {r['ingest_msgs_per_s']:.0f} msg/s stored "
-                      f"({r['stored']}/{r['messages']} in {r['seconds']} s; publishers {r['publish_msgs_per_s']:.0f} "
-                      f"msg/s), lost {r['lost']}, duplicates {r['duplicates']}, "
-                      f"split {[s.get('received') for s in r['per_collector']]}")
+        for _ in range(args.rounds):
+            for backlog in (False, True):
+                for n in (1, 2):
+                    for name, tree in trees:
+                        r = phase(broker, db, n, args.devices, per_device, args.publishers, backlog, tree)
+                        r["tree"] = name
+                        results["phases"].append(r)
+                        report(r, f"{name:>8}: " if args.baseline else "")
     finally:
         if broker_proc:
             broker_proc.stop()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if args.baseline:
+        results["baseline"] = args.baseline
+        results["comparison"] = compare(results["phases"])
+        for key, sides in results["comparison"].items():
+            print(f"{key:>30}: msg/s current/baseline {sides.get('msgs_per_s_ratio')}, "
+                  f"collector CPU per message current/baseline {sides.get('cpu_ratio')}")
     if not args.no_save:
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {RESULTS}")

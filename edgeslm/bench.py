@@ -31,6 +31,13 @@ class BenchConfig:
     warmup: int = 1  # unmeasured runs first (allocations, kernel selection)
     threads: int | None = None  # engine threads; None = runtime's default
 
+    def __post_init__(self):
+        from .errors import GenerationError
+
+        if self.runs < 1 or self.warmup < 0 or self.prompt_tokens < 1 or self.new_tokens < 1:
+            raise GenerationError(f"bench needs runs >= 1, warmup >= 0, prompt_tokens >= 1 and new_tokens >= 1 "
+                                  f"(got {self.runs}, {self.warmup}, {self.prompt_tokens}, {self.new_tokens})")
+
 
 @dataclass
 class Stat:
@@ -94,6 +101,7 @@ def bench_model(model, config: BenchConfig, on_run: Callable[[int], None] | None
                               f"context {model.engine.max_context}")
     prefill, decode, ttft, overhead = [], [], [], []
     for i in range(config.warmup + config.runs):
+        model.generator.forget_cache()  # every run prefills the whole prompt: same prompt, no reuse
         r = model.generate(ids, max_new_tokens=config.new_tokens, stop_on_eos=False)
         if i >= config.warmup:
             m = r.metrics

@@ -19,7 +19,11 @@ one-line messages and a non-zero exit) can catch the whole family at once::
     │   ├── UnknownTargetError      (edgeslm.targets.profile) no such target; did-you-mean
     │   └── TargetFileError         (edgeslm.targets.profile) a target TOML that does not validate
     │       ├── MissingFieldError, UnknownFormatError, UnknownPrecisionError, UnitError
+    ├── OutputError                 an output folder or file cannot be created
     ├── GenerationError             bad generation input (empty prompt, context overflow ...)
+    │   └── ChatTemplateError       a chat template fails to compile or render
+    │       └── ChatTemplateLimitError  rendering hit a resource limit (``.limit`` names it)
+    ├── EngineOptionError           an engine option the engine does not know or cannot honour
     └── TelemetryError              malformed telemetry, broker trouble
 """
 
@@ -78,8 +82,29 @@ class DoesNotFitError(TargetError):
     """The model, at the chosen precision and context, exceeds the target's memory."""
 
 
+class OutputError(EdgeSLMError):
+    """An output path is a file where a folder is needed, or cannot be created or written."""
+
+
 class GenerationError(EdgeSLMError):
     """Generation cannot run on the given input (empty prompt, ids out of range, overflow)."""
+
+
+class EngineOptionError(EdgeSLMError):
+    """An engine option the engine does not know, a value of the wrong kind, or a device /
+    execution provider the runtime does not have."""
+
+
+class ChatTemplateError(GenerationError):
+    """A chat template does not compile, or fails or refuses while rendering."""
+
+
+class ChatTemplateLimitError(ChatTemplateError):
+    """Rendering a chat template hit a resource limit; ``limit`` names it (``max_output_chars`` ...)."""
+
+    def __init__(self, message: str, limit: str = ""):
+        super().__init__(message)
+        self.limit = limit
 
 
 class TelemetryError(EdgeSLMError):

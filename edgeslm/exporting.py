@@ -17,6 +17,7 @@ from typing import Any
 
 from .bundle import MANIFEST_FILE, Bundle, write_manifest
 from .errors import ExportError, ParityError
+from .outputs import check_output_dir, make_dir
 from .plugins import get_engine, get_exporter
 from .progress import NULL_STEPS, Steps
 from .verify.reference import add_to_manifest as add_reference
@@ -63,7 +64,7 @@ def export_model(model: str | Path | Any, out_dir: str | Path, format: str = "on
     """Export ``model`` (a name, a path, or a loaded SourceModel) into a verified bundle."""
     from .sources import SourceModel, load_source
 
-    out_dir = Path(out_dir)
+    out_dir = check_output_dir(Path(out_dir), "bundle folder")  # before minutes of work
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ExportError(f"{out_dir} exists and is not empty; choose another directory or pass --overwrite")
     exporter_cls = get_exporter(format)
@@ -82,7 +83,7 @@ def export_model(model: str | Path | Any, out_dir: str | Path, format: str = "on
     spec = ExportSpec(format=format, precision=precision, context_length=ctx, target=target, options=options or {})
 
     # Build next to the destination so the final rename is atomic (same filesystem).
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir.parent)
     tmp = Path(tempfile.mkdtemp(prefix=".edgeslm-export-", dir=out_dir.parent))
     try:
         t0 = time.perf_counter()

@@ -166,11 +166,12 @@ class ScriptedEngine:
     """A fake Engine (numpy only) that "predicts" a fixed token script, for Generator tests.
 
     After any input, the next logits put all mass on ``script[i]`` where ``i`` counts the
-    tokens generated so far; the Engine contract (position, reset, check_tokens) is the real
-    base class's.
+    tokens decoded since the last prefill; the Engine contract (position, reset, check_tokens)
+    is the real base class's. ``calls`` records ("prefill", n) / ("decode", 1) / ("reset", 0) /
+    ("truncate", n); ``can_truncate=False`` keeps the base class's truncate (reset only).
     """
 
-    def __new__(cls, script, vocab_size: int, max_context: int = 64):
+    def __new__(cls, script, vocab_size: int, max_context: int = 64, can_truncate: bool = True):
         from types import SimpleNamespace
 
         import numpy as np
@@ -196,6 +197,7 @@ class ScriptedEngine:
             def prefill(self, token_ids):
                 ids = self.check_tokens(token_ids)
                 self.position += ids.size
+                self.step = 0
                 self.calls.append(("prefill", ids.size))
                 return self._logits()
 
@@ -209,6 +211,15 @@ class ScriptedEngine:
             def reset(self):
                 self.position = 0
                 self.step = 0
+                if hasattr(self, "calls"):
+                    self.calls.append(("reset", 0))
+
+            def truncate(self, length):
+                if not can_truncate:
+                    return super().truncate(length)
+                self.calls.append(("truncate", length))
+                self.position = length
+                return True
 
         return _Scripted()
 

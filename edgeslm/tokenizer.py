@@ -9,7 +9,7 @@ extra BOS changes every logit the model produces.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -26,10 +26,10 @@ class Tokenizer:
     eos_token_ids: tuple[int, ...] = ()
     add_bos: bool = False
     chat_template: str | None = None
-    _template_cache: dict = field(default_factory=dict, repr=False)
 
     # -- text <-> ids ---------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
+        _check_text(text)
         ids = self.backend.encode(text, add_special_tokens=False).ids
         if self.add_bos and self.bos_token_id is not None:
             ids = [self.bos_token_id, *ids]
@@ -47,27 +47,22 @@ class Tokenizer:
 
     # -- chat -----------------------------------------------------------------------------
     def apply_chat_template(self, messages: Iterable[dict], add_generation_prompt: bool = True) -> str:
-        """Render messages with the model's own Jinja chat template (sandboxed, like transformers)."""
+        """Render messages with the model's own Jinja chat template (sandboxed like transformers, and
+        bounded in output, loops and time: see :mod:`edgeslm.chat_template`)."""
         messages = list(messages)
         for m in messages:
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
                 raise GenerationError(f"each chat message needs 'role' and 'content', got {m!r}")
+            if isinstance(m["content"], str):
+                _check_text(m["content"])
         if not self.chat_template:
             raise GenerationError("this model has no chat template; use a plain prompt instead")
-        template = self._template_cache.get(self.chat_template)
-        if template is None:
-            from jinja2.sandbox import ImmutableSandboxedEnvironment
+        from .chat_template import compile_template, render_compiled
 
-            def raise_exception(message):
-                raise GenerationError(f"chat template refused the messages: {message}")
-
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-            env.globals["raise_exception"] = raise_exception
-            template = env.from_string(self.chat_template)
-            self._template_cache[self.chat_template] = template
+        template = compile_template(self.chat_template)  # sandboxed and resource-bounded
         bos = self.backend.id_to_token(self.bos_token_id) if self.bos_token_id is not None else ""
         eos = self.backend.id_to_token(self.eos_token_ids[0]) if self.eos_token_ids else ""
-        return template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+        return render_compiled(template, messages=messages, add_generation_prompt=add_generation_prompt,
                                bos_token=bos, eos_token=eos)
 
     # -- persistence ----------------------------------------------------------------------
@@ -92,10 +87,44 @@ class Tokenizer:
             backend = HFTokenizer.from_file(str(directory / TOKENIZER_FILE))
             config = json.loads((directory / CONFIG_FILE).read_text())
         except (OSError, ValueError, Exception) as exc:  # tokenizers raises a bare Exception
-            raise BundleError(f"cannot read the tokenizer in {directory}: {exc}") from exc
+            raise BundleError(f"cannot read the tokenizer in {directory}: {' '.join(str(exc).split())[:300]}") from None
+        _check_config(config, directory / CONFIG_FILE)
         return cls(backend=backend, bos_token_id=config.get("bos_token_id"),
                    eos_token_ids=tuple(config.get("eos_token_ids") or ()),
                    add_bos=bool(config.get("add_bos")), chat_template=config.get("chat_template"))
+
+
+def _check_text(text) -> None:
+    """GenerationError for text that is not a str of valid Unicode: bytes the shell could not decode
+    arrive as lone surrogates (U+DC80..U+DCFF stand for the bytes 0x80..0xFF)."""
+    if not isinstance(text, str):
+        raise GenerationError(f"text must be str, not {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        ch = ord(text[exc.start])
+        what = f"byte 0x{ch - 0xDC00:02x}" if 0xDC80 <= ch <= 0xDCFF else f"lone surrogate U+{ch:04X}"
+        raise GenerationError(f"the text is not valid UTF-8: {what} at character {exc.start}; "
+                              f"pass UTF-8 text (check the terminal's or the file's encoding)") from None
+
+
+def _check_config(config, where: Path) -> None:
+    """BundleError naming the field when edgeslm_tokenizer.json has the wrong JSON types."""
+    def token_id(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    if not isinstance(config, dict):
+        raise BundleError(f"{where}: must be a JSON object, not {type(config).__name__}")
+    eos = config.get("eos_token_ids")
+    checks = {
+        "bos_token_id": config.get("bos_token_id") is None or token_id(config.get("bos_token_id")),
+        "eos_token_ids": eos is None or (isinstance(eos, list) and all(token_id(t) for t in eos)),
+        "add_bos": isinstance(config.get("add_bos", False), bool),
+        "chat_template": config.get("chat_template") is None or isinstance(config.get("chat_template"), str),
+    }
+    for name, ok in checks.items():
+        if not ok:
+            raise BundleError(f"{where}: '{name}' has the wrong type ({type(config.get(name)).__name__})")
 
 
 class IncrementalDecoder:

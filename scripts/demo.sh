@@ -14,4 +14,4 @@ else
 fi
 echo
 echo "==> chat"
-$EDGESLM run "$OUT" --chat --prompt "${PROMPT:-What is an edge device? Answer in two sentences.}" -n 96
+$EDGESLM run "$OUT" --prompt "${PROMPT:-What is an edge device? Answer in two sentences.}" -n 96

@@ -36,7 +36,7 @@ echo "==> installing torch (CPU build)"
 $PIP install -q ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "torch==${TORCH_VERSION:-2.13.0}"
 
 echo "==> installing edgeslm, backends and tools"
-args=(-e ".[export,sign,postgres,test,compress]")
+args=(-e ".[export,sign,postgres,serve,test,compress]")
 for b in backends/*/; do
   [ -f "$b/pyproject.toml" ] && args+=(-e "${b%/}[export]")
 done

@@ -108,13 +108,77 @@ def test_listeners_receive_results(tok):
     assert seen[0].metrics.time_to_first_token_s > 0
 
 
-def test_engine_reset_between_calls(tok):
+def test_engine_reset_between_calls_without_reuse(tok):
     eng = ScriptedEngine(script_for(tok, " ok"), tok.vocab_size)
-    gen = Generator(eng, tok)
+    gen = Generator(eng, tok, reuse_cache=False)
     gen.generate("hello")
-    gen.generate("hello")
+    res = gen.generate("hello")
     assert eng.calls.count(("prefill", len(tok.encode("hello")))) == 2
     assert eng.position == len(tok.encode("hello")) + len(tok.encode(" ok"))  # fresh cache each call
+    assert res.metrics.cached_tokens == 0
+
+
+def test_reuse_prefills_only_the_new_suffix(tok):
+    eng = ScriptedEngine(script_for(tok, " ok"), tok.vocab_size)
+    gen = Generator(eng, tok)
+    first = tok.encode("hello there")
+    r1 = gen.generate(first)
+    # the cache now holds the prompt and every generated token but the last one sampled (EOS)
+    held = first + r1.token_ids
+    assert eng.position == len(held)
+    eng.calls.clear()
+    follow = held + tok.encode(" and more")
+    r2 = gen.generate(follow)
+    assert eng.calls[0] == ("prefill", len(follow) - len(held))  # no reset, no full prefill
+    assert r2.metrics.cached_tokens == len(held) and r2.metrics.prompt_tokens == len(follow)
+    assert r2.text == r1.text == " ok"
+
+
+def test_reuse_truncates_to_the_common_prefix_or_resets(tok):
+    a, b = tok.encode("hello there"), tok.encode("hello world, again")
+    common = next(i for i in range(len(a)) if a[i] != b[i])
+    assert common > 0
+    eng = ScriptedEngine(script_for(tok, " ok"), tok.vocab_size)
+    gen = Generator(eng, tok)
+    gen.generate(a)
+    eng.calls.clear()
+    res = gen.generate(b)
+    assert eng.calls[:2] == [("truncate", common), ("prefill", len(b) - common)]
+    assert res.metrics.cached_tokens == common
+    # the same prompt again: one token must still run to produce logits
+    eng.calls.clear()
+    res = gen.generate(b)
+    assert eng.calls[:2] == [("truncate", len(b) - 1), ("prefill", 1)] and res.text == " ok"
+    # an engine that cannot truncate is reset and prefilled in full
+    eng = ScriptedEngine(script_for(tok, " ok"), tok.vocab_size, can_truncate=False)
+    gen = Generator(eng, tok)
+    gen.generate(a)
+    eng.calls.clear()
+    res = gen.generate(b)
+    assert eng.calls[:2] == [("reset", 0), ("prefill", len(b))] and res.metrics.cached_tokens == 0
+    # forget_cache() drops what the Generator knew
+    gen.generate(a)
+    gen.forget_cache()
+    eng.calls.clear()
+    gen.generate(a)
+    assert ("prefill", len(a)) in eng.calls
+
+
+def test_closing_a_stream_cancels_and_keeps_the_cache_usable(tok):
+    eng = ScriptedEngine(script_for(tok, " one two three four five six"), tok.vocab_size)
+    gen = Generator(eng, tok)
+    seen = []
+    gen.listeners.append(seen.append)
+    stream = gen.stream("x", max_new_tokens=50)
+    shown = [next(stream), next(stream)]
+    stream.close()
+    assert stream.result.finish_reason == "cancelled" and stream.result.text == "".join(shown)
+    assert seen == [stream.result]
+    held = tok.encode("x") + stream.result.token_ids[:-1]
+    assert eng.position == len(held)
+    eng.calls.clear()
+    gen.generate(held + tok.encode(" more"))
+    assert eng.calls[0] == ("prefill", len(tok.encode(" more")))
 
 
 def test_sampling_is_seeded_and_respects_top_k():

@@ -123,6 +123,26 @@ def test_bundle_without_reference_and_misused_flag(onnx_bundle, tmp_path, capsys
     assert code == 2 and "--on-device only" in err
 
 
+@requires_export
+@pytest.mark.parametrize("case", ["outside", "unlisted", "corrupt"])
+def test_a_bad_reference_is_one_line(case, onnx_bundle, tmp_path, capsys):
+    b = tmp_path / "b"
+    shutil.copytree(onnx_bundle, b)
+    manifest = json.loads((b / "manifest.json").read_text())
+    if case == "outside":
+        manifest["parity_reference"]["file"] = "../manifest.json"
+    elif case == "unlisted":
+        manifest["parity_reference"]["file"] = "tokenizer.jsonx"
+    else:  # listed and hashed, but not an npz
+        (b / REFERENCE_FILE).write_bytes(b"not a zip file")
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    if case == "corrupt":
+        rehash(b)
+    code, _, err = run(["verify", str(b), "--on-device"], capsys)
+    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert ("must name a file listed" in err) if case != "corrupt" else ("not a valid parity reference" in err)
+
+
 def test_topk_kl_is_a_close_lower_bound():
     rng = np.random.default_rng(1)
     src = rng.normal(0, 3, (6, 500))

@@ -111,8 +111,8 @@ def test_keys_sign_cli_and_a_single_key_argument(onnx_bundle, keys, tmp_path, ca
     code, out, _ = run(["keys", "sign", str(b), "--key", str(keys["priv"])], capsys)
     assert code == 0 and keys["id"] in out
     assert verify_bundle_signature(b, keys["pub"]) == keys["id"]  # a lone path, not a list
-    with edgeslm.load(b, trusted_keys=str(keys["pub"])) as model:
-        assert model.bundle.path == b
+    with edgeslm.load(b, trusted_keys=str(keys["pub"])) as model:  # only we can write b: run it in place
+        assert model.bundle.path == model.bundle.source == b and not model.bundle.snapshot
     (b / "extra.txt").write_text("x")  # never sign a bundle whose files do not match
     code, _, err = run(["keys", "sign", str(b), "--key", str(keys["priv"])], capsys)
     assert code == 1 and "'extra.txt'" in err
@@ -193,7 +193,7 @@ def test_smollm2_export_for_x86_signed_verified_runs_and_detects_tampering(keys,
           f"{sum(f['bytes'] for f in m['files'].values()):,} B, forecast weights {m['forecast']['weights']:,} B")
     code, _, err = run(["verify", str(out), "--key", str(keys["pub"])], capsys)
     assert code == 0, err
-    code, text, err = run(["run", str(out), "--key", str(keys["pub"]), "--prompt", "The capital of France is",
+    code, text, err = run(["run", str(out), "--key", str(keys["pub"]), "--raw", "--prompt", "The capital of France is",
                            "-n", "8"], capsys)
     assert code == 0 and "Paris" in text, err
     flip_byte(out / "model.onnx.data")

@@ -4,29 +4,32 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from dataclasses import dataclass
+import shutil
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import BundleError, BundleIntegrityError, SchemaVersionError
-from ..spec import ModelSpec
+from ..errors import BundleError
 from ..sources.base import sha256_file
+from ..spec import ModelSpec
+from .integrity import copy_verified, read_manifest, verify_in_place
+from .paths import check_name, walk
+from .schema import MANIFEST_FILE, SCHEMA_VERSION, SIGNATURE_FILE, parse_manifest
 
-MANIFEST_FILE = "manifest.json"
-SIGNATURE_FILE = "manifest.json.sig"
-SCHEMA_VERSION = 1
+__all__ = ["MANIFEST_FILE", "SCHEMA_VERSION", "SIGNATURE_FILE", "Bundle", "hash_files", "write_manifest"]
 #: files that describe the bundle rather than belong to it
 _NOT_HASHED = {MANIFEST_FILE, SIGNATURE_FILE}
 
 
 def hash_files(directory: Path) -> dict[str, dict[str, Any]]:
-    """{relative posix path: {sha256, bytes}} for every file under ``directory``."""
+    """{relative posix path: {sha256, bytes}} for every file under ``directory`` (links refused)."""
     out: dict[str, dict[str, Any]] = {}
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        rel = path.relative_to(directory).as_posix()
+    for rel in sorted(walk(directory)):
         if rel in _NOT_HASHED:
             continue
+        path = directory / check_name(rel)
         out[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     return out
 
@@ -47,8 +50,21 @@ def write_manifest(directory: str | Path, fields: dict[str, Any]) -> dict[str, A
 
 @dataclass
 class Bundle:
+    """An opened bundle. ``path`` is where its files are read from: the bundle directory
+    itself, or a private verified copy of it (``snapshot``); ``source`` is always the directory
+    the caller named. ``manifest_bytes`` are the exact bytes parsed (and signature-checked)."""
+
     path: Path
     manifest: dict[str, Any]
+    source: Path | None = None
+    manifest_bytes: bytes = field(default=b"", repr=False)
+    key_id: str | None = None  # the trusted key whose signature was verified, if any
+    snapshot_reason: str | None = None  # why a signed load copied the files (others could change them)
+    _cleanup: Any = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.source is None:
+            self.source = self.path
 
     @property
     def format(self) -> str:
@@ -56,58 +72,83 @@ class Bundle:
 
     @property
     def spec(self) -> ModelSpec:
-        return ModelSpec.from_dict(self.manifest["spec"])
+        try:
+            return ModelSpec.from_dict(self.manifest["spec"])
+        except (KeyError, TypeError, ValueError) as exc:  # only for a manifest built in code
+            raise BundleError(f"{self.source}: 'spec' is not a valid model spec ({exc})") from None
 
     @property
     def bytes(self) -> int:
         return sum(f["bytes"] for f in self.manifest["files"].values())
 
+    @property
+    def snapshot(self) -> bool:
+        """True when the files are read from a private verified copy."""
+        return self.path != self.source
+
     def file(self, name: str) -> Path:
-        return self.path / name
+        """The path of bundle member ``name``; refuses names that could leave the bundle."""
+        return self.path / check_name(name)
+
+    def artifact(self, key: str = "model") -> Path:
+        """Path of ``artifacts[key]`` (validated when the manifest was read: inside the bundle,
+        listed in ``files``, so hashed). Engines open model files only through this."""
+        art = self.manifest.get("artifacts")
+        if not isinstance(art, dict) or key not in art:
+            raise BundleError(f"{self.source}: the manifest has no 'artifacts.{key}'")
+        return self.file(check_name(art[key], f"artifacts.{key}"))
 
     @classmethod
-    def open(cls, path: str | Path, verify: bool = True) -> "Bundle":
-        path = Path(path)
-        mfile = path / MANIFEST_FILE
-        if not path.is_dir():
-            raise BundleError(f"{path}: not a bundle directory")
-        if not mfile.is_file():
-            raise BundleError(f"{path}: no {MANIFEST_FILE}; is this an edgeslm bundle?")
-        try:
-            manifest = json.loads(mfile.read_text())
-        except ValueError as exc:
-            raise BundleError(f"{mfile}: not valid JSON ({exc})") from exc
-        version = manifest.get("schema_version")
-        if not isinstance(version, int):
-            raise BundleError(f"{mfile}: no schema_version")
-        if version > SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"{mfile}: schema_version {version} is newer than this edgeslm understands "
-                f"({SCHEMA_VERSION}); upgrade edgeslm")
-        for key in ("format", "spec", "files"):
-            if key not in manifest:
-                raise BundleError(f"{mfile}: missing '{key}'")
-        bundle = cls(path=path, manifest=manifest)
-        if verify:
+    def open(cls, path: str | Path, verify: bool = True, trusted_keys=None, snapshot: bool | None = None,
+             snapshot_dir: str | Path | None = None) -> "Bundle":
+        """Read the manifest once and check it; with ``trusted_keys`` check its signature over
+        those same bytes; then check every file (``verify``, always with keys).
+
+        ``snapshot=True`` copies the files into a private folder while hashing them, so what the
+        engine loads is exactly what was verified; :meth:`close` removes the copy. The default
+        (None) copies when keys are given and someone other than this user could change the
+        files (:mod:`edgeslm.bundle.privacy`); ``snapshot_reason`` then says why.
+        """
+        root = Path(path)
+        if not root.is_dir():
+            raise BundleError(f"{root}: not a bundle directory")
+        raw = read_manifest(root)
+        key_id, sig_raw = None, None
+        if trusted_keys is not None:
+            from .signing import check_signature
+
+            key_id, sig_raw = check_signature(root, raw, trusted_keys)
+        manifest = parse_manifest(raw, str(root / MANIFEST_FILE))
+        bundle = cls(path=root, manifest=manifest, source=root, manifest_bytes=raw, key_id=key_id)
+        if snapshot is None and trusted_keys is not None:
+            from .privacy import why_not_private
+
+            bundle.snapshot_reason = why_not_private(root, manifest["files"])
+            snapshot = bundle.snapshot_reason is not None
+        if snapshot:
+            extra = {MANIFEST_FILE: raw, **({SIGNATURE_FILE: sig_raw} if sig_raw is not None else {})}
+            bundle.path = copy_verified(root, manifest["files"], extra, snapshot_dir)
+            bundle._cleanup = weakref.finalize(bundle, shutil.rmtree, str(bundle.path), True)
+        elif verify or trusted_keys is not None:
             bundle.verify_files()
         return bundle
 
     def verify_files(self) -> None:
         """Raise BundleIntegrityError naming the first file whose bytes differ from the manifest."""
-        for name, info in self.manifest["files"].items():
-            f = self.path / name
-            if not f.is_file():
-                raise BundleIntegrityError(f"{self.path}: file '{name}' listed in the manifest is missing")
-            if f.stat().st_size != info["bytes"] or sha256_file(f) != info["sha256"]:
-                raise BundleIntegrityError(
-                    f"{self.path}: file '{name}' does not match its sha256 in the manifest (modified or corrupt)")
-        listed = set(self.manifest["files"])
-        extra = [p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file()]
-        extra = [e for e in extra if e not in listed and e not in _NOT_HASHED]
-        if extra:
-            raise BundleIntegrityError(f"{self.path}: file '{extra[0]}' is not listed in the manifest")
+        verify_in_place(self.path, self.manifest["files"])
 
     def load_tokenizer(self):
         from ..tokenizer import Tokenizer
 
         return Tokenizer.load(self.path)
+
+    def close(self) -> None:
+        """Remove the private copy, if any (also done when the Bundle is garbage collected)."""
+        if self._cleanup is not None:
+            self._cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

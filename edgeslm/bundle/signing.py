@@ -31,8 +31,8 @@ ALGORITHM = "ed25519"
 PASSPHRASE_ENV = "EDGESLM_KEY_PASSPHRASE"
 
 
-def _ed25519():
-    require("cryptography", "sign", "signing bundles")
+def _ed25519(purpose: str = "signing bundles"):
+    require("cryptography", "sign", purpose)
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
     return ed25519
@@ -63,11 +63,16 @@ def generate_keypair(private_path: str | Path, public_path: str | Path | None = 
     key = ed25519.Ed25519PrivateKey.generate()
     enc = s.BestAvailableEncryption(passphrase) if passphrase else s.NoEncryption()
     pem = key.private_bytes(s.Encoding.PEM, s.PrivateFormat.PKCS8, enc)
-    private_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    public_path.write_bytes(key.public_key().public_bytes(s.Encoding.PEM, s.PublicFormat.SubjectPublicKeyInfo))
+    from ..outputs import make_dir
+
+    make_dir(private_path.parent, "key folder")
+    try:
+        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        public_path.write_bytes(key.public_key().public_bytes(s.Encoding.PEM, s.PublicFormat.SubjectPublicKeyInfo))
+    except OSError as exc:
+        raise SignatureError(f"cannot write the key pair {private_path} / {public_path} ({exc.strerror or exc})") from None
     return private_path, public_path, key_id(key.public_key())
 
 
@@ -125,27 +130,48 @@ def sign_bundle(bundle_dir: str | Path, private_key: Any) -> str:
     """Check the bundle's files, then write manifest.json.sig over manifest.json's bytes. Returns the key id."""
     bundle = Bundle.open(bundle_dir, verify=True)  # never sign a bundle whose files already differ
     key = load_private_key(private_key)
-    manifest_bytes = (bundle.path / MANIFEST_FILE).read_bytes()
+    manifest_bytes = bundle.manifest_bytes  # the bytes whose files were just checked
     kid = key_id(key.public_key())
     doc = {"schema_version": SIGNATURE_SCHEMA_VERSION, "algorithm": ALGORITHM, "key_id": kid,
            "signature": base64.b64encode(key.sign(manifest_bytes)).decode("ascii")}
-    (bundle.path / SIGNATURE_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+    tmp = bundle.path / f".{SIGNATURE_FILE}.tmp"
+    try:  # write then rename: a reader never sees half a signature
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        os.replace(tmp, bundle.path / SIGNATURE_FILE)
+    except OSError as exc:
+        raise SignatureError(f"{bundle.path}: cannot write {SIGNATURE_FILE} ({exc.strerror or exc})") from None
     return kid
+
+
+#: a signature file is ~200 bytes; anything far larger is not one
+MAX_SIGNATURE_BYTES = 64 << 10
 
 
 def read_signature(bundle_dir: str | Path) -> dict[str, Any]:
     """The parsed manifest.json.sig; SignatureError naming the file when absent or malformed."""
-    sig_file = Path(bundle_dir) / SIGNATURE_FILE
-    if not sig_file.is_file():
-        raise SignatureError(f"{bundle_dir}: the bundle is not signed (no {SIGNATURE_FILE}) but trusted keys "
-                             f"were given; sign it with `edgeslm keys sign` or `edgeslm export --sign KEY`")
+    return _parse_signature(Path(bundle_dir), _read_signature_bytes(Path(bundle_dir)))
+
+
+def _read_signature_bytes(bundle_dir: Path) -> bytes:
+    from .integrity import read_member
+
     try:
-        doc = json.loads(sig_file.read_text())
+        return read_member(bundle_dir, SIGNATURE_FILE, MAX_SIGNATURE_BYTES)
+    except FileNotFoundError:
+        raise SignatureError(f"{bundle_dir}: the bundle is not signed (no {SIGNATURE_FILE}) but trusted keys "
+                             f"were given; sign it with `edgeslm keys sign` or `edgeslm export --sign KEY`") from None
+
+
+def _parse_signature(bundle_dir: Path, raw: bytes) -> dict[str, Any]:
+    sig_file = bundle_dir / SIGNATURE_FILE
+    try:
+        doc = json.loads(raw.decode("utf-8"))
         version, algorithm = doc["schema_version"], doc["algorithm"]
         kid, signature = str(doc["key_id"]), base64.b64decode(doc["signature"], validate=True)
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise SignatureError(f"{sig_file}: file '{SIGNATURE_FILE}' is malformed ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(version, int) or version > SIGNATURE_SCHEMA_VERSION:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        reason = " ".join(str(exc).split())[:200]
+        raise SignatureError(f"{sig_file}: file '{SIGNATURE_FILE}' is malformed ({type(exc).__name__}: {reason})") from None
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SIGNATURE_SCHEMA_VERSION:
         raise SignatureError(f"{sig_file}: signature schema_version {version!r} is not one this edgeslm "
                              f"understands ({SIGNATURE_SCHEMA_VERSION}); upgrade edgeslm")
     if algorithm != ALGORITHM:
@@ -153,13 +179,10 @@ def read_signature(bundle_dir: str | Path) -> dict[str, Any]:
     return {"key_id": kid, "signature": signature}
 
 
-def verify_bundle_signature(bundle_dir: str | Path, trusted_keys: Iterable[Any]) -> str:
-    """Raise SignatureError unless manifest.json carries a valid signature by one of ``trusted_keys``,
-    then check every file against the manifest (BundleIntegrityError names a changed file).
-
-    The signature is checked first, so a changed manifest is reported as such rather than as
-    a mismatch of whatever file's hash the change happened to touch. Returns the key id.
-    """
+def check_signature(bundle_dir: str | Path, manifest_bytes: bytes, trusted_keys: Iterable[Any]) -> tuple[str, bytes]:
+    """Verify ``manifest_bytes`` (read once by the caller, who then parses the same bytes)
+    against the bundle's signature by one of ``trusted_keys``. Returns (key id, signature file bytes)."""
+    _ed25519("checking bundle signatures")  # names the extra when cryptography is absent
     from cryptography.exceptions import InvalidSignature
 
     if isinstance(trusted_keys, (str, Path, bytes, bytearray)) or hasattr(trusted_keys, "public_bytes"):
@@ -168,21 +191,30 @@ def verify_bundle_signature(bundle_dir: str | Path, trusted_keys: Iterable[Any])
     if not keys:
         raise SignatureError("no trusted keys given")
     bundle_dir = Path(bundle_dir)
-    sig = read_signature(bundle_dir)
+    sig_raw = _read_signature_bytes(bundle_dir)
+    sig = _parse_signature(bundle_dir, sig_raw)
     by_id = {key_id(k): k for k in keys}
     key = by_id.get(sig["key_id"])
     if key is None:
-        raise SignatureError(f"{bundle_dir}: signed by key {sig['key_id']}, which is not among the trusted keys "
+        raise SignatureError(f"{bundle_dir}: signed by key {sig['key_id'][:64]}, which is not among the trusted keys "
                              f"({', '.join(sorted(by_id))})")
-    mfile = bundle_dir / MANIFEST_FILE
-    try:
-        manifest_bytes = mfile.read_bytes()
-    except OSError as exc:
-        raise SignatureError(f"{bundle_dir}: cannot read {MANIFEST_FILE} ({exc})") from exc
     try:
         key.verify(sig["signature"], manifest_bytes)
     except InvalidSignature:
         raise SignatureError(f"{bundle_dir}: file '{MANIFEST_FILE}' does not match its signature by key "
                              f"{sig['key_id']} (the manifest or '{SIGNATURE_FILE}' was modified after signing)") from None
-    Bundle.open(bundle_dir, verify=True)  # every file against its sha256 in the (now trusted) manifest
-    return sig["key_id"]
+    return sig["key_id"], sig_raw
+
+
+def verify_bundle_signature(bundle_dir: str | Path, trusted_keys: Iterable[Any]) -> str:
+    """Raise SignatureError unless manifest.json carries a valid signature by one of ``trusted_keys``,
+    then check every file against the manifest (BundleIntegrityError names a changed file).
+
+    The signature is checked first, so a changed manifest is reported as such rather than as
+    a mismatch of whatever file's hash the change happened to touch. Returns the key id.
+
+    This is a check of the bundle as it is now. To *run* a signed bundle use
+    ``edgeslm.load(path, trusted_keys=...)``, which verifies and loads one private copy, so no
+    file can be swapped between the check and the load.
+    """
+    return Bundle.open(bundle_dir, verify=True, trusted_keys=trusted_keys, snapshot=False).key_id

@@ -12,11 +12,11 @@ from ._common import emit_json, human_bytes, json_option
 
 @cli.command("bench")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--prompt-tokens", default=128, show_default=True, type=int, help="Prefill length.")
-@click.option("--new-tokens", default=64, show_default=True, type=int, help="Tokens decoded per run.")
-@click.option("--runs", default=5, show_default=True, type=int, help="Measured runs (after warm-up).")
-@click.option("--warmup", default=1, show_default=True, type=int, help="Unmeasured runs first.")
-@click.option("--threads", default=None, type=int, help="Engine threads [default: runtime's choice].")
+@click.option("--prompt-tokens", default=128, show_default=True, type=click.IntRange(min=1), help="Prefill length.")
+@click.option("--new-tokens", default=64, show_default=True, type=click.IntRange(min=1), help="Tokens decoded per run.")
+@click.option("--runs", default=5, show_default=True, type=click.IntRange(min=1), help="Measured runs (after warm-up).")
+@click.option("--warmup", default=1, show_default=True, type=click.IntRange(min=0), help="Unmeasured runs first.")
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="Engine threads [default: runtime's choice].")
 @json_option
 def bench_command(bundle, prompt_tokens, new_tokens, runs, warmup, threads, as_json):
     """Measure BUNDLE on this machine: prefill and decode tokens/s, time to first token,

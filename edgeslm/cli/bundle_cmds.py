@@ -14,24 +14,30 @@ def print_summary(bundle) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    m = bundle.manifest
+    from rich.markup import escape
+
+    m = bundle.manifest  # validated types; optional fields may be absent
+    model = m.get("model") or {}
     t = Table(show_header=False, box=None, pad_edge=False)
-    t.add_row("bundle", str(bundle.path))
-    t.add_row("model", f"{m['model']['name']} ({m['model']['architecture']}, {m['model']['parameters'] / 1e6:.1f}M params)")
-    t.add_row("format", f"{m['format']} / {m['precision']}")
+    t.add_row("bundle", escape(str(bundle.source)))
+    params = model.get("parameters")
+    t.add_row("model", escape(f"{model.get('name', '?')} ({model.get('architecture', '?')}"
+                              + (f", {params / 1e6:.1f}M params)" if params is not None else ")")))
+    t.add_row("format", escape(f"{m['format']} / {m.get('precision', '?')}"))
     t.add_row("context", str(m.get("context_length")))
     if m.get("target"):
-        t.add_row("target", str(m["target"]))
+        t.add_row("target", escape(str(m["target"])))
     t.add_row("files", f"{len(m['files'])} files, {human_bytes(bundle.bytes)}")
     t.add_row("signed", "yes" if (bundle.path / "manifest.json.sig").exists() else "no")
     p = m.get("parity")
-    if p:
-        verdict = "[green]passed[/green]" if p["passed"] else "[red]FAILED[/red]"
+    if p and "top1_agreement" in p:
+        verdict = "[green]passed[/green]" if p.get("passed") else "[red]FAILED[/red]"
         ppl = ""
-        if p.get("perplexity_export") is not None:
+        if p.get("perplexity_export") is not None and p.get("perplexity_source") is not None:
             ppl = f", perplexity {p['perplexity_export']:.2f} (source {p['perplexity_source']:.2f})"
-        t.add_row("parity", f"{verdict}: top-1 agreement {p['top1_agreement']:.1%} over {p['tokens']} tokens, "
-                            f"KL mean {p['kl_mean']:.2e}, max |dlogit| {p['max_abs_logit_diff']:.2e}{ppl}")
+        t.add_row("parity", f"{verdict}: top-1 agreement {p['top1_agreement']:.1%} over {p.get('tokens', '?')} tokens, "
+                            f"KL mean {p.get('kl_mean', float('nan')):.2e}, "
+                            f"max |dlogit| {p.get('max_abs_logit_diff', float('nan')):.2e}{ppl}")
     else:
         t.add_row("parity", "not checked")
     Console().print(t)
@@ -79,49 +85,61 @@ def verify_command(bundle, keys, rerun, source, on_device, min_agreement, as_jso
     Exits non-zero, naming the file, when anything does not match, and when --on-device or
     --parity agreement is below the threshold.
     """
-    import numpy as np
-
     from ..bundle import Bundle
-    from ..errors import BundleError
-    from ..plugins import get_engine
 
     if min_agreement is not None and not on_device:
         raise click.UsageError("--min-agreement applies to --on-device only")
-    if keys:  # the signature first: a tampered manifest is then blamed on the manifest
-        from ..bundle.signing import verify_bundle_signature
+    # One read of the manifest: the signature (with --key) is checked over the bytes that are then
+    # parsed, and with keys the engine runs a private copy made while hashing the files.
+    b = Bundle.open(bundle, verify=True, trusted_keys=list(keys) or None)
+    try:
+        result = {"bundle": str(b.source), "files": len(b.manifest["files"]), "hashes": "ok"}
+        if keys:
+            result["signature"] = "ok"
+        _check_engine(b, result, rerun, source, as_json, on_device, min_agreement)
+    finally:
+        b.close()
+    _report_verify(b, result, keys, rerun, as_json)
 
-        verify_bundle_signature(bundle, list(keys))
-    b = Bundle.open(bundle, verify=True)
-    result = {"bundle": str(b.path), "files": len(b.manifest["files"]), "hashes": "ok"}
-    if keys:
-        result["signature"] = "ok"
+
+def _check_engine(b, result: dict, rerun: bool, source, as_json: bool, on_device: bool = False,
+                  min_agreement: float | None = None) -> None:
+    """Open the engine on the (verified) bundle, check one prefill, optionally re-run parity
+    against the source (``rerun``) or against the bundle's stored reference (``on_device``)."""
+    import numpy as np
+
+    from ..errors import BundleError
+    from ..plugins import get_engine
+
     engine = get_engine(b.format)(b)
     try:
         tok = b.load_tokenizer()
         logits = engine.prefill(tok.encode("Hello") or [0])
         if logits.shape != (b.spec.vocab_size,) or not np.all(np.isfinite(logits)):
-            raise BundleError(f"{b.path}: the engine produced invalid logits (shape {logits.shape})")
+            raise BundleError(f"{b.source}: the engine produced invalid logits (shape {logits.shape})")
         result["engine"] = "ok"
         if rerun:
             from ..exporting import check_parity
             from ..progress import Steps
             from ..sources import load_source
 
-            src = load_source(source or b.manifest["model"]["name"])
-            if src.sha256 != b.manifest["model"]["source_sha256"]:
+            model = b.manifest.get("model") or {}
+            if not (source or model.get("name")):
+                raise BundleError(f"{b.source}: the manifest names no source model; pass --source MODEL")
+            src = load_source(source or model["name"])
+            if src.sha256 != model.get("source_sha256"):
                 click.echo("warning: the source's sha256 differs from the one the bundle was exported from", err=True)
             report = check_parity(src, b.path, (b.manifest.get("parity") or {}).get("min_top1_agreement"),
                                   32, Steps(enabled=not as_json))
             result["parity"] = report.to_dict()
             if not report.passed:
-                raise BundleError(f"{b.path}: parity failed: top-1 agreement {report.top1_agreement:.1%}")
+                raise BundleError(f"{b.source}: parity failed: top-1 agreement {report.top1_agreement:.1%}")
         if on_device:
             from ..verify.reference import check_on_device
 
             result["on_device"] = check_on_device(b, engine, min_agreement).to_dict()
     finally:
         engine.close()
-    _report_verify(b, result, keys, rerun, as_json)
 
 
 def _report_verify(b, result, keys, rerun, as_json) -> None:
@@ -132,11 +150,11 @@ def _report_verify(b, result, keys, rerun, as_json) -> None:
     if as_json:
         emit_json(result)
     else:
-        click.echo(f"{'ok' if not dev or dev['passed'] else 'FAILED'}: {b.path} — {result['files']} files match the manifest"
-                   + (", signature valid" if keys else "") + ", engine runs"
+        click.echo(f"{'ok' if not dev or dev['passed'] else 'FAILED'}: {b.source} — {result['files']} files match "
+                   "the manifest" + (", signature valid" if keys else "") + ", engine runs"
                    + (f", parity {result['parity']['top1_agreement']:.1%}" if rerun else ""))
         if dev:
             click.echo(describe(OnDeviceReport(**dev)))
     if dev and not dev["passed"]:
-        raise BundleError(f"{b.path}: on-device parity failed: top-1 agreement {dev['top1_agreement']:.1%} "
+        raise BundleError(f"{b.source}: on-device parity failed: top-1 agreement {dev['top1_agreement']:.1%} "
                           f"< {dev['min_top1_agreement']:.1%} ({dev['threshold_from']})")

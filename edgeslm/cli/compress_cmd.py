@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from . import cli
-from ._common import emit_json, json_option
+from ._common import OutputDir, emit_json, json_option
 
 
 def _report_option(f):
@@ -22,7 +22,7 @@ def _report_option(f):
 
 
 def _export_options(f):
-    f = click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path), default=None,
+    f = click.option("--bundle", "bundle_dir", type=OutputDir("bundle folder"), default=None,
                      help="Bundle directory for --export [default: OUT-FORMAT-PRECISION].")(f)
     f = click.option("--precision", default="fp32", show_default=True,
                      help="Export precision (quantization preset the exporter maps: int8, int4, int4-gguf ...).")(f)
@@ -77,7 +77,7 @@ def _load(model, steps):
 
 @cli.command("compress")
 @click.argument("model")
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+@click.option("-o", "--output", "out_dir", required=True, type=OutputDir(),
               help="Folder for the compressed model (a Hugging Face folder `edgeslm export` reads).")
 @click.option("--prune-heads", type=float, default=0.0, show_default=True,
               help="Structured: fraction of attention heads removed per layer.")
@@ -139,7 +139,7 @@ def compress_command(model, out_dir, prune_heads, prune_mlp, heads_mode, calibra
 
 @cli.command("distill")
 @click.argument("teacher")
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+@click.option("-o", "--output", "out_dir", required=True, type=OutputDir(),
               help="Folder for the student (checkpoints go to OUT/checkpoints).")
 @click.option("--layers", type=int, default=4, show_default=True, help="Student layers (taken evenly from the teacher).")
 @click.option("--intermediate", type=int, default=None, help="Student MLP size [default: the teacher's].")
@@ -193,7 +193,7 @@ def distill_command(teacher, out_dir, layers, intermediate, hidden, heads, text_
 @click.argument("model")
 @click.option("--data", "data_file", required=True, type=click.Path(exists=True, path_type=Path),
               help='JSONL of chat examples: {"messages": [{"role": ..., "content": ...}, ...]} per line.')
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+@click.option("-o", "--output", "out_dir", required=True, type=OutputDir(),
               help="Folder for the merged model.")
 @click.option("--rank", type=int, default=8, show_default=True)
 @click.option("--alpha", type=int, default=16, show_default=True)

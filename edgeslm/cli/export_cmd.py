@@ -7,12 +7,12 @@ from pathlib import Path
 import click
 
 from . import cli
-from ._common import emit_json, json_option, parse_options
+from ._common import OutputDir, emit_json, json_option, parse_options
 
 
 @cli.command("export")
 @click.argument("model")
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+@click.option("-o", "--output", "out_dir", required=True, type=OutputDir("bundle folder"),
               help="Bundle directory to write (must be empty or absent, unless --overwrite).")
 @click.option("-t", "--target", default=None,
               help="Device target (see `edgeslm targets list`): picks format, precision and context, "

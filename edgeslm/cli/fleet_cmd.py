@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 import uuid
@@ -37,16 +38,19 @@ def _live_store(broker, fleet_id, seconds):
     from ..telemetry.collector import Collector, CollectorConfig
     from ..telemetry.stores import MemoryStore
 
+    from ..errors import TelemetryError
+
     store = MemoryStore()
-    col = Collector(CollectorConfig(broker=broker, fleet=fleet_id, group=None, session_expiry_s=0,
+    # a view: plain subscription, no session, and no acks (it stores nothing durably, so it must
+    # never tell a device to forget a message)
+    col = Collector(CollectorConfig(broker=broker, fleet=fleet_id, group=None, session_expiry_s=0, acks=False,
                                     client_id=f"edgeslm-status-{uuid.uuid4().hex[:12]}"), store)
     col.start()
     try:
         if not col.wait_connected(min(10.0, seconds + 5)):
-            from ..errors import TelemetryError
-
-            raise TelemetryError(f"cannot reach the MQTT broker at {broker.url}")
+            raise TelemetryError(col.connect_error or f"cannot reach the MQTT broker at {broker.url}")
         time.sleep(seconds)
+        col.check()
     finally:
         col.stop()
     return store
@@ -56,9 +60,9 @@ def _live_store(broker, fleet_id, seconds):
 @click.option("--db", default=None, help="Store to read (sqlite:///fleet.db, postgresql://...). "
               "Without it, listen to the broker live for --listen seconds.")
 @click.option("--fleet", "fleet_id", default=None, help="Only this fleet.")
-@click.option("--listen", default=3.0, show_default=True, type=float,
+@click.option("--listen", default=3.0, show_default=True, type=click.FloatRange(0.1, 3600),
               help="Seconds to listen to the broker when no --db is given.")
-@click.option("--stale-after", default=60.0, show_default=True, type=float,
+@click.option("--stale-after", default=60.0, show_default=True, type=click.FloatRange(0),
               help="Show an online device as 'stale' when its newest telemetry is older than this (s).")
 @broker_options
 @json_option
@@ -76,7 +80,7 @@ def status_command(db, fleet_id, listen, stale_after, broker, as_json):
     from ..telemetry.stores import open_store
     from ..telemetry.views import online_text, status_table
 
-    store = open_store(db) if db else _live_store(broker, fleet_id, listen)
+    store = open_store(db, create=False) if db else _live_store(broker, fleet_id, listen)
     with store:
         rows = store.devices(fleet_id)
         dead = store.dead_letter_counts()
@@ -100,7 +104,8 @@ def status_command(db, fleet_id, listen, stale_after, broker, as_json):
 @click.argument("device")
 @click.option("--db", default=DEFAULT_DB, show_default=True, help="Store to read.")
 @click.option("--fleet", "fleet_id", default=None, help="Fleet of the device (when ids repeat across fleets).")
-@click.option("--limit", "-n", default=20, show_default=True, type=int, help="Intervals to show, newest first.")
+@click.option("--limit", "-n", default=20, show_default=True, type=click.IntRange(1, 100_000),
+              help="Intervals to show, newest first.")
 @json_option
 def device_command(device, db, fleet_id, limit, as_json):
     """History of one DEVICE: its newest telemetry intervals and events.
@@ -114,7 +119,7 @@ def device_command(device, db, fleet_id, limit, as_json):
     from ..telemetry.stores import open_store
     from ..telemetry.views import event_line, history_table
 
-    with open_store(db) as store:
+    with open_store(db, create=False) as store:
         rows = store.history(fleet_id, device, limit)
         events = store.events(fleet_id, device, limit)
     if not rows and not events:
@@ -132,7 +137,7 @@ def device_command(device, db, fleet_id, limit, as_json):
 @fleet.command("events")
 @click.option("--db", default=DEFAULT_DB, show_default=True, help="Store to read.")
 @click.option("--fleet", "fleet_id", default=None, help="Only this fleet.")
-@click.option("--limit", "-n", default=50, show_default=True, type=int)
+@click.option("--limit", "-n", default=50, show_default=True, type=click.IntRange(1, 100_000))
 @json_option
 def events_command(db, fleet_id, limit, as_json):
     """Newest events: alerts firing and resolving, agent reports.
@@ -144,7 +149,7 @@ def events_command(db, fleet_id, limit, as_json):
     from ..telemetry.stores import open_store
     from ..telemetry.views import event_line
 
-    with open_store(db) as store:
+    with open_store(db, create=False) as store:
         events = store.events(fleet_id, None, limit)
     if as_json:
         emit_json(events)
@@ -161,18 +166,26 @@ def events_command(db, fleet_id, limit, as_json):
               help="Shared-subscription group: collectors in one group split the messages.")
 @click.option("--client-id", default=None, help="Stable MQTT client id (keeps the broker session) "
               "[default: derived from group, fleet and host name].")
-@click.option("--batch-size", default=2000, show_default=True, type=int, help="Messages per store transaction.")
-@click.option("--offline-after", default=60.0, show_default=True, type=float,
+@click.option("--batch-size", default=2000, show_default=True, type=click.IntRange(1, 1_000_000),
+              help="Messages per store transaction.")
+@click.option("--offline-after", default=60.0, show_default=True, type=click.FloatRange(0),
               help="Alert when a device is offline or silent this many seconds (0 = off).")
-@click.option("--slo-ttft-p95-ms", default=None, type=float, help="Alert when p95 time to first token exceeds this.")
-@click.option("--max-error-rate", default=None, type=float, help="Alert when errors/requests exceed this (0..1).")
-@click.option("--max-temperature", default=None, type=float, help="Alert when a device is hotter (Celsius).")
+@click.option("--slo-ttft-p95-ms", default=None, type=click.FloatRange(0, min_open=True),
+              help="Alert when p95 time to first token exceeds this.")
+@click.option("--max-error-rate", default=None, type=click.FloatRange(0, 1),
+              help="Alert when errors/requests exceed this (0..1).")
+@click.option("--max-temperature", default=None, type=click.FloatRange(-273.15, 1000),
+              help="Alert when a device is hotter (Celsius).")
 @click.option("--no-alerts", is_flag=True, help="Do not evaluate alerts (run them on one collector per group).")
-@click.option("--duration", default=None, type=float, help="Stop after this many seconds [default: run until Ctrl-C].")
-@click.option("--report-every", default=10.0, show_default=True, type=float, help="Seconds between stats lines.")
+@click.option("--duration", default=None, type=click.FloatRange(0),
+              help="Stop after this many seconds [default: run until Ctrl-C].")
+@click.option("--report-every", default=10.0, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds between stats lines.")
+@click.option("--connect-timeout", default=15.0, show_default=True, type=click.FloatRange(0.1),
+              help="Fail (exit 1) when the broker cannot be reached or refuses us within this many seconds.")
 @broker_options
 def collect_command(db, fleet_id, group, client_id, batch_size, offline_after, slo_ttft_p95_ms, max_error_rate,
-                    max_temperature, no_alerts, duration, report_every, broker):
+                    max_temperature, no_alerts, duration, report_every, connect_timeout, broker):
     """Subscribe to fleet telemetry and store it; evaluate alert rules and publish them as events.
 
     \b
@@ -186,6 +199,7 @@ def collect_command(db, fleet_id, group, client_id, batch_size, offline_after, s
     while it is down arrive when it returns; run several with the same --group (and distinct
     --client-id) to split the load. Malformed messages are counted in a dead-letter table.
     """
+    from ..errors import TelemetryError
     from ..telemetry.alerts import AlertRules
     from ..telemetry.collector import Collector, CollectorConfig
     from ..telemetry.stores import open_store
@@ -195,43 +209,66 @@ def collect_command(db, fleet_id, group, client_id, batch_size, offline_after, s
         offline_after_s=offline_after or None,
         ttft_p95_slo_s=slo_ttft_p95_ms / 1000 if slo_ttft_p95_ms else None,
         error_rate=max_error_rate, temperature_c=max_temperature)
-    store = open_store(db)
     cfg = CollectorConfig(broker=broker, fleet=fleet_id, group=group or None, client_id=client_id,
-                          batch_size=batch_size, alerts=rules)
+                          batch_size=batch_size, alerts=rules)  # refuses bad input before a store is created
+    store = open_store(db)
     col = Collector(cfg, store, on_alert=lambda a: click.echo(f"ALERT {a.name} [{a.severity}] {a.message}"))
     click.echo(f"collecting {fleet_id or 'all fleets'} from {broker.url} into {db} (group {group})", err=True)
-    col.start()
-    t0 = last = time.monotonic()
-    prev = 0
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops like Ctrl-C
     try:
-        while duration is None or time.monotonic() - t0 < duration:
-            time.sleep(0.2)
-            if time.monotonic() - last >= report_every:
-                s = col.stats
-                rate = (s.received - prev) / (time.monotonic() - last)
-                prev, last = s.received, time.monotonic()
-                dead = sum(s.dead.values())
-                click.echo(f"{s.received} received ({rate:.0f}/s), {s.stored} stored, {s.duplicates} duplicates, "
-                           f"{dead} dead letters, {s.alerts} alerts", err=True)
+        col.start()
+        if not col.wait_connected(connect_timeout):
+            col.check()
+            raise TelemetryError(col.connect_error or f"cannot reach the MQTT broker at {broker.url} "
+                                 f"within {connect_timeout:g} s")
+        if col.subscribe_error:
+            raise TelemetryError(f"the broker refused the collector's subscriptions ({col.subscribe_error}): "
+                                 "check its access rules")
+        _collect_loop(col, duration, report_every)
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         col.stop()
         store.close()
     s = col.stats
     click.echo(f"stopped: {s.received} received, {s.stored} stored, {s.duplicates} duplicates, "
                f"dead letters {dict(s.dead) or 0}", err=True)
+    col.check()  # a collector that stopped working exits non-zero
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _collect_loop(col, duration, report_every) -> None:
+    t0 = last = time.monotonic()
+    prev = 0
+    while duration is None or time.monotonic() - t0 < duration:
+        time.sleep(0.2)
+        col.check()
+        if time.monotonic() - last >= report_every:
+            s = col.stats
+            rate = (s.received - prev) / (time.monotonic() - last)
+            prev, last = s.received, time.monotonic()
+            dead = sum(s.dead.values())
+            click.echo(f"{s.received} received ({rate:.0f}/s), {s.stored} stored, {s.duplicates} duplicates, "
+                       f"{dead} dead letters, {s.alerts} alerts", err=True)
 
 
 @fleet.command("simulate")
 @click.option("--fleet", "fleet_id", default="demo", show_default=True)
-@click.option("--devices", "-n", default=20, show_default=True, type=int, help="Simulated devices.")
-@click.option("--rate", "-r", default=1.0, show_default=True, type=float,
+@click.option("--devices", "-n", default=20, show_default=True, type=click.IntRange(1, 1_000_000),
+              help="Simulated devices.")
+@click.option("--rate", "-r", default=1.0, show_default=True, type=click.FloatRange(0),
               help="Telemetry messages per second per device (0 = as fast as possible).")
-@click.option("--duration", "-d", default=60.0, show_default=True, type=float, help="Seconds to run.")
-@click.option("--messages", default=None, type=int, help="Stop after this many messages per device instead.")
-@click.option("--connections", default=1, show_default=True, type=int, help="MQTT connections the devices share.")
-@click.option("--processes", default=1, show_default=True, type=int, help="Publisher processes (load tests).")
+@click.option("--duration", "-d", default=60.0, show_default=True, type=click.FloatRange(0), help="Seconds to run.")
+@click.option("--messages", default=None, type=click.IntRange(1),
+              help="Stop after this many messages per device instead.")
+@click.option("--connections", default=1, show_default=True, type=click.IntRange(1, 10_000),
+              help="MQTT connections the devices share.")
+@click.option("--processes", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="Publisher processes (load tests).")
 @click.option("--no-status", is_flag=True, help="Do not publish retained online/offline status per device.")
 @broker_options
 @json_option
@@ -253,12 +290,13 @@ def simulate_command(fleet_id, devices, rate, duration, messages, connections, p
         click.echo(f"simulating {devices} devices in fleet {fleet_id} on {broker.url} "
                    f"({'max' if rate == 0 else f'{rate:g}/s each'}); Ctrl-C stops", err=True)
     res = simulate(cfg)
-    out = {"sent": res.sent, "acked": res.acked, "refused": res.refused, "elapsed_s": round(res.elapsed_s, 3),
+    out = {"sent": res.sent, "acked": res.acked, "refused": res.refused, "unrouted": res.unrouted,
+           "elapsed_s": round(res.elapsed_s, 3),
            "msgs_per_s": round(res.sent / res.elapsed_s, 1) if res.elapsed_s else 0.0}
     if as_json:
         emit_json(out)
     else:
         click.echo(f"sent {out['sent']} ({out['msgs_per_s']:.0f} msg/s), acknowledged {out['acked']}, "
-                   f"refused {out['refused']}", err=True)
+                   f"refused {out['refused']}, no subscriber {out['unrouted']}", err=True)
     if res.refused:
         sys.exit(1)

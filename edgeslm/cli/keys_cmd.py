@@ -65,6 +65,8 @@ def keys_id(key):
     from ..bundle.signing import key_id, load_private_key, load_public_key
     from ..errors import SignatureError
 
+    if not key.is_file():
+        raise SignatureError(f"{key}: no such key file")
     try:
         pub = load_public_key(key)
     except SignatureError:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
+from ..outputs import make_dir
 from . import cli
+from ._common import OutputDir
 
 
 TEACHER_FILE = "teacher_text.txt"
@@ -18,7 +20,7 @@ TEACHER_FILE = "teacher_text.txt"
 @click.option("--teacher", default=None,
               help="A bundle whose sampled generations are added to the training text (kept as teacher_text.txt).")
 @click.option("--teacher-chars", default=20000, show_default=True, help="Characters to generate from the teacher.")
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("-o", "--output", required=True, type=OutputDir(), help="Output directory.")
 @click.option("--steps", default=3000, show_default=True, help="Training steps (batches of 64 windows).")
 @click.option("--context", default=24, show_default=True, help="Characters the model sees.")
 @click.option("--hidden", default=384, show_default=True, help="Hidden width (size grows ~ context*32*hidden).")
@@ -53,7 +55,7 @@ def micro(text_files, teacher, teacher_chars, output, steps, context, hidden, mi
     text = "".join(Path(f).read_text(errors="replace") for f in text_files)
     if teacher:
         generated = _teacher_text(teacher, teacher_chars)
-        Path(output).mkdir(parents=True, exist_ok=True)
+        make_dir(output)
         (Path(output) / TEACHER_FILE).write_text(generated)  # kept: the training text is reproducible
         text += generated
     if not text:

@@ -8,55 +8,51 @@ from pathlib import Path
 import click
 
 from . import cli
-from ._common import emit_json, json_option
+from ..errors import GenerationError
+from ._common import emit_json, json_option, read_stdin_text
+from ._model_opts import engine_options, generation_options, open_model
 
 
 @cli.command("run")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--prompt", "-p", default=None, help="Prompt text; read from stdin when omitted.")
-@click.option("--chat", is_flag=True, help="Wrap the prompt as a user message in the model's chat template.")
-@click.option("--system", default=None, help="System message (with --chat).")
-@click.option("--max-new-tokens", "-n", default=128, show_default=True, type=int)
-@click.option("--temperature", "-t", default=0.0, show_default=True, type=float, help="0 = greedy.")
-@click.option("--top-k", default=0, show_default=True, type=int, help="0 = off.")
-@click.option("--top-p", default=1.0, show_default=True, type=float, help="1.0 = off.")
-@click.option("--seed", default=None, type=int, help="Seed for sampling.")
-@click.option("--stop", multiple=True, help="Stop string (repeatable).")
-@click.option("--threads", default=None, type=int, help="Engine threads [default: runtime's choice].")
-@click.option("--key", "keys", multiple=True, type=click.Path(path_type=Path),
-              help="Trusted public key: refuse the bundle unless it is signed by one (repeatable).")
-@click.option("--engine-option", "engine_options", multiple=True, metavar="KEY=VALUE",
-              help="Engine option, e.g. device=GPU (openvino) or io_binding=false (onnx); repeatable.")
+@click.option("--prompt", "-p", default=None, help="Prompt text; read from stdin when omitted (its trailing newline dropped).")
+@click.option("--chat", is_flag=True, help="Prompt through the chat template (the default when the model has one).")
+@click.option("--raw", is_flag=True, help="Plain completion: the prompt goes to the model as it is, no chat template.")
+@click.option("--system", default=None, help="System message (chat mode only).")
+@generation_options
+@engine_options
 @json_option
-def run_command(bundle, prompt, chat, system, max_new_tokens, temperature, top_k, top_p, seed, stop, threads,
-                keys, engine_options, as_json):
+def run_command(bundle, prompt, chat, raw, system, config, engine_options, keys, as_json):
     """Generate text from BUNDLE, streaming tokens as they come.
+
+    A model with a chat template (instruct models) gets the prompt as a user message in that
+    template, as llama-cli and ollama do; --raw sends the text as it is (plain completion).
 
     \b
     Examples:
-      edgeslm run out/smollm2-onnx --prompt "The capital of France is" -n 16
-      edgeslm run out/smollm2-onnx --chat --prompt "Name three edge devices."
-      echo "Once upon a time" | edgeslm run out/smollm2-onnx --temperature 0.8 --seed 1
+      edgeslm run out/smollm2-onnx --prompt "What is the capital of France?"
+      edgeslm run out/smollm2-onnx --system "Answer in one word." -p "Largest planet?"
+      edgeslm run out/smollm2-onnx --raw --prompt "The capital of France is" -n 16
+      echo "Write a haiku about rain." | edgeslm run out/smollm2-onnx -t 0.8 --seed 1
+      edgeslm run out/smollm2-onnx -p "Hi" --providers cuda,cpu        # a Jetson's GPU (onnxruntime-gpu)
+      edgeslm run out/smollm2-ov -p "Hi" --engine-option device=GPU     # openvino on an Intel GPU
 
-    Metrics (time to first token, tokens/s) go to stderr; --json prints one result object.
+    Metrics (time to first token, tokens/s) go to stderr; --json prints one result object
+    (text, finish_reason, token_ids, chat, metrics) and nothing else on stdout.
     """
-    import edgeslm
-
-    from ..runtime.generator import GenerationConfig
-
+    if chat and raw:
+        raise click.UsageError("--chat and --raw exclude each other")
+    if system is not None and raw:
+        raise click.UsageError("--system has no effect with --raw (plain completion has no system message)")
     if prompt is None:
         if sys.stdin is None or sys.stdin.isatty():
             raise click.UsageError("give --prompt TEXT or pipe the prompt on stdin")
-        prompt = sys.stdin.read()
-    config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                              seed=seed, stop=tuple(stop))
-    from ._common import parse_options
-
-    options = {k: _typed(v) for k, v in parse_options(engine_options).items()}
-    if threads:
-        options["threads"] = threads
-    with edgeslm.load(bundle, engine_options=options, trusted_keys=list(keys) or None) as model:
-        if chat:
+        prompt = read_stdin_text().rstrip("\r\n")
+    with open_model(bundle, engine_options, keys) as model:
+        use_chat = not raw and (chat or model.has_chat_template)
+        if not use_chat and system is not None:
+            raise GenerationError("--system needs a chat template and this model has none")
+        if use_chat:
             messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
             stream = model.stream_chat(messages, config)
         else:
@@ -68,19 +64,15 @@ def run_command(bundle, prompt, chat, system, max_new_tokens, temperature, top_k
         result = stream.result
     if as_json:
         emit_json({"text": result.text, "finish_reason": result.finish_reason, "token_ids": result.token_ids,
-                   "metrics": result.metrics.to_dict()})
+                   "chat": use_chat, "metrics": result.metrics.to_dict()})
         return
     click.echo()
+    click.echo(summary_line(result), err=True)
+
+
+def summary_line(result) -> str:
     m = result.metrics
-    click.echo(f"[{m.prompt_tokens} prompt + {m.output_tokens} output tokens, first token {m.time_to_first_token_s * 1000:.0f} ms, "
-               f"{m.decode_tokens_per_s:.1f} tok/s decode, finish: {result.finish_reason}]", err=True)
-
-
-def _typed(value: str):
-    """Engine options from the command line: true/false and integers become bool/int."""
-    if value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    try:
-        return int(value)
-    except ValueError:
-        return value
+    cached = f" ({m.cached_tokens} cached)" if m.cached_tokens else ""
+    return (f"[{m.prompt_tokens} prompt{cached} + {m.output_tokens} output tokens, first token "
+            f"{m.time_to_first_token_s * 1000:.0f} ms, {m.decode_tokens_per_s:.1f} tok/s decode, "
+            f"finish: {result.finish_reason}]")

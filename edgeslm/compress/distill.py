@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ..outputs import make_dir
 from ..sources import SourceModel
 from .model import count_parameters, derive
 from .prune import _build_like, importance_scores
@@ -212,7 +213,7 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
 def _save_checkpoint(ckpt_dir: Path, step: int, model, opt, gen, history) -> None:
     import torch
 
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(ckpt_dir, "checkpoint folder")
     path = ckpt_dir / f"step-{step:06d}.pt"
     tmp = path.with_suffix(".tmp")
     torch.save({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),

@@ -79,10 +79,11 @@ def save_hf_folder(source: SourceModel, folder: str | Path) -> Path:
     authority) rather than from transformers' config, which GGUF loading gets wrong.
     """
     from .._deps import quiet_transformers
+    from ..outputs import make_dir
 
     quiet_transformers()  # no shard-writing progress bars
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dir(folder)
     module, tok, spec = source.module, source.tokenizer, source.spec
     eos = list(spec.eos_token_ids)
     module.config.bos_token_id = spec.bos_token_id

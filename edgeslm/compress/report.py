@@ -12,6 +12,8 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..outputs import make_dir
+
 COLUMNS = [  # (key, header, format)
     ("label", "model", "{}"),
     ("runner", "runs on", "{}"),
@@ -107,8 +109,8 @@ def to_markdown(rows: list[dict[str, Any]], notes: bool = True) -> str:
 def write_report(rows: list[dict[str, Any]], out_md: str | Path, out_json: str | Path | None = None,
                  title: str = "Compression report", preamble: str = "") -> None:
     out_md = Path(out_md)
-    out_md.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(out_md.parent)
     out_md.write_text(f"# {title}\n\n{preamble}{to_markdown(rows)}")
     if out_json:
-        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+        make_dir(Path(out_json).parent)
         Path(out_json).write_text(json.dumps(rows, indent=2, default=str) + "\n")

@@ -9,21 +9,59 @@ Lifecycle::
     engine = EngineClass(bundle)        # opens the runtime session
     logits = engine.prefill(ids)        # (vocab,) float32 after the last prompt token
     logits = engine.decode(token_id)    # (vocab,) after appending one token
+    logits = engine.prefill(more_ids)   # a prefill may also continue the cache (chat turns)
+    engine.truncate(n)                  # keep only the first n cached tokens, if it can
     engine.reset()                      # forget the cache; next call is a prefill
     engine.close()
+
+Each engine declares the options it accepts in :attr:`Engine.known_options`; values given as
+strings (the command line) are converted by :meth:`Engine.coerce_options`, and unknown keys
+are refused with the known ones named.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import GenerationError
+from ..errors import EngineOptionError, GenerationError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..bundle import Bundle
+
+
+@dataclass(frozen=True)
+class EngineOption:
+    """One option an engine accepts: its kind (how a string from the command line converts)
+    and a line of help."""
+
+    kind: str  # "int" | "bool" | "str" | "list" (comma-separated on the command line)
+    help: str = ""
+
+    def coerce(self, name: str, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            if self.kind == "list":
+                items = value.split(",") if isinstance(value, str) else list(value)
+                return [str(i).strip() for i in items if str(i).strip()]
+            if self.kind == "bool":
+                if isinstance(value, str):
+                    if value.lower() not in _BOOLS:
+                        raise ValueError(value)
+                    return _BOOLS[value.lower()]
+                return bool(value)
+            if self.kind == "int":
+                return int(value)
+        except (TypeError, ValueError):
+            raise EngineOptionError(f"engine option {name}={value!r}: expected {self.kind}") from None
+        return str(value)
+
+
+_BOOLS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
 
 class Engine(ABC):
@@ -31,6 +69,23 @@ class Engine(ABC):
 
     #: registry name, equal to the bundle format it runs ("onnx", "openvino", ...)
     name: str = ""
+    #: options the constructor accepts; None = undeclared (a third-party engine: not checked)
+    known_options: ClassVar[Mapping[str, EngineOption] | None] = None
+
+    @classmethod
+    def coerce_options(cls, options: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Check option names against :attr:`known_options` and convert string values
+        (``"2"`` -> 2, ``"a,b"`` -> ``["a", "b"]``); refuses unknown names, naming the known ones."""
+        options = dict(options or {})
+        known = cls.known_options
+        if known is None:
+            return options
+        unknown = sorted(k for k in options if k not in known)
+        if unknown:
+            have = ", ".join(f"{k} ({o.kind})" for k, o in known.items()) or "none"
+            raise EngineOptionError(f"unknown {cls.name or cls.__name__} engine option "
+                                    f"{', '.join(map(repr, unknown))}; known: {have}")
+        return {k: known[k].coerce(k, v) for k, v in options.items()}
 
     def __init__(self, bundle: "Bundle", **options: Any):
         self.bundle = bundle
@@ -54,6 +109,20 @@ class Engine(ABC):
     @abstractmethod
     def reset(self) -> None:
         """Drop the KV cache so the next call starts a new sequence."""
+
+    def truncate(self, length: int) -> bool:
+        """Keep the first ``length`` cached tokens and drop the rest; True when done.
+
+        The default can only keep everything or nothing (reset); engines whose runtime can cut
+        a cache override it. The Generator calls it to reuse a shared prefix (chat turns) and
+        falls back to :meth:`reset` plus a full prefill when it returns False.
+        """
+        if length == self.position:
+            return True
+        if length == 0:
+            self.reset()
+            return True
+        return False
 
     def close(self) -> None:
         """Release the runtime's resources (sessions, compiled models)."""

@@ -11,23 +11,40 @@ from .generator import GenerationConfig, GenerationResult, Generator, Stream
 
 
 class LoadedModel:
-    def __init__(self, bundle: Bundle, engine, tokenizer):
+    def __init__(self, bundle: Bundle, engine, tokenizer, reuse_cache: bool = True):
         self.bundle = bundle
         self.engine = engine
         self.tokenizer = tokenizer
-        self.generator = Generator(engine, tokenizer)
+        self.generator = Generator(engine, tokenizer, reuse_cache=reuse_cache)
 
     @classmethod
     def open(cls, path: str | Path, engine_options: dict[str, Any] | None = None,
-             trusted_keys=None) -> "LoadedModel":
-        if trusted_keys is not None:
-            from ..bundle.signing import verify_bundle_signature
+             trusted_keys=None, reuse_cache: bool = True, snapshot: bool | None = None) -> "LoadedModel":
+        """Open ``path``: with ``trusted_keys`` the signature is checked over the manifest bytes
+        that are then parsed, and the engine loads a private copy hashed while it was made
+        (``snapshot``, default on with keys), so no file can be swapped after the check.
 
-            verify_bundle_signature(path, trusted_keys)  # the signature first, then every file
-        bundle = Bundle.open(path, verify=True)
-        engine_cls = get_engine(bundle.format)
-        engine = engine_cls(bundle, **(engine_options or {}))
-        return cls(bundle, engine, bundle.load_tokenizer())
+        ``engine_options`` are checked against the engine's declared options (strings from a
+        command line are converted); ``reuse_cache=False`` makes every call prefill its whole
+        prompt instead of continuing a cached prefix.
+        """
+        bundle = Bundle.open(path, verify=True, trusted_keys=trusted_keys, snapshot=snapshot)
+        try:
+            engine_cls = get_engine(bundle.format)
+            engine = engine_cls(bundle, **engine_cls.coerce_options(engine_options))
+            try:
+                tokenizer = bundle.load_tokenizer()
+            except BaseException:
+                engine.close()
+                raise
+        except BaseException:
+            bundle.close()
+            raise
+        return cls(bundle, engine, tokenizer, reuse_cache=reuse_cache)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(self.tokenizer.chat_template)
 
     @property
     def spec(self):
@@ -50,6 +67,7 @@ class LoadedModel:
 
     def close(self) -> None:
         self.engine.close()
+        self.bundle.close()
 
     def __enter__(self):
         return self

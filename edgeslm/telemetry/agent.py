@@ -10,19 +10,17 @@
     agent.stop()                               # final flush, drain, retained "offline"
 
 Delivery: every telemetry/event message goes into the on-disk :class:`DiskQueue` first and
-leaves it only on the broker's successful PUBACK (MQTT v5, QoS 1). While the broker is
-unreachable the queue grows (bounded); on reconnect it drains oldest first. A PUBACK with
-reason 16 (*no matching subscribers*) means the broker dropped the message because no
-collector session was subscribed at that moment -- e.g. right after a broker restart, since
-Mosquitto 2.0 does not restore *shared* subscriptions from its persistence file, so they
-exist again only once the collector has reconnected and resubscribed. Such messages stay in
-the queue and are sent again with a backoff (1 s doubling to 10 s) until a collector takes
-them. The broker holds the last will (retained ``online: false, reason: lost``); a clean stop
-publishes ``reason: shutdown`` itself.
+leaves it only when a collector acknowledges its sequence number end to end (``acks`` topic,
+published after the collector's store commit), not on the broker's PUBACK: see
+:mod:`.outbox` for why (a live view makes the broker answer PUBACK 0 to messages no collector
+got) and how lost ones are found and sent again. While the broker is unreachable the queue
+grows (bounded); on reconnect it drains oldest first. The broker holds the last will
+(retained ``online: false, reason: lost``); a clean stop publishes ``reason: shutdown`` itself.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -38,11 +36,11 @@ from . import schema, topics
 from .buffer import DiskQueue
 from .metrics import IntervalAggregator
 from .mqtt import BrokerConfig, connect, make_client, reason_ok
+from .outbox import NO_MATCHING_SUBSCRIBERS, Outbox  # noqa: F401  (re-exported)
 from .system import SystemSampler
 
 log = logging.getLogger("edgeslm.agent")
-
-NO_MATCHING_SUBSCRIBERS = 16  # MQTT v5 PUBACK reason: accepted, but nobody was subscribed -> dropped
+MAX_ACK_RANGES = 10_000  # an ack message with more ranges is ignored
 
 
 @dataclass
@@ -57,13 +55,18 @@ class AgentConfig:
     resend_after_s: float = 30.0  # republish a message whose PUBACK never came (store dedupes)
     unrouted_retry_s: tuple[float, float] = (1.0, 10.0)  # first and longest wait before resending after
     # a PUBACK "no matching subscribers" (no collector subscribed yet: kept in the queue, not lost)
+    end_to_end: bool = True  # keep a message until a collector acks it (False: until the broker's PUBACK)
+    ack_grace_s: float = 5.0  # collectors may ack out of order by this much before a gap counts as a loss
+    probe_after_s: tuple[float, float] = (30.0, 600.0)  # no ack this long: resend the oldest (doubling)
     resource: dict[str, Any] = field(default_factory=dict)  # extra resource attributes to report
 
     def __post_init__(self):
         topics.check_id(self.fleet, "fleet")
         topics.check_id(self.device, "device")
-        if self.interval_s <= 0:
+        if not self.interval_s > 0:
             raise TelemetryError("interval_s must be > 0")
+        if type(self.buffer_max) is not int or self.buffer_max < 1 or not 1 <= self.inflight_window <= 65535:
+            raise TelemetryError("buffer_max must be >= 1 and inflight_window 1..65535")
 
 
 class Agent:
@@ -76,14 +79,13 @@ class Agent:
         self.sampler = SystemSampler()
         self.resource: dict[str, Any] = {"service.name": "edgeslm-agent", "edgeslm.version": __version__,
                                          "host.name": socket.gethostname(), **config.resource}
-        self.acked = 0  # messages the broker acknowledged
-        self.rejected = 0  # messages the broker refused (e.g. ACL: reason 135); not retried
-        self.unrouted = 0  # PUBACKs "no matching subscribers": nobody got the message; kept and resent
+        self.outbox = Outbox(self.queue, self._publish, window=config.inflight_window,
+                             resend_after_s=config.resend_after_s, unrouted_retry_s=config.unrouted_retry_s,
+                             end_to_end=config.end_to_end, ack_grace_s=config.ack_grace_s,
+                             probe_after_s=config.probe_after_s,
+                             where=f"{config.broker.url} {topics.topic(config.fleet, config.device, 'telemetry')}")
         self._acks: deque[tuple[int, int]] = deque()  # (mid, PUBACK reason code) from the network thread
-        self._hold_until = 0.0  # monotonic time before which nothing is sent (no subscriber yet)
-        self._unrouted_wait = config.unrouted_retry_s[0]
-        self._inflight: dict[int, tuple[int, float]] = {}  # mid -> (queue row id, sent at)
-        self._cursor = 0  # highest queue row id handed to paho
+        self._delivered: deque[list[tuple[int, int]]] = deque()  # collector acks (seq ranges), network thread
         self._connected = threading.Event()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -101,6 +103,12 @@ class Agent:
         generator = getattr(model, "generator", model)
         generator.listeners.append(self.record)
         self.resource.update(describe_model(model))
+
+    @property
+    def model_lock(self) -> threading.Lock:
+        """Held while the attached model generates; other request paths (the OpenAI server of
+        ``edgeslm agent --openai``) take it too, since a Generator runs one call at a time."""
+        return self._model_lock
 
     def record(self, result: Any) -> None:
         """Add one finished GenerationResult to the current interval."""
@@ -146,9 +154,9 @@ class Agent:
     def event(self, name: str, message: str, severity: str = "info", **attributes: Any) -> int:
         """Queue a one-off event (delivered like telemetry: buffered, at least once)."""
         c = self.config
-        return self.queue.put(self.topic("events"), lambda s: schema.encode(schema.event_body(
+        return self.queue.put(self.topic("events"), lambda s: schema.encode(schema.event_seq(schema.event_body(
             c.fleet, c.device, time.time(), name, severity, message, f"{c.device}:{s}", "agent",
-            {"seq": s, **attributes})))
+            {"seq": s, **attributes}), s)))
 
     def _status(self, online: bool, reason: str) -> bytes:
         c = self.config
@@ -165,6 +173,7 @@ class Agent:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         self._client = client
         self._last_flush = time.time()
         connect(client, c.broker, clean_start=True)
@@ -212,13 +221,24 @@ class Agent:
 
     _final_stats: dict[str, Any] | None = None
 
+    @property
+    def acked(self) -> int:
+        """Messages the broker acknowledged (PUBACK)."""
+        return self.outbox.acked
+
     def stats(self) -> dict[str, Any]:
-        """connected, buffered, acked, dropped, rejected, unrouted, last_seq (kept after :meth:`stop`)."""
+        """connected, buffered, acked (broker), delivered (collector, end to end), awaiting, dropped,
+        rejected, unrouted, resent, last_seq (kept after :meth:`stop`)."""
         if self._final_stats is not None:
             return dict(self._final_stats)
-        return {"connected": self._connected.is_set(), "buffered": len(self.queue), "acked": self.acked,
-                "dropped": self.queue.dropped, "rejected": self.rejected, "unrouted": self.unrouted,
-                "last_seq": self.queue.last_seq}
+        o = self.outbox
+        return {"connected": self._connected.is_set(), "buffered": len(self.queue), "acked": o.acked,
+                "delivered": o.delivered, "awaiting": o.awaiting, "dropped": self.queue.dropped,
+                "rejected": o.rejected, "unrouted": o.unrouted, "resent": o.resent, "last_seq": self.queue.last_seq}
+
+    @property
+    def rejected(self) -> int:
+        return self.outbox.rejected
 
     # -- paho callbacks (network thread) -----------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties=None):
@@ -226,6 +246,8 @@ class Agent:
             log.warning("broker %s refused the connection: %s", self.config.broker.url, reason_code)
             return
         client.publish(self.topic("status"), self._status(True, "connected"), qos=1, retain=True)
+        if self.config.end_to_end:
+            client.subscribe(self.topic("acks"), qos=1)
         self._reconnected = True  # paho resends in-flight messages itself: restart their resend clocks
         self._connected.set()
         self._wake.set()
@@ -237,7 +259,17 @@ class Agent:
         self._acks.append((mid, int(getattr(reason_code, "value", reason_code))))
         self._wake.set()
 
+    def _on_message(self, client, userdata, msg):
+        ranges = parse_ack(msg.payload, self.config.fleet, self.config.device)
+        if ranges:
+            self._delivered.append(ranges)
+            self._wake.set()
+
     # -- the sender loop ------------------------------------------------------------------
+    def _publish(self, topic: str, payload: bytes) -> tuple[int, int]:
+        info = self._client.publish(topic, payload, qos=1)
+        return info.rc, info.mid
+
     def _run(self) -> None:
         next_tick = time.monotonic() + self.config.interval_s
         while not self._stopping.is_set():
@@ -247,74 +279,41 @@ class Agent:
                 self.flush()
                 next_tick += self.config.interval_s
             try:
-                self._settle_acks()
-                if self._connected.is_set():
-                    self._send()
+                self._settle()
             except Exception:  # keep publishing whatever one bad cycle did
                 log.exception("agent sender cycle failed")
 
-    def _settle_acks(self) -> None:
-        done: list[int] = []
-        while self._acks:
-            mid, code = self._acks.popleft()
-            entry = self._inflight.pop(mid, None)
-            if entry is None:
-                continue  # the status message, or a PUBACK for a message already resent
-            if code == NO_MATCHING_SUBSCRIBERS:
-                self._unrouted(entry[0])
-                continue
-            done.append(entry[0])
-            if code == 0:
-                self.acked += 1
-                self._hold_until = 0.0  # someone is subscribed now: send what was held at once
-                self._unrouted_wait = self.config.unrouted_retry_s[0]
-            else:
-                self.rejected += 1
-                log.warning("broker refused a telemetry message (not retried)")
-        self.queue.remove(done)
-
-    def _unrouted(self, row: int) -> None:
-        """The broker had no subscriber for queue row ``row`` and dropped it: keep it, resend later."""
-        self.unrouted += 1
-        self._cursor = min(self._cursor, row - 1)  # peek from here again once the hold is over
+    def _settle(self) -> None:
         now = time.monotonic()
-        if self._hold_until <= now:  # one hold (and one log line) per burst of such PUBACKs
-            log.warning("broker %s has no subscriber for %s (collector not subscribed yet?): "
-                        "keeping %d message(s) buffered, resending in %.0f s", self.config.broker.url,
-                        self.topic("telemetry"), len(self.queue), self._unrouted_wait)
-            self._hold_until = now + self._unrouted_wait
-            self._unrouted_wait = min(self._unrouted_wait * 2, self.config.unrouted_retry_s[1])
+        while self._acks:
+            self.outbox.puback(*self._acks.popleft(), now)
+        while self._delivered:
+            self.outbox.collector_acked(self._delivered.popleft(), now)
+        if self._connected.is_set():
+            if self._reconnected:
+                self._reconnected = False
+                self.outbox.reconnected(now)
+            self.outbox.pump(now)
 
     _reconnected = False
 
-    def _send(self) -> None:
-        now = time.monotonic()
-        if now < self._hold_until:
-            return
-        if self._reconnected:
-            self._reconnected = False
-            self._inflight = {mid: (row, now) for mid, (row, _) in self._inflight.items()}
-        stale = [mid for mid, (_, t) in self._inflight.items() if now - t > self.config.resend_after_s]
-        if stale:  # lost PUBACKs: forget them and send the rows again from the oldest
-            for mid in stale:
-                del self._inflight[mid]
-            self._cursor = 0
-        room = self.config.inflight_window - len(self._inflight)
-        if room <= 0:
-            return
-        sending = {row for row, _ in self._inflight.values()}
-        for row, topic, payload in self.queue.peek(self._cursor, room + len(sending)):
-            self._cursor = max(self._cursor, row)
-            if row in sending:
-                continue
-            info = self._client.publish(topic, payload, qos=1)
-            if info.rc != 0 and info.rc != 4:  # 4 = not connected: paho keeps it and sends on reconnect
-                self._cursor = row - 1
-                break
-            self._inflight[info.mid] = (row, now)
-            room -= 1
-            if room <= 0:
-                break
+
+def parse_ack(payload: bytes, fleet: str, device: str) -> list[tuple[int, int]]:
+    """The seq ranges of a collector's ack for this device; [] for anything else (never raises)."""
+    try:
+        body = json.loads(payload)
+        if (type(body) is not dict or body.get("kind") != "ack" or body.get("fleet") != fleet
+                or body.get("device") != device or type(body.get("seqs")) is not list
+                or len(body["seqs"]) > MAX_ACK_RANGES):
+            return []
+        out = []
+        for pair in body["seqs"]:
+            first, last = pair
+            if type(first) is int and type(last) is int and 0 <= first <= last < 2**63:
+                out.append((first, last))
+        return out
+    except (ValueError, TypeError, RecursionError):
+        return []
 
 
 def describe_model(model: Any) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 Each rule is a state machine per device: it emits ``alert.firing`` once when its condition
 becomes true and ``alert.resolved`` once when it stops being true, never a stream of
 repeats. Times are the collector's receive times, so a device with a wrong clock cannot
-hide (or fake) an outage.
+hide (or fake) an outage; the collector's own alert events (which come back to it on the
+device's events topic) do not count as hearing from the device, or the offline alert would
+resolve on its own alert and fire again, forever.
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ class AlertEngine:
         self._devices: dict[tuple[str, str], _Device] = {}
 
     def observe(self, msg: Message, received_at: float) -> None:
+        if msg.kind == "event" and msg.body.get("source") == "collector":
+            return  # a collector's own alert about the device (it comes back on the events topic): not the device
         d = self._devices.setdefault((msg.fleet, msg.device), _Device(last_heard=received_at))
         d.last_heard = max(d.last_heard, received_at)
         if msg.kind == "status":

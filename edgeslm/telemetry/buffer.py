@@ -21,7 +21,8 @@ from typing import Callable
 from ..errors import TelemetryError
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS queue (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS queue (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL,
+                                  seq INTEGER);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
@@ -34,15 +35,21 @@ class DiskQueue:
             raise TelemetryError("the buffer bound (max_messages) must be at least 1")
         self.path = str(path)
         self.max_messages = max_messages
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash
             self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise TelemetryError(f"cannot open the telemetry buffer {self.path}: {exc}") from exc
+            if "seq" not in {r[1] for r in self._db.execute("PRAGMA table_info(queue)")}:  # a file from 0.1
+                self._db.execute("ALTER TABLE queue ADD COLUMN seq INTEGER")
+                # its rows carry their seq in the payload (events: attributes.seq); collectors ack by seq
+                self._db.execute("UPDATE queue SET seq = coalesce(json_extract(CAST(payload AS TEXT), '$.seq'), "
+                                 "json_extract(CAST(payload AS TEXT), '$.attributes.seq')) WHERE seq IS NULL")
+            self._db.execute("CREATE INDEX IF NOT EXISTS queue_seq ON queue (seq)")
+        except (sqlite3.Error, OSError) as exc:
+            raise TelemetryError(f"cannot open the telemetry buffer {self.path}: {exc}") from None
         self._lock = threading.Lock()
         self._count = self._db.execute("SELECT count(*) FROM queue").fetchone()[0]
 
@@ -83,7 +90,8 @@ class DiskQueue:
             try:
                 seq = self._meta("next_seq")
                 self._bump("next_seq", 1)
-                self._db.execute("INSERT INTO queue(topic, payload) VALUES(?, ?)", (topic, make_payload(seq)))
+                self._db.execute("INSERT INTO queue(topic, payload, seq) VALUES(?, ?, ?)",
+                                 (topic, make_payload(seq), seq))
                 self._count += 1
                 over = self._count - self.max_messages
                 if over > 0:
@@ -101,6 +109,35 @@ class DiskQueue:
         with self._lock:
             return [(int(i), t, bytes(p)) for i, t, p in self._db.execute(
                 "SELECT id, topic, payload FROM queue WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))]
+
+    def rows(self, ids: list[int]) -> list[tuple[int, str, bytes]]:
+        """The rows with these ids that are still queued, oldest first."""
+        out: list[tuple[int, str, bytes]] = []
+        with self._lock:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                out += [(int(i), t, bytes(p)) for i, t, p in self._db.execute(
+                    f"SELECT id, topic, payload FROM queue WHERE id IN ({','.join('?' * len(chunk))})", chunk)]
+        return sorted(out)
+
+    def remove_seqs(self, ranges: list[tuple[int, int]]) -> list[int]:
+        """Delete the rows whose seq lies in one of the [first, last] ranges; return their ids."""
+        gone: list[int] = []
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for first, last in ranges:
+                    ids = [r[0] for r in self._db.execute("SELECT id FROM queue WHERE seq BETWEEN ? AND ?",
+                                                         (first, last))]
+                    if ids:
+                        self._db.execute("DELETE FROM queue WHERE seq BETWEEN ? AND ?", (first, last))
+                        gone += ids
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._count -= len(gone)
+        return gone
 
     def remove(self, ids: list[int]) -> None:
         """Delete acknowledged rows (ids already gone are ignored)."""

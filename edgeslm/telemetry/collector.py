@@ -8,13 +8,19 @@
 * **At least once, stored once**: messages are acknowledged (manual PUBACK) only after the
   batch holding them is committed; the store ignores a (fleet, device, seq) it already has,
   so redelivery after a crash is harmless.
-* **Never crashes on input**: anything malformed, oversized or of another schema version
-  goes to the dead-letter table with a reason and is acknowledged (redelivering it would not
-  fix it).
+* **End to end**: after its commits the collector publishes, per device (gathered for
+  ``ack_every_s``), the sequence numbers it now holds on ``edgeslm/v1/<fleet>/<device>/acks``;
+  agents keep a message until then, so a broker PUBACK that reached some other subscriber (a
+  live view) loses nothing.
+* **One message never stops it** (:mod:`.ingest`): every field is validated; a batch the store
+  still refuses is bisected so only the offending message becomes a dead letter; a store that
+  is down is retried without acknowledging anything; a failure of its own threads is kept in
+  :attr:`Collector.error` (the CLI exits non-zero on it) instead of dying silently.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import socket
@@ -25,10 +31,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import TelemetryError
-from . import schema, topics
+from . import ingest, schema, topics
 from .alerts import Alert, AlertEngine, AlertRules
 from .mqtt import BrokerConfig, connect, connect_properties, make_client, reason_ok
-from .stores.base import Batch, DeadLetter, Store
+from .stores.base import Store
 
 log = logging.getLogger("edgeslm.collector")
 
@@ -42,16 +48,31 @@ class CollectorConfig:
     session_expiry_s: int = 7 * 24 * 3600  # how long the broker keeps our queue while we are away
     batch_size: int = 2000  # messages per store transaction (more = faster, later acks)
     batch_wait_s: float = 0.05  # commit a partial batch after this long
-    receive_maximum: int = 20000  # unacknowledged messages the broker may have in flight to us
+    receive_maximum: int = 20000  # unacknowledged messages the broker may have in flight to us (MQTT: <= 65535)
     max_payload_bytes: int = schema.MAX_PAYLOAD_BYTES  # larger messages are dead-lettered
     alerts: AlertRules | None = None  # None: no alert evaluation (run it on one collector per fleet)
     alert_every_s: float = 1.0  # how often alert rules are evaluated
+    acks: bool = True  # publish end-to-end acks to the devices after each commit (off for views that store nothing)
+    ack_every_s: float = 0.5  # acks of one device are gathered this long (one ack message, not one per batch)
 
     def __post_init__(self):
         if self.fleet is not None:
             topics.check_id(self.fleet, "fleet")
+        if self.group is not None:
+            topics.check_id(self.group, "share group")
+        _check_range("batch size", self.batch_size, 1, 1_000_000)
+        _check_range("receive maximum", self.receive_maximum, 1, 65535)
+        _check_range("session expiry (s)", self.session_expiry_s, 0, 2**32 - 1)
+        _check_range("max payload bytes", self.max_payload_bytes, 1, 256 * 1024 * 1024)
+        if not (0 < self.batch_wait_s <= 60 and 0 < self.alert_every_s <= 3600 and 0 <= self.ack_every_s <= 60):
+            raise TelemetryError("batch wait, alert and ack intervals must be > 0 (and at most 60 s / 1 h / 60 s)")
         if self.client_id is None:
             self.client_id = f"edgeslm-collector-{self.group or 'solo'}-{self.fleet or 'all'}-{socket.gethostname()}"
+
+
+def _check_range(what: str, value: int, lo: int, hi: int) -> None:
+    if type(value) is not int or not lo <= value <= hi:
+        raise TelemetryError(f"{what} must be an integer from {lo} to {hi}, not {value!r}")
 
 
 @dataclass
@@ -63,10 +84,28 @@ class CollectorStats:
     events: int = 0
     dead: Counter = field(default_factory=Counter)  # reason -> count
     batches: int = 0
-    store_errors: int = 0  # failed commits (retried; nothing acknowledged until one succeeds)
+    store_errors: int = 0  # failed writes (retried while the store is down; bisected when the data is bad)
+    lost: int = 0  # dead letters even the dead-letter table refused (logged, then dropped)
     alerts: int = 0
+    acks: int = 0  # end-to-end ack messages published to devices
     first_at: float | None = None  # wall time the first message was taken for a batch
     last_commit_at: float | None = None  # wall time of the newest commit (throughput = received / span)
+
+
+def _guard(where: str):
+    """Paho re-raises callback exceptions and its network thread dies: record them instead."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(self, *args, **kw):
+            try:
+                return fn(self, *args, **kw)
+            except Exception as exc:
+                self._fail(where, exc)
+
+        return inner
+
+    return wrap
 
 
 class Collector:
@@ -83,7 +122,11 @@ class Collector:
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
         self._client = None
-        self.subscribe_error: str | None = None
+        self._acks_due: dict[tuple[str, str], list[int]] = {}  # handled seqs not yet acked to their device
+        self._acks_at = 0.0  # monotonic time of the last ack flush
+        self.subscribe_error: str | None = None  # the broker refused a subscription
+        self.connect_error: str | None = None  # the broker refused the connection (CONNACK reason)
+        self.error: str | None = None  # a thread of ours failed: the collector is not collecting
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> "Collector":
@@ -103,16 +146,29 @@ class Collector:
         return self
 
     def wait_connected(self, timeout: float = 10.0) -> bool:
-        """True once connected and subscribed."""
-        return self._connected.wait(timeout)
+        """True once connected and subscribed; False after ``timeout`` or as soon as the broker refuses us."""
+        deadline = time.monotonic() + timeout
+        while not self._connected.wait(0.05):
+            if self.connect_error or self.error or time.monotonic() > deadline:
+                return False
+        return True
 
-    def stop(self) -> None:
-        """Commit and acknowledge what is in hand, then disconnect (the session stays on the broker)."""
+    def check(self) -> None:
+        """Raise TelemetryError if a thread of the collector failed (it is then not collecting)."""
+        if self.error:
+            raise TelemetryError(f"the collector stopped working: {self.error}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Commit and acknowledge what is in hand, then disconnect (the session stays on the broker).
+
+        Returns within about ``timeout`` seconds even while the store is failing: what is not
+        committed then is not acknowledged, and the broker delivers it again next time.
+        """
         if self._client is None:
             return
         self._stop.set()
         if self._writer is not None:
-            self._writer.join(timeout=30)
+            self._writer.join(timeout=timeout)
         self._client.disconnect()
         self._client.loop_stop()
         self._client = None
@@ -128,14 +184,22 @@ class Collector:
         self._client = None
 
     def run_forever(self, status_every_s: float = 0.0, report: Callable[[CollectorStats], None] | None = None) -> None:
+        """Collect until interrupted; raise TelemetryError if the collector stops working."""
         self.start()
         try:
+            last = time.monotonic()
             while True:
-                time.sleep(status_every_s or 3600)
-                if report:
+                time.sleep(0.2)
+                self.check()
+                if report and status_every_s and time.monotonic() - last >= status_every_s:
+                    last = time.monotonic()
                     report(self.stats)
         finally:
             self.stop()
+
+    def _fail(self, where: str, exc: BaseException) -> None:
+        self.error = f"{where} thread: {type(exc).__name__}: {exc}"
+        log.critical("collector %s failed, nothing more is collected: %s", where, exc, exc_info=exc)
 
     # -- network thread --------------------------------------------------------------------
     def _filters(self) -> list[str]:
@@ -147,12 +211,16 @@ class Collector:
         out.append(topics.fleet_filter(c.fleet, "status"))
         return out
 
+    @_guard("network")
     def _on_connect(self, client, userdata, flags, reason_code, properties=None):
         if not reason_ok(reason_code):
-            log.error("broker %s refused the collector: %s", self.config.broker.url, reason_code)
+            self.connect_error = f"the broker at {self.config.broker.url} refused the collector: {reason_code}"
+            log.error("%s", self.connect_error)
             return
+        self.connect_error = None
         client.subscribe([(f, 1) for f in self._filters()])
 
+    @_guard("network")
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties=None):
         bad = [str(rc) for rc in reason_codes if getattr(rc, "value", rc) > 2]
         if bad:
@@ -161,20 +229,26 @@ class Collector:
         self._connected.set()
 
     def _on_message(self, client, userdata, msg):
-        self._inbox.put((msg.topic, msg.payload, msg.mid, msg.qos))
+        self._inbox.put((msg.topic, msg.payload, msg.mid, msg.qos, time.time()))
 
     # -- writer thread ---------------------------------------------------------------------
     def _write_loop(self) -> None:
-        next_alert = time.monotonic()
-        while True:
-            items = self._take_batch()
-            if items:
-                self._commit(items)
-            if self.alerts is not None and time.monotonic() >= next_alert:
-                next_alert = time.monotonic() + self.config.alert_every_s
-                self._evaluate_alerts()
-            if self._stop.is_set() and self._inbox.empty():
-                return
+        try:
+            next_alert = time.monotonic()
+            while True:
+                items = self._take_batch()
+                if items and not self._commit(items):
+                    return  # stopped while the store was down
+                if self.alerts is not None and time.monotonic() >= next_alert:
+                    next_alert = time.monotonic() + self.config.alert_every_s
+                    if not self._evaluate_alerts():
+                        return
+                stopping = self._stop.is_set() and self._inbox.empty()
+                self._flush_acks(force=stopping)
+                if stopping:
+                    return
+        except BaseException as exc:  # never die silently: the CLI sees .error and exits non-zero
+            self._fail("writer", exc)
 
     def _take_batch(self) -> list[tuple]:
         c = self.config
@@ -188,65 +262,78 @@ class Collector:
                 break
         return items
 
-    def _commit(self, items: list[tuple]) -> None:
-        batch = Batch()
-        now = time.time()
-        if self.stats.first_at is None:
-            self.stats.first_at = now
-        for topic, payload, _, _ in items:
-            if not payload and topic.endswith("/status"):
-                continue  # an empty retained message clears a device's status: not an error
-            try:
-                msg = schema.parse(topic, payload, self.config.max_payload_bytes)
-            except schema.MessageError as exc:
-                batch.dead.append(DeadLetter(topic, exc.reason, str(exc), len(payload), bytes(payload[:1024]), now))
-                continue
-            getattr(batch, "events" if msg.kind == "event" else msg.kind).append(msg)
-            if self.alerts is not None:
-                self.alerts.observe(msg, now)
-        delay = 0.2
-        while True:
-            try:
-                new = self.store.write(batch)
-                break
-            except TelemetryError:
-                raise
-            except Exception as exc:  # the database went away: keep the messages unacknowledged and retry
-                self.stats.store_errors += 1
-                log.error("store write failed (%s); retrying in %.1f s", exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+    def _store_down(self, exc: BaseException, delay: float) -> None:
+        self.stats.store_errors += 1
+        log.error("store write failed (%s: %s); retrying in %.1f s, nothing acknowledged meanwhile",
+                  type(exc).__name__, ingest.one_line(exc), delay)
+
+    def _commit(self, items: list[tuple]) -> bool:
+        """Store one batch, then PUBACK it and tell the devices; False if stopped while the store was down."""
         s = self.stats
+        if s.first_at is None:
+            s.first_at = time.time()
+        entries = ingest.to_entries(items, self.config.max_payload_bytes)
+        if self.alerts is not None:
+            for e in entries:
+                if isinstance(e, schema.Message):
+                    try:
+                        self.alerts.observe(e, e.received_at)
+                    except Exception:  # an alert bug must not cost the message (or the collector)
+                        log.exception("alert rules failed on a message from %s/%s", e.fleet, e.device)
+        res = ingest.write_entries(self.store, entries, self._stop, self._store_down)
+        if res is None:
+            return False
         s.received += len(items)
         s.batches += 1
         s.last_commit_at = time.time()
-        s.stored += new
-        s.duplicates += len(batch.telemetry) - new
-        s.status += len(batch.status)
-        s.events += len(batch.events)
-        for d in batch.dead:
+        s.stored += res.new
+        s.duplicates += res.telemetry - res.new
+        s.status += res.status
+        s.events += res.events
+        s.store_errors += res.store_errors
+        s.lost += res.lost
+        for d in res.dead:
             s.dead[d.reason] += 1
             log.warning("dead letter from %s: %s", d.topic, d.detail)
         client = self._client
         if client is not None:
-            for _, _, mid, qos in items:
+            for _, _, mid, qos, _ in items:
                 if qos > 0:
                     client.ack(mid, qos)
+            if self.config.acks:
+                for key, seqs in ingest.handled_seqs(entries).items():
+                    self._acks_due.setdefault(key, []).extend(seqs)
+        return True
 
-    def _evaluate_alerts(self) -> None:
-        fired = self.alerts.evaluate(time.time())
-        if not fired:
+    def _flush_acks(self, force: bool = False) -> None:
+        """Tell each device which of its seqs are handled: one ack per device per ``ack_every_s``."""
+        client = self._client
+        if not self._acks_due or client is None:
             return
-        batch = Batch()
+        if not force and time.monotonic() - self._acks_at < self.config.ack_every_s:
+            return
+        due, self._acks_due, self._acks_at = self._acks_due, {}, time.monotonic()
+        now = time.time()
+        for (fleet, device), seqs in due.items():
+            body = schema.ack_body(fleet, device, now, ingest.to_ranges(seqs))
+            client.publish(topics.topic(fleet, device, "acks"), schema.encode(body), qos=0)
+            self.stats.acks += 1
+
+    def _evaluate_alerts(self) -> bool:
+        now = time.time()
+        fired = self.alerts.evaluate(now)
+        if not fired:
+            return True
+        entries: list[ingest.Entry] = []
         for alert in fired:
-            body = schema.event_body(alert.fleet, alert.device, time.time(), alert.name, alert.severity, alert.message,
+            body = schema.event_body(alert.fleet, alert.device, now, alert.name, alert.severity, alert.message,
                                      alert.id, "collector", alert.attributes())
             payload = schema.encode(body)
             t = topics.topic(alert.fleet, alert.device, "events")
-            batch.events.append(schema.parse(t, payload))
+            entries.append(schema.parse(t, payload, received_at=now))
             if self._client is not None:
                 self._client.publish(t, payload, qos=1)
             if self.on_alert:
                 self.on_alert(alert)
         self.stats.alerts += len(fired)
-        self.store.write(batch)
+        return ingest.write_entries(self.store, entries, self._stop, self._store_down) is not None

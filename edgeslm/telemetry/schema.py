@@ -24,6 +24,7 @@ from typing import Any
 
 from ..errors import TelemetryError
 from . import topics
+from . import validate as V
 
 SCHEMA_VERSION = 1
 #: the collector dead-letters anything larger; a v1 telemetry message is ~1.5 KB
@@ -50,7 +51,8 @@ class MessageError(TelemetryError):
 
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
-        self.reason = reason  # malformed_json | schema_version | invalid | oversized | topic
+        self.ack: tuple[str, str, int] | None = None  # (fleet, device, seq) of the topic's device, when known
+        self.reason = reason  # malformed_json | schema_version | invalid | oversized | topic | store
 
 
 def summarize(values: list[float]) -> dict[str, float]:
@@ -76,8 +78,11 @@ class Message:
     device: str
     ts: float
     body: dict[str, Any]  # the whole decoded JSON object
-    seq: int | None = None  # telemetry: per-device sequence number
-    raw: bytes = b""  # as received; stored so nothing is lost to re-encoding
+    seq: int | None = None  # telemetry (and agent events): per-device sequence number
+    raw: bytes = b""  # as received
+    text: str = ""  # ``raw`` decoded (strict UTF-8); stored so nothing is lost to re-encoding
+    received_at: float = 0.0  # collector receive time: orders status by broker arrival, not device clocks
+    columns: tuple = ()  # telemetry: the flattened store columns (validate.METRIC_COLUMNS)
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -113,84 +118,138 @@ def event_body(fleet: str, device: str, ts: float, name: str, severity: str, mes
             "attributes": attributes or {}}
 
 
+def ack_body(fleet: str, device: str, ts: float, ranges: list[list[int]]) -> dict[str, Any]:
+    """What a collector tells a device after a commit: these sequence numbers are handled, forget them."""
+    return {"schema_version": SCHEMA_VERSION, "kind": "ack", "fleet": fleet, "device": device, "ts": round(ts, 3),
+            "seqs": ranges}
+
+
+def event_seq(body: dict[str, Any], seq: int | None) -> dict[str, Any]:
+    """``body`` with a top-level ``seq`` (agent events travel through the device queue like telemetry)."""
+    if seq is not None:
+        body["seq"] = seq
+    return body
+
+
 _TOPIC_KIND = {"telemetry": "telemetry", "status": "status", "events": "event"}
+_TOPICS: dict[str, topics.TopicParts] = {}  # parsed topic names (they repeat once per device)
 
 
-def parse(topic_name: str, payload: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> Message:
-    """Validate one received message; raise MessageError (with a dead-letter reason) if refused."""
+def parse(topic_name: str, payload: bytes, max_bytes: int = MAX_PAYLOAD_BYTES, received_at: float = 0.0) -> Message:
+    """Validate one received message; raise MessageError (with a dead-letter reason) if refused.
+
+    Every field is checked for type and range (:mod:`.validate`) so that what passes fits
+    every store and view; ``received_at`` is the collector's receive time (broker arrival order).
+    """
     if len(payload) > max_bytes:
         raise MessageError("oversized", f"{len(payload)} bytes > limit {max_bytes}")
+    parts = _TOPICS.get(topic_name)
+    if parts is None:
+        try:
+            parts = topics.parse(topic_name)
+        except TelemetryError as exc:
+            raise MessageError("topic", str(exc)) from None
+        if len(_TOPICS) >= 100_000:  # bounded: one entry per device topic seen
+            _TOPICS.clear()
+        _TOPICS[topic_name] = parts
     try:
-        parts = topics.parse(topic_name)
-    except TelemetryError as exc:
-        raise MessageError("topic", str(exc)) from None
-    try:
-        body = json.loads(payload, parse_constant=_no_constants)
+        text = payload.decode("utf-8") if isinstance(payload, (bytes, bytearray)) else payload
+        body = _DECODER.decode(text)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise MessageError("malformed_json", f"not JSON ({exc})") from None
-    if not isinstance(body, dict):
+        raise MessageError("malformed_json", f"not UTF-8 JSON ({exc})") from None
+    except RecursionError:
+        raise MessageError("malformed_json", "JSON nested too deeply to decode") from None
+    if type(body) is not dict:
         raise MessageError("malformed_json", "payload is JSON but not an object")
+    try:
+        return _validate(parts, body, payload, text, received_at)
+    except MessageError as exc:
+        seq = body.get("seq")  # the sender may forget a refused message: ack it for the TOPIC's device
+        if parts.kind != "status" and type(seq) is int and 0 <= seq <= V.INT64_MAX:
+            exc.ack = (parts.fleet, parts.device, seq)
+        raise
+
+
+def _validate(parts: topics.TopicParts, body: dict, payload: bytes, text: str, received_at: float) -> Message:
     version = body.get("schema_version")
-    if not isinstance(version, int) or isinstance(version, bool):
+    if type(version) is not int:  # bool is not int here: true is refused
         raise MessageError("schema_version", "no integer schema_version")
     if version != SCHEMA_VERSION:
         raise MessageError("schema_version", f"schema_version {version}; this collector reads {SCHEMA_VERSION}")
     kind = _TOPIC_KIND.get(parts.kind)
     if kind is None or body.get("kind") != kind:
-        raise MessageError("invalid", f"kind {body.get('kind')!r} does not belong on a '{parts.kind}' topic")
+        raise MessageError("invalid", f"kind {str(body.get('kind'))[:40]!r} does not belong on a '{parts.kind}' topic")
     # The ACL guards topics; the payload must name the same device so it cannot be spoofed.
     if body.get("fleet") != parts.fleet or body.get("device") != parts.device:
         raise MessageError("invalid", "fleet/device in the payload differ from the topic")
-    ts = body.get("ts")
-    if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not math.isfinite(ts):
-        raise MessageError("invalid", "ts must be unix seconds")
-    msg = Message(kind=kind, fleet=parts.fleet, device=parts.device, ts=float(ts), body=body, raw=payload)
-    _CHECKS[kind](msg)
+    try:
+        ts = V.timestamp(body.get("ts"))
+        msg = Message(kind=kind, fleet=parts.fleet, device=parts.device, ts=ts, body=body, raw=payload, text=text,
+                      received_at=received_at)
+        _CHECKS[kind](msg, V.Checker("\\u" in text))
+    except V.Invalid as exc:
+        raise MessageError("invalid", str(exc)) from None
     return msg
 
 
-def _check_telemetry(msg: Message) -> None:
-    seq = msg.body.get("seq")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-        raise MessageError("invalid", "telemetry needs a non-negative integer seq")
-    msg.seq = seq
-    metrics = msg.body.get("metrics")
-    if not isinstance(metrics, dict):
-        raise MessageError("invalid", "telemetry needs a metrics object")
-    for name in SUMMARY_METRICS:
-        summary = metrics.get(name)
-        if summary is None:
-            continue
-        # hot path (every message): exact type checks; NaN/Infinity were refused by the decoder
-        if type(summary) is not dict or not all(type(summary.get(k)) in _NUM for k in SUMMARY_KEYS):
-            raise MessageError("invalid", f"metric {name} must be {{{', '.join(SUMMARY_KEYS)}}} numbers")
-    for name in (CPU, MEMORY_USAGE, MEMORY_UTIL, PROCESS_MEMORY, TEMPERATURE):
-        if metrics.get(name) is not None and not _number(metrics[name]):
-            raise MessageError("invalid", f"metric {name} must be a number or null")
-    if not isinstance(msg.body.get("resource", {}), dict):
-        raise MessageError("invalid", "resource must be an object")
+_COMMON = frozenset(("schema_version", "kind", "fleet", "device", "ts"))
+_TELEMETRY_KEYS = _COMMON | {"seq", "interval_s", "resource", "metrics", "agent"}
+_STATUS_KEYS = _COMMON | {"online", "reason", "resource"}
+_EVENT_KEYS = _COMMON | {"id", "name", "severity", "message", "source", "attributes", "seq"}
+_METRIC_NAMES = frozenset(SUMMARY_METRICS + (TOKEN_USAGE, ERRORS, CPU, MEMORY_USAGE, MEMORY_UTIL, PROCESS_MEMORY,
+                                             TEMPERATURE))
 
 
-def _check_status(msg: Message) -> None:
-    if not isinstance(msg.body.get("online"), bool):
-        raise MessageError("invalid", "status needs a boolean 'online'")
+def _check_telemetry(msg: Message, c: V.Checker) -> None:
+    b = msg.body
+    msg.seq = c.count(b.get("seq"), "seq")
+    c.opt_number(b.get("interval_s"), "interval_s", 0.0, 1e7)
+    r = c.resource(b.get("resource"))
+    m = c.obj(b.get("metrics"), "metrics", required=True)
+    dur, ttft = c.summary(m.get(REQUEST_DURATION), REQUEST_DURATION), c.summary(m.get(TTFT), TTFT)
+    tpot, rate = c.summary(m.get(TPOT), TPOT), c.summary(m.get(DECODE_RATE), DECODE_RATE)
+    inp, out = c.tokens(m.get(TOKEN_USAGE), TOKEN_USAGE)
+    errs = c.errors(m.get(ERRORS), ERRORS)
+    cpu = c.opt_number(m.get(CPU), CPU, 0.0, 1.0)
+    c.opt_number(m.get(MEMORY_USAGE), MEMORY_USAGE, 0.0)
+    mem = c.opt_number(m.get(MEMORY_UTIL), MEMORY_UTIL, 0.0, 1.0)
+    c.opt_number(m.get(PROCESS_MEMORY), PROCESS_MEMORY, 0.0)
+    temp = c.opt_number(m.get(TEMPERATURE), TEMPERATURE, -273.15, 1000.0)
+    c.rest(m, _METRIC_NAMES, "metrics", 1)
+    dropped = c.agent(b.get("agent"))
+    c.rest(b, _TELEMETRY_KEYS, "message", 0)
+    # the flattened store columns (validate.METRIC_COLUMNS), taken once here
+    msg.columns = (r.get("edgeslm.bundle.id"), r.get("edgeslm.bundle.sha256"), dur and dur["count"], errs,
+                   ttft and ttft["p50"], ttft and ttft["p95"], ttft and ttft["max"], dur and dur["p95"],
+                   tpot and tpot["p95"], rate and rate["p50"], inp, out, cpu, mem, temp, dropped)
 
 
-def _check_event(msg: Message) -> None:
+def _check_status(msg: Message, c: V.Checker) -> None:
+    b = msg.body
+    if type(b.get("online")) is not bool:
+        raise V.Invalid("status needs a boolean 'online'")
+    c.opt_text(b.get("reason"), "reason", V.MAX_SHORT)
+    c.resource(b.get("resource"))
+    c.rest(b, _STATUS_KEYS, "message", 0)
+
+
+def _check_event(msg: Message, c: V.Checker) -> None:
+    b = msg.body
     for key in ("id", "name"):
-        if not isinstance(msg.body.get(key), str) or not msg.body[key]:
-            raise MessageError("invalid", f"event needs a string '{key}'")
+        c.text(b.get(key), f"event {key}", V.MAX_ID, empty=False)
+    c.opt_text(b.get("severity"), "severity", V.MAX_SHORT)
+    c.opt_text(b.get("source"), "source", V.MAX_SHORT)
+    c.opt_text(b.get("message"), "message", V.MAX_TEXT)
+    c.free(c.obj(b.get("attributes"), "attributes"), "attributes", 1)
+    msg.seq = c.opt_count(b.get("seq"), "seq")
+    c.rest(b, _EVENT_KEYS, "message", 0)
 
 
 _CHECKS = {"telemetry": _check_telemetry, "status": _check_status, "event": _check_event}
 
 
-_NUM = (int, float)  # exact types: bool is not a number here
-
-
-def _number(v: Any) -> bool:
-    return type(v) in _NUM and math.isfinite(v)
-
-
 def _no_constants(name: str):
     raise ValueError(f"{name} is not a number JSON allows")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constants)  # one decoder for every message (no per-call setup)

@@ -19,7 +19,8 @@ from typing import Any
 from .. import __version__
 from ..errors import TelemetryError
 from . import schema, topics
-from .mqtt import BrokerConfig, connect, make_client, reason_ok
+from .mqtt import BrokerConfig, connect, make_client
+from .outbox import NO_MATCHING_SUBSCRIBERS
 
 
 @dataclass
@@ -51,14 +52,15 @@ class SimConfig:
 
 @dataclass
 class SimResult:
-    sent: int = 0  # publishes handed to the client
+    sent: int = 0  # messages handed to the client (each once)
     acked: int = 0  # PUBACKs with success
     refused: int = 0  # PUBACKs with an error reason (ACL, quota)
+    unrouted: int = 0  # PUBACKs "no matching subscribers" (16): the broker dropped them
     elapsed_s: float = 0.0
 
     def merge(self, other: "SimResult") -> "SimResult":
         return SimResult(self.sent + other.sent, self.acked + other.acked, self.refused + other.refused,
-                         max(self.elapsed_s, other.elapsed_s))
+                         self.unrouted + other.unrouted, max(self.elapsed_s, other.elapsed_s))
 
 
 def device_id(cfg: SimConfig, index: int) -> str:
@@ -100,12 +102,15 @@ def _run_connection(cfg: SimConfig, indices: list[int], conn_no: int, stop: thre
     done = threading.Event()
 
     def on_publish(client, userdata, mid, reason_code, properties=None):
+        code = int(getattr(reason_code, "value", reason_code))
         with lock:
-            if reason_ok(reason_code):
+            if code == NO_MATCHING_SUBSCRIBERS:
+                res.unrouted += 1
+            elif code < 128:
                 res.acked += 1
             else:
                 res.refused += 1
-            if res.acked + res.refused >= res.sent and finished[0]:
+            if res.acked + res.refused + res.unrouted >= res.sent and finished[0]:
                 done.set()
 
     finished = [False]
@@ -140,11 +145,7 @@ def _run_connection(cfg: SimConfig, indices: list[int], conn_no: int, stop: thre
                 body = schema.telemetry_body(cfg.fleet, dev, cfg.start_seq + tick, now, interval or 1.0,
                                              pool[rng.randrange(len(pool))], templates[i],
                                              {"buffered": 0, "dropped": 0, "rejected": 0})
-                while True:
-                    info = client.publish(topics.topic(cfg.fleet, dev, "telemetry"), schema.encode(body), qos=1)
-                    if info.rc == 0:
-                        break
-                    time.sleep(0.001)  # paho queue full: let the network thread drain
+                publish_once(client, topics.topic(cfg.fleet, dev, "telemetry"), schema.encode(body), stop)
                 with lock:
                     res.sent += 1
             tick += 1
@@ -160,7 +161,7 @@ def _run_connection(cfg: SimConfig, indices: list[int], conn_no: int, stop: thre
             finished[0] = True
             if cfg.status:
                 res.sent += 2 * len(ids)
-            if res.acked + res.refused >= res.sent:
+            if res.acked + res.refused + res.unrouted >= res.sent:
                 done.set()
         done.wait(timeout=60)
     finally:
@@ -171,6 +172,24 @@ def _run_connection(cfg: SimConfig, indices: list[int], conn_no: int, stop: thre
         res.sent -= 2 * len(ids)
         res.acked = max(0, res.acked - 2 * len(ids))
     return res
+
+
+def publish_once(client, topic: str, payload: bytes, stop: threading.Event) -> None:
+    """Hand one QoS 1 message to paho exactly once.
+
+    ``MQTT_ERR_NO_CONN`` (4) does not mean "not taken": paho keeps the message and sends it when
+    it has reconnected. Publishing again on it (as the simulator once did, every millisecond
+    while the broker restarted) queued one more copy per try: 400 messages became ~20,000
+    PUBACKs and ~20,000 duplicates in the store. Only ``MQTT_ERR_QUEUE_SIZE`` means the message
+    was not queued (paho's own queue is full) and must be handed over again.
+    """
+    from paho.mqtt.enums import MQTTErrorCode
+
+    while True:
+        info = client.publish(topic, payload, qos=1)
+        if info.rc != MQTTErrorCode.MQTT_ERR_QUEUE_SIZE or stop.is_set():
+            return
+        time.sleep(0.001)  # paho's queue is full: let the network thread drain it
 
 
 def _run_process(cfg: SimConfig, stop: threading.Event | None = None) -> SimResult:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from ..errors import TelemetryError
 
 ROOT = "edgeslm/v1"
-#: what a device publishes (telemetry, status, events) and reads (commands)
-KINDS = ("telemetry", "status", "events", "commands")
+#: what a device publishes (telemetry, status, events) and reads (commands; acks from the collectors)
+KINDS = ("telemetry", "status", "events", "commands", "acks")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 

@@ -107,12 +107,39 @@ def load_reference(bundle) -> dict[str, np.ndarray]:
     info = bundle.manifest.get("parity_reference")
     if not info:
         raise BundleError(
-            f"{bundle.path}: carries no parity reference (exported with --no-parity or by an older "
+            f"{bundle.source}: carries no parity reference (exported with --no-parity or by an older "
             "edgeslm); re-export it, or compare with the source: edgeslm verify BUNDLE --parity")
-    if int(info.get("version", 0)) > REFERENCE_VERSION:
-        raise BundleError(f"{bundle.path}: parity reference version {info['version']} is newer than this "
-                          f"edgeslm understands ({REFERENCE_VERSION}); upgrade edgeslm")
-    return load_reference_file(bundle.path / info["file"])
+    where = bundle.source
+    if not isinstance(info, dict):
+        raise BundleError(f"{where}: 'parity_reference' must be an object, got {type(info).__name__}")
+    version, name = info.get("version"), info.get("file")
+    if not isinstance(version, int) or version > REFERENCE_VERSION:
+        raise BundleError(f"{where}: parity reference version {version!r} is not one this edgeslm understands "
+                          f"({REFERENCE_VERSION}); upgrade edgeslm")
+    if not isinstance(name, str) or name not in bundle.manifest["files"]:  # listed = path-checked and hashed
+        raise BundleError(f"{where}: 'parity_reference.file' must name a file listed in 'files', got {name!r}")
+    try:
+        ref = load_reference_file(bundle.path / name)
+        _check_shapes(ref)
+    except (OSError, ValueError, KeyError) as exc:
+        raise BundleError(f"{where}: {name} is not a valid parity reference ({exc})") from None
+    return ref
+
+
+_ARRAYS = ("prompt_ids", "prompt_lengths", "continuation", "topk_ids", "topk_logits", "logsumexp", "text_ids",
+           "text_nll")
+
+
+def _check_shapes(ref: dict[str, np.ndarray]) -> None:
+    missing = [a for a in _ARRAYS if a not in ref]
+    if missing:
+        raise KeyError(f"no array '{missing[0]}'")
+    n = ref["continuation"].size
+    if (ref["continuation"].ndim != 2 or ref["prompt_lengths"].shape != (ref["continuation"].shape[0],)
+            or int(ref["prompt_lengths"].sum()) != ref["prompt_ids"].size or ref["topk_ids"].ndim != 2
+            or ref["topk_ids"].shape[0] != n or ref["topk_logits"].shape != ref["topk_ids"].shape
+            or ref["logsumexp"].shape != (n,)):
+        raise ValueError("array shapes do not fit together")
 
 
 def threshold(bundle, override: float | None) -> tuple[float, str]:

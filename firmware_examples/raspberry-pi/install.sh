@@ -56,13 +56,15 @@ if ! id "$SVC_USER" >/dev/null 2>&1; then
   useradd --system --user-group --home-dir /var/lib/edgeslm --no-create-home --shell /usr/sbin/nologin "$SVC_USER"
 fi
 
-say "installing edgeslm[$EXTRA] into $PREFIX/venv"
+extras=$EXTRA
+[[ " ${units[*]} " == *" edgeslm-serve.service "* ]] && extras="$EXTRA,serve"  # starlette + uvicorn
+say "installing edgeslm[$extras] into $PREFIX/venv"
 install -d -m 0755 "$PREFIX" "$PREFIX/bundles"
 [ -x "$PREFIX/venv/bin/python" ] || "$PYTHON" -m venv "$PREFIX/venv"
 # same version number, new build: drop the old edgeslm distributions so the new wheels are taken
 "$PREFIX/venv/bin/python" -m pip uninstall -q -y edgeslm edgeslm-onnx edgeslm-litert edgeslm-openvino \
   edgeslm-coreml >/dev/null 2>&1 || true
-"$PREFIX/venv/bin/python" -m pip install -q --find-links "$WHEELS" "edgeslm[$EXTRA]"
+"$PREFIX/venv/bin/python" -m pip install -q --find-links "$WHEELS" "edgeslm[$extras]"
 
 name=$(basename "$(cd "$BUNDLE" && pwd)")
 say "installing bundle $name"
@@ -88,6 +90,9 @@ if [[ " ${units[*]} " == *" edgeslm-agent.service "* ]] && [ ! -f /etc/edgeslm/b
 fi
 
 install -d -m 0755 /etc/systemd/system
+if [[ " ${units[*]} " == *" edgeslm-serve.service "* ]] && [ ! -f /etc/edgeslm/serve.env ]; then
+  install -m 0600 -o root -g root "$HERE/serve.env.example" /etc/edgeslm/serve.env
+fi
 for unit in "${units[@]}"; do
   sed "s#/opt/edgeslm#$PREFIX#g" "$HERE/$unit" > "/etc/systemd/system/$unit"
   chmod 0644 "/etc/systemd/system/$unit"

@@ -142,3 +142,61 @@ def test_bad_input_gives_clear_errors(model, source_greedy):
     prompt = PROMPTS[0]
     assert model.generate(prompt, max_new_tokens=NEW, stop_on_eos=False).token_ids == \
         source_greedy(_ids(model, prompt), NEW)
+
+
+def test_prefill_continues_after_decode(model):
+    """KV-cache reuse: a prefill after decode steps (the next chat turn) equals a fresh prefill
+    of the whole sequence."""
+    eng = model.engine
+    ids = _ids(model, PROMPTS[2])
+    more = _ids(model, " and then the next question, please")
+    eng.reset()
+    logits = eng.prefill(ids)
+    steps = []
+    for _ in range(3):
+        t = int(logits.argmax())
+        steps.append(t)
+        logits = eng.decode(t)
+    reused = eng.prefill(more)
+    assert eng.position == len(ids) + 3 + len(more)
+    eng.reset()
+    fresh = eng.prefill(ids + steps + more)
+    np.testing.assert_allclose(reused, fresh, rtol=0, atol=1e-4)
+
+
+def test_truncate_then_prefill_equals_fresh(model):
+    eng = model.engine
+    a = _ids(model, " ".join(CORPUS))[:30]
+    b = _ids(model, PROMPTS[1])
+    eng.reset()
+    eng.prefill(a)
+    eng.decode(7)
+    if not eng.truncate(12):
+        pytest.skip(f"{eng.name} cannot truncate its cache (the Generator resets instead)")
+    assert eng.position == 12
+    cut = eng.prefill(b)
+    eng.reset()
+    np.testing.assert_allclose(cut, eng.prefill(a[:12] + b), rtol=0, atol=1e-4)
+    assert not eng.truncate(eng.position + 1)  # cannot keep more than it holds
+
+
+def test_generator_reuse_equals_fresh_prefill(conformance_bundle):
+    """Three chat turns through the Generator: the same tokens with and without cache reuse,
+    and with reuse every turn after the first prefills only its new suffix."""
+    import edgeslm
+
+    def converse(reuse: bool):
+        with edgeslm.load(conformance_bundle, reuse_cache=reuse) as m:
+            history, outs, cached = [], [], []
+            for q in ("Why is the sky blue?", "And the sea?", "Say it shorter."):
+                history.append({"role": "user", "content": q})
+                res = m.chat(history, max_new_tokens=6, stop_on_eos=False)
+                history.append({"role": "assistant", "content": res.text})
+                outs.append(res.token_ids)
+                cached.append(res.metrics.cached_tokens)
+            return outs, cached
+
+    with_reuse, cached = converse(True)
+    without, none = converse(False)
+    assert with_reuse == without
+    assert none == [0, 0, 0] and cached[0] == 0 and all(c > 0 for c in cached[1:])

@@ -79,3 +79,67 @@ def test_live_status_from_the_broker(system_broker, fleet_id, capsys):
     rows = json.loads(out)["devices"]
     assert code == 0 and len(rows) == 3
     assert all(r["online"] is True and r["last_seq"] is not None and r["tok_s_p50"] > 0 for r in rows)
+
+
+# -- careless input: one line and exit != 0, never a traceback, never an empty store made by a reader ---------
+def _one_line_error(code, err, expected_code=1, *needles):
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == expected_code, err
+    assert "Traceback" not in err and any(all(n in line for n in needles) for line in lines), err
+
+
+def test_fleet_collect_refuses_careless_options(capsys, tmp_path):
+    db = f"sqlite:///{tmp_path}/f.db"
+    short = ("--duration", "3", "--connect-timeout", "3")  # a regression fails the test instead of hanging it
+    code, _, err = run(capsys, "fleet", "collect", "--db", db, "--batch-size", "0", *short)
+    _one_line_error(code, err, 2, "--batch-size")
+    code, _, err = run(capsys, "fleet", "collect", "--db", db, "--group", "a+b", *short)
+    _one_line_error(code, err, 1, "share group", "a+b")
+    code, _, err = run(capsys, "fleet", "collect", "--db", db, "--max-error-rate", "7", *short)
+    _one_line_error(code, err, 2, "--max-error-rate")
+    assert not (tmp_path / "f.db").exists()  # refused before a store was created
+    code, _, err = run(capsys, "fleet", "collect", "--db", "sqlite:////proc/nope/x.db", "--duration", "1")
+    _one_line_error(code, err, 1, "error:", "/proc/nope/x.db")
+
+
+def test_fleet_collect_fails_on_an_unreachable_broker(capsys, tmp_path):
+    from edgeslm.telemetry.broker import free_port
+
+    code, _, err = run(capsys, "fleet", "collect", "-b", f"mqtt://127.0.0.1:{free_port()}", "--db",
+                       f"sqlite:///{tmp_path}/f.db", "--connect-timeout", "1", "--duration", "5")
+    _one_line_error(code, err, 1, "cannot reach the MQTT broker")
+
+
+def test_fleet_collect_fails_when_the_broker_refuses_it(mosquitto_factory, fleet_id, capsys, tmp_path):
+    proc = mosquitto_factory(users={"collector": "right"}, fleet=fleet_id)
+    code, _, err = run(capsys, "fleet", "collect", "-b", f"mqtt://127.0.0.1:{proc.files.port}", "-u", "collector",
+                       "--password", "wrong", "--db", f"sqlite:///{tmp_path}/f.db", "--fleet", fleet_id,
+                       "--connect-timeout", "5", "--duration", "5")
+    _one_line_error(code, err, 1, "refused the collector")
+    # right password, but a fleet its access rules do not cover: the subscriptions are refused
+    code, _, err = run(capsys, "fleet", "collect", "-b", f"mqtt://127.0.0.1:{proc.files.port}", "-u", "collector",
+                       "--password", "right", "--db", f"sqlite:///{tmp_path}/f.db", "--fleet", "other",
+                       "--connect-timeout", "5", "--duration", "5")
+    _one_line_error(code, err, 1, "refused the collector's subscriptions")
+
+
+@pytest.mark.parametrize("verb", [["status"], ["device", "dev-1"], ["events"]])
+def test_read_only_verbs_refuse_a_store_that_does_not_exist(verb, capsys, tmp_path):
+    typo = tmp_path / "flet.db"
+    code, _, err = run(capsys, "fleet", *verb, "--db", f"sqlite:///{typo}")
+    _one_line_error(code, err, 1, "no fleet store at", str(typo))
+    assert not typo.exists()  # not created empty
+    code, _, err = run(capsys, "fleet", *verb, "--db", "sqlite:////proc/nope/x.db")
+    _one_line_error(code, err, 1, "no fleet store at")
+    other = tmp_path / "other.db"
+    import sqlite3
+
+    sqlite3.connect(other).execute("CREATE TABLE x (a)").connection.commit()
+    code, _, err = run(capsys, "fleet", *verb, "--db", f"sqlite:///{other}")
+    _one_line_error(code, err, 1, "is not an edgeslm fleet store")
+
+
+@pytest.mark.postgres
+def test_read_only_verbs_refuse_a_postgres_schema_that_does_not_exist(capsys, pg_url):
+    code, _, err = run(capsys, "fleet", "status", "--db", pg_url.replace("?schema=", "?schema=nope_"))
+    _one_line_error(code, err, 1, "is not an edgeslm fleet store")

@@ -60,6 +60,36 @@ def test_parse_refuses_with_a_reason(payload, reason):
     assert info.value.reason == reason
 
 
+@pytest.mark.parametrize("version", [0, -1, True, 1.0, "1", None, 2**70])
+def test_parse_refuses_schema_versions_that_are_not_the_integer_1(version):
+    body = schema.telemetry_body("f", "d", 0, time.time(), 1.0, {}, {})
+    body["schema_version"] = version
+    with pytest.raises(schema.MessageError) as info:
+        schema.parse("edgeslm/v1/f/d/telemetry", json.dumps(body).encode())
+    assert info.value.reason == "schema_version" and info.value.ack == ("f", "d", 0)
+    from edgeslm.telemetry import ingest  # ... but a collector does not tell the device to forget it
+
+    (dead,) = ingest.to_entries([("edgeslm/v1/f/d/telemetry", json.dumps(body).encode(), 1, 1, 0.0)], 65536)
+    assert dead.reason == "schema_version" and ingest.ack_ranges([dead]) == {}
+
+
+def test_an_old_agent_buffer_gets_seqs_so_collector_acks_can_clear_it(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript("CREATE TABLE queue (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB "
+                     "NOT NULL); CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);")
+    db.executemany("INSERT INTO queue(topic, payload) VALUES (?, ?)",
+                   [("t", b'{"seq": 7}'), ("e", b'{"attributes": {"seq": 8}}')])
+    db.execute("INSERT INTO meta VALUES ('next_seq', 9)")
+    db.commit()
+    db.close()
+    q = DiskQueue(path)
+    assert len(q) == 2 and q.remove_seqs([(7, 8)]) == [1, 2] and len(q) == 0
+    assert q.put("t", lambda s: b"{}") == 9
+
+
 def test_parse_refuses_spoofed_device_and_bad_fields():
     body = schema.telemetry_body("f", "other", 0, time.time(), 1.0, {}, {})
     with pytest.raises(schema.MessageError, match="differ from the topic"):
@@ -160,42 +190,124 @@ def test_alert_rules_fire_once_and_resolve():
     assert engine.evaluate(114.0) == [] and engine.evaluate(115.5)[0].rule == "offline"
 
 
-class _FakeClient:
-    """Records publishes; mids count up like paho's."""
+class _Wire:
+    """Records publishes like paho: (rc, mid), mids counting up."""
 
     def __init__(self):
         self.sent: list[tuple[int, bytes]] = []
 
-    def publish(self, topic, payload, qos=0, retain=False):
-        class Info:
-            rc = 0
-            mid = len(self.sent) + 1
-        self.sent.append((Info.mid, payload))
-        return Info
+    def __call__(self, topic, payload):
+        self.sent.append((len(self.sent) + 1, payload))
+        return 0, len(self.sent)
+
+    def seqs(self, start=0):
+        return [json.loads(p)["seq"] for _, p in self.sent[start:]]
 
 
-def test_agent_keeps_and_resends_what_the_broker_had_no_subscriber_for():
-    from edgeslm.telemetry.agent import NO_MATCHING_SUBSCRIBERS, Agent, AgentConfig
+def _outbox(n, **kw):
+    from edgeslm.telemetry.outbox import Outbox
 
-    agent = Agent(AgentConfig("f", "d", interval_s=3600, unrouted_retry_s=(0.2, 0.4)))
-    agent._client = _FakeClient()
-    for _ in range(3):
-        agent.flush()
-    agent._send()
-    assert [m for m, _ in agent._client.sent] == [1, 2, 3]
+    q = DiskQueue(":memory:")
+    for _ in range(n):
+        q.put("edgeslm/v1/f/d/telemetry", lambda s: json.dumps({"seq": s}).encode())
+    wire = _Wire()
+    return Outbox(q, wire, **kw), q, wire
+
+
+def test_outbox_keeps_and_resends_what_the_broker_had_no_subscriber_for():
+    from edgeslm.telemetry.outbox import NO_MATCHING_SUBSCRIBERS
+
+    box, q, wire = _outbox(3, unrouted_retry_s=(0.2, 0.4), end_to_end=False)
+    box.pump(0.0)
+    assert wire.seqs() == [0, 1, 2]
     # after a broker restart no collector is subscribed yet: the broker drops the message (reason 16)
-    agent._acks.extend([(1, 0), (2, NO_MATCHING_SUBSCRIBERS), (3, NO_MATCHING_SUBSCRIBERS)])
-    agent._settle_acks()
-    assert len(agent.queue) == 2 and agent.acked == 1 and agent.unrouted == 2  # kept, not counted as delivered
-    agent._send()
-    assert len(agent._client.sent) == 3  # held back for a while (no hot loop)
-    time.sleep(0.25)
-    agent._send()
-    resent = agent._client.sent[3:]
-    assert [json.loads(p)["seq"] for _, p in resent] == [1, 2]  # the same messages again, oldest first
-    agent._acks.extend([(m, 0) for m, _ in resent])
-    agent._settle_acks()
-    assert len(agent.queue) == 0 and agent.acked == 3 and agent.rejected == 0
+    for mid, code in ((1, 0), (2, NO_MATCHING_SUBSCRIBERS), (3, NO_MATCHING_SUBSCRIBERS)):
+        box.puback(mid, code, 0.0)
+    assert len(q) == 2 and box.acked == 1 and box.unrouted == 2  # kept, not counted as delivered
+    box.pump(0.1)
+    assert len(wire.sent) == 3  # held back for a while (no hot loop)
+    box.pump(0.25)
+    assert wire.seqs(3) == [1, 2]  # the same messages again, oldest first
+    for mid, _ in wire.sent[3:]:
+        box.puback(mid, 0, 0.3)
+    assert len(q) == 0 and box.acked == 3 and box.rejected == 0
+
+
+def test_outbox_keeps_what_only_the_broker_acked_until_a_collector_does():
+    """PUBACK 0 can come from a live view while no collector has the message: keep it until acked end to end."""
+    box, q, wire = _outbox(4, ack_grace_s=1.0, probe_after_s=(30.0, 60.0))
+    box.pump(0.0)  # seq 0..3 sent at t=0
+    for mid in (1, 2, 3, 4):
+        box.puback(mid, 0, 0.0)
+    assert len(q) == 4 and box.awaiting == 4  # the broker has them; nothing deleted yet
+    box.collector_acked([(0, 1)], 0.5)
+    assert len(q) == 2 and box.delivered == 2
+    box.pump(0.6)
+    assert len(wire.sent) == 4  # acks arrive in order: no gap, nothing resent
+    q.put("edgeslm/v1/f/d/telemetry", lambda s: json.dumps({"seq": s}).encode())
+    box.pump(10.0)  # seq 4 sent at t=10
+    box.puback(5, 0, 10.0)
+    box.collector_acked([(4, 4)], 10.5)  # acked, while 2 and 3 (sent 10 s earlier) never were: lost
+    box.pump(10.5)
+    assert wire.seqs(5) == [2, 3] and box.resent == 2
+    for mid, _ in wire.sent[5:]:
+        box.puback(mid, 0, 10.6)
+    box.collector_acked([(2, 3)], 10.7)
+    assert len(q) == 0 and box.awaiting == 0
+
+
+def test_outbox_probes_with_one_message_and_backs_off():
+    box, q, wire = _outbox(5, probe_after_s=(30.0, 60.0), resend_after_s=30.0)
+    box.pump(0.0)
+    for mid in range(1, 6):
+        box.puback(mid, 0, 0.0)
+    box.pump(29.0)
+    assert len(wire.sent) == 5
+    box.pump(31.0)  # no collector ack for 30 s: only the oldest goes again
+    assert wire.seqs(5) == [0]
+    box.puback(6, 0, 31.0)
+    box.pump(80.0)  # the next probe waits 60 s (doubled)
+    assert len(wire.sent) == 6
+    box.pump(92.0)
+    assert wire.seqs(6) == [0]
+    box.puback(7, 0, 92.0)
+    box.collector_acked([(0, 0)], 93.0)  # a collector took the probe: the rest follow at once (gap rule)
+    box.pump(93.0)
+    assert sorted(wire.seqs(7)) == [1, 2, 3, 4]
+
+
+def test_outbox_backs_off_a_message_no_collector_takes():
+    """A gap resend of the same row waits longer each time: a refused message cannot loop."""
+    box, q, wire = _outbox(1, resend_after_s=30.0, probe_after_s=(1e9, 1e9))
+    times = []
+    t = 0.0
+    box.pump(t)
+    for _ in range(400):  # every 10 s a newer message is sent and acked while row 0 never is
+        t += 10.0
+        for mid, _ in wire.sent[len(times):]:
+            box.puback(mid, 0, t - 9.0)
+        times += [t] * (len(wire.sent) - len(times))
+        q.put("edgeslm/v1/f/d/telemetry", lambda s: json.dumps({"seq": s}).encode())
+        box.pump(t - 9.0)
+        box.puback(wire.sent[-1][0], 0, t - 9.0)
+        times.append(t)
+        box.collector_acked([(q.last_seq, q.last_seq)], t)
+        box.pump(t)
+    resends = [i for i, (_, p) in enumerate(wire.sent) if json.loads(p)["seq"] == 0][1:]
+    assert 5 <= len(resends) <= 10, len(resends)  # about 1 h 6 min: 0, 30, 60, 120, 240, 480, 960, 1920 s
+
+
+def test_parse_ack_ignores_anything_else():
+    from edgeslm.telemetry.agent import parse_ack
+
+    good = schema.encode(schema.ack_body("f", "d", 1.0, [[0, 3], [5, 5]]))
+    assert parse_ack(good, "f", "d") == [(0, 3), (5, 5)]
+    assert parse_ack(good, "f", "other") == []
+    for bad in (b"", b"[]", b"{", b'{"kind": "ack", "fleet": "f", "device": "d", "seqs": [[1]]}',
+                b'{"kind": "ack", "fleet": "f", "device": "d", "seqs": "x"}', b"[" * 100000):
+        assert parse_ack(bad, "f", "d") == []
+    assert parse_ack(b'{"kind": "ack", "fleet": "f", "device": "d", "seqs": [[3, 1], [true, 2], [1, 2]]}',
+                     "f", "d") == [(1, 2)]
 
 
 @pytest.mark.parametrize("url", ["sqlite", "postgres"])

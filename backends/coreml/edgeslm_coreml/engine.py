@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from edgeslm.errors import BackendNotInstalledError, BundleError
-from edgeslm.runtime.engine import Engine
+from edgeslm.runtime.engine import Engine, EngineOption
 
 #: ``compute_units`` option values -> coremltools.ComputeUnit names
 COMPUTE_UNITS = {"all": "ALL", "cpu_and_ne": "CPU_AND_NE", "cpu_and_gpu": "CPU_AND_GPU", "cpu": "CPU_ONLY"}
@@ -45,6 +45,10 @@ class CoreMLEngine(Engine):
     ``threads`` is accepted and ignored (Core ML schedules its own work)."""
 
     name = "coreml"
+    known_options = {
+        "compute_units": EngineOption("str", "all (default), cpu_and_ne, cpu_and_gpu, cpu"),
+        "threads": EngineOption("int", "accepted and ignored (Core ML schedules its own work)"),
+    }
 
     def __init__(self, bundle, compute_units: str = "all", threads: int | None = None, **options):
         super().__init__(bundle, compute_units=compute_units, **options)
@@ -59,7 +63,7 @@ class CoreMLEngine(Engine):
         unit = COMPUTE_UNITS.get(str(compute_units).lower())
         if unit is None:
             raise BundleError(f"compute_units '{compute_units}' is not one of {', '.join(COMPUTE_UNITS)}")
-        path = bundle.file(bundle.manifest["artifacts"]["model"])
+        path = bundle.artifact("model")
         try:
             self.model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, unit))
         except Exception as exc:

@@ -23,11 +23,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgeslm.errors import BundleError, GenerationError
-from edgeslm.runtime.engine import Engine
+from edgeslm.runtime.engine import Engine, EngineOption
 
 
 class LiteRTEngine(Engine):
     name = "litert"
+    known_options = {
+        "threads": EngineOption("int", "interpreter threads"),
+        "xnnpack": EngineOption("bool", "use the XNNPACK delegate (default true)"),
+    }
 
     def __init__(self, bundle, threads: int | None = None, xnnpack: bool = True, **options: Any):
         super().__init__(bundle, threads=threads, xnnpack=xnnpack, **options)
@@ -38,7 +42,7 @@ class LiteRTEngine(Engine):
 
             raise BackendNotInstalledError(f"the LiteRT runtime is needed: pip install edgeslm-litert ({exc})") from exc
         art = bundle.manifest["artifacts"]
-        path = bundle.file(art["model"])
+        path = bundle.artifact("model")
         kw: dict[str, Any] = {"model_path": str(path)}
         if threads:
             kw["num_threads"] = int(threads)
@@ -52,9 +56,18 @@ class LiteRTEngine(Engine):
         except Exception as exc:
             raise BundleError(f"ai_edge_litert cannot load {path.name} with prefill/decode signatures: {exc}") from exc
         self.cache_names = [n for n in sigs["decode"]["inputs"] if n.startswith("kv_")]
-        self.prefill_len = int(art["signatures"]["prefill"]["tokens"])
-        self.cache_len = int(art["kv_cache"]["length"])
-        self._empty = np.zeros(art["kv_cache"]["shape"], dtype=np.float32)  # (1, kv, C, hd)
+        try:
+            self.prefill_len = int(art["signatures"]["prefill"]["tokens"])
+            self.cache_len = int(art["kv_cache"]["length"])
+            shape = [int(d) for d in art["kv_cache"]["shape"]]
+            wanted = [int(d) for d in self._decode.get_input_details()[self.cache_names[0]]["shape"]]
+            if shape != wanted or self.prefill_len < 1 or self.cache_len != shape[2]:
+                raise ValueError(f"kv_cache shape {shape} (model: {wanted}), length {self.cache_len}, "
+                                 f"prefill {self.prefill_len}")
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise BundleError(f"{bundle.source}: 'artifacts.signatures'/'artifacts.kv_cache' are malformed "
+                              f"({type(exc).__name__}: {exc})") from None
+        self._empty = np.zeros(shape, dtype=np.float32)  # (1, kv, C, hd)
         self.reset()
 
     @property
@@ -77,6 +90,17 @@ class LiteRTEngine(Engine):
         ids = self.check_tokens([token_id])
         self._alive()
         return self._step(int(ids[0]))
+
+    def truncate(self, length: int) -> bool:
+        """Static slots: rows at and past ``length`` are masked by position and overwritten
+        before use, so cutting the cache is moving the position back."""
+        if not 0 <= length <= self.position:
+            return False
+        if length == 0:
+            return super().truncate(0)
+        self.tokens = self.tokens[:length]
+        self.position = length
+        return True
 
     def close(self) -> None:
         self._prefill = self._decode = self.interpreter = None

@@ -3,6 +3,11 @@
 The KV cache stays in onnxruntime's own buffers (OrtValues) between steps: each step binds the
 previous step's ``present_*`` outputs as the next ``past_*`` inputs through IO binding, so no
 cache tensor is converted to or from numpy in Python. Only the logits come back as numpy.
+
+Execution providers: ``providers=["cuda", "cpu"]`` (or full names such as
+``CUDAExecutionProvider``) in priority order. A provider this onnxruntime build does not have,
+or one that fails to start, is an error naming the available ones -- never a silent fall back
+to the CPU.
 """
 
 from __future__ import annotations
@@ -11,8 +16,43 @@ from typing import Sequence
 
 import numpy as np
 
-from edgeslm.errors import BundleError
-from edgeslm.runtime.engine import Engine
+from edgeslm.errors import BundleError, EngineOptionError
+from edgeslm.runtime.engine import Engine, EngineOption
+
+SUFFIX = "ExecutionProvider"
+
+
+def resolve_providers(requested: Sequence[str] | None) -> list[str]:
+    """Short or full provider names -> onnxruntime's names, refusing what this build lacks.
+
+    ``cuda`` -> ``CUDAExecutionProvider``, ``tensorrt`` -> ``TensorrtExecutionProvider``,
+    ``cpu`` -> ``CPUExecutionProvider`` ... (any provider onnxruntime knows, case-insensitive).
+    """
+    import onnxruntime as ort
+
+    if not requested:
+        return ["CPUExecutionProvider"]
+    names = {n.lower(): n for n in ort.get_all_providers()}
+    names.update({n.lower()[:-len(SUFFIX)]: n for n in ort.get_all_providers() if n.endswith(SUFFIX)})
+    available = ort.get_available_providers()
+    out = []
+    for item in requested:
+        full = names.get(str(item).strip().lower())
+        if full is None:
+            raise EngineOptionError(f"unknown onnxruntime execution provider {item!r}; this onnxruntime has: "
+                                    f"{_short(available)}")
+        if full not in available:
+            hint = " (CUDA/TensorRT need the onnxruntime-gpu package instead of onnxruntime)" \
+                if full in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else ""
+            raise EngineOptionError(f"this onnxruntime {ort.__version__} has no {full}{hint}; "
+                                    f"available: {_short(available)}")
+        if full not in out:
+            out.append(full)
+    return out
+
+
+def _short(names: Sequence[str]) -> str:
+    return ", ".join(f"{n[:-len(SUFFIX)].lower()} ({n})" if n.endswith(SUFFIX) else n for n in names)
 
 
 class OnnxEngine(Engine):
@@ -21,6 +61,11 @@ class OnnxEngine(Engine):
     False hands the cache through numpy each step, kept for comparison in benchmarks)."""
 
     name = "onnx"
+    known_options = {
+        "threads": EngineOption("int", "intra-op threads (default: onnxruntime's choice)"),
+        "providers": EngineOption("list", "execution providers in priority order: cuda,cpu (default cpu)"),
+        "io_binding": EngineOption("bool", "keep the KV cache in onnxruntime buffers (default true)"),
+    }
 
     def __init__(self, bundle, threads: int | None = None, providers: Sequence[str] | None = None,
                  io_binding: bool = True, **options):
@@ -32,11 +77,17 @@ class OnnxEngine(Engine):
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        model = bundle.file(bundle.manifest["artifacts"]["model"])
+        model = bundle.artifact("model")
+        wanted = resolve_providers(providers)
         try:
-            self.session = ort.InferenceSession(str(model), so, providers=list(providers or ["CPUExecutionProvider"]))
+            self.session = ort.InferenceSession(str(model), so, providers=wanted)
         except Exception as exc:
             raise BundleError(f"onnxruntime cannot load {model}: {exc}") from exc
+        missing = [p for p in wanted if p not in self.session.get_providers()]
+        if missing:  # onnxruntime falls back to the CPU with only a warning: refuse instead
+            raise EngineOptionError(f"onnxruntime could not start {', '.join(missing)} for {model.name} "
+                                    f"(see its log above); running on {', '.join(self.session.get_providers())}")
+        _check_io(self.session, self.spec, bundle.source)
         names = [i.name for i in self.session.get_inputs()]
         self.past_names = [n for n in names if n.startswith("past_")]
         self.present_names = ["present_" + n[len("past_"):] for n in self.past_names]
@@ -50,6 +101,23 @@ class OnnxEngine(Engine):
     def reset(self) -> None:
         self.cache = [self._empty] * len(self.past_names)
         self.position = 0
+
+    def truncate(self, length: int) -> bool:
+        """Keep the first ``length`` positions of every cache tensor (one copy of each)."""
+        if not 0 <= length <= self.position:
+            return False
+        if length in (0, self.position):
+            return super().truncate(length)
+        import onnxruntime as ort
+
+        kept = []
+        for value in self.cache:  # (1, kv, P, hd) -> (1, kv, length, hd)
+            arr = value.numpy() if self.io_binding else value
+            cut = np.ascontiguousarray(arr[:, :, :length])
+            kept.append(ort.OrtValue.ortvalue_from_numpy(cut) if self.io_binding else cut)
+        self.cache = kept
+        self.position = length
+        return True
 
     def _run(self, ids: np.ndarray) -> np.ndarray:
         ids = np.ascontiguousarray(ids.reshape(1, -1))
@@ -82,3 +150,18 @@ class OnnxEngine(Engine):
     def close(self) -> None:
         self.session = None
         self.cache = []
+
+
+def _check_io(session, spec, where) -> None:
+    """BundleError when the manifest's spec disagrees with the graph's fixed dimensions, so a
+    mismatched bundle is refused at load instead of failing inside onnxruntime at the first step."""
+    want = {"past_": (1, spec.num_kv_heads, None, spec.head_dim), "logits": (1, spec.vocab_size)}
+    for io in [*session.get_inputs(), *session.get_outputs()]:
+        expected = next((shape for prefix, shape in want.items() if io.name.startswith(prefix)), None)
+        if expected is None:
+            continue
+        shape = list(io.shape)
+        if len(shape) != len(expected) or any(isinstance(d, int) and e is not None and d != e
+                                              for d, e in zip(shape, expected)):
+            raise BundleError(f"{where}: the model's '{io.name}' has shape {shape}, but the manifest's spec "
+                              f"implies {['?' if e is None else e for e in expected]}")

@@ -24,11 +24,19 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgeslm.errors import BundleError, GenerationError
-from edgeslm.runtime.engine import Engine
+from edgeslm.runtime.engine import Engine, EngineOption
 
 
 class OpenVINOEngine(Engine):
     name = "openvino"
+    known_options = {
+        "device": EngineOption("str", "CPU (default), GPU, NPU, AUTO ..."),
+        "threads": EngineOption("int", "INFERENCE_NUM_THREADS"),
+        "inference_precision": EngineOption("str", "f32 (default), bf16, f16 or default"),
+        "kv_cache_precision": EngineOption("str", "KV_CACHE_PRECISION (default follows inference_precision)"),
+        "performance_hint": EngineOption("str", "PERFORMANCE_HINT (default LATENCY)"),
+        "cache_dir": EngineOption("str", "CACHE_DIR for compiled blobs"),
+    }
 
     def __init__(self, bundle, device: str = "CPU", threads: int | None = None,
                  inference_precision: str | None = "f32", kv_cache_precision: str | None = None,
@@ -41,7 +49,7 @@ class OpenVINOEngine(Engine):
         self.core = ov.Core()
         if cache_dir:
             self.core.set_property({"CACHE_DIR": str(cache_dir)})
-        path = bundle.file(bundle.manifest["artifacts"]["model"])
+        path = bundle.artifact("model")
         try:
             model = self.core.read_model(str(path))
         except Exception as exc:
@@ -78,6 +86,25 @@ class OpenVINOEngine(Engine):
         else:
             self.cache = [self._empty] * len(self.past_names)
         self.position = 0
+
+    def truncate(self, length: int) -> bool:
+        """Cut every cache tensor (state variable or numpy IO) to its first ``length`` positions."""
+        if not 0 <= length <= self.position:
+            return False
+        if length in (0, self.position):
+            return super().truncate(length)
+        if self.stateful:
+            import openvino as ov
+
+            try:
+                for state in self.request.query_state():  # (1, kv, P, hd) -> (1, kv, length, hd)
+                    state.state = ov.Tensor(np.ascontiguousarray(state.state.data[:, :, :length]))
+            except Exception:  # a device whose state is not host-readable: the Generator resets instead
+                return False
+        else:
+            self.cache = [np.ascontiguousarray(c[:, :, :length]) for c in self.cache]
+        self.position = length
+        return True
 
     def prefill(self, token_ids: Sequence[int]) -> np.ndarray:
         return self._run(self.check_tokens(token_ids))

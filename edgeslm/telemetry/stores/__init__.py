@@ -15,8 +15,9 @@ from .memory import MemoryStore
 __all__ = ["Batch", "DeadLetter", "DeviceRow", "MemoryStore", "Store", "open_store"]
 
 
-def open_store(url: str) -> Store:
-    """Open (and create the tables of) the store named by ``url``."""
+def open_store(url: str, create: bool = True) -> Store:
+    """Open the store named by ``url``; ``create`` makes its tables, ``create=False`` (the
+    read-only views) refuses a store that does not exist instead of making an empty one."""
     if url.startswith("memory:"):
         return MemoryStore()
     if url.startswith("sqlite:"):
@@ -29,12 +30,12 @@ def open_store(url: str) -> Store:
             raise TelemetryError(f"store URL {url!r}: use sqlite:///relative.db or sqlite:////absolute.db")
         if not path:
             raise TelemetryError(f"store URL {url!r} names no file")
-        return SQLiteStore(path)
+        return SQLiteStore(path, create=create)
     if url.startswith(("postgresql:", "postgres:")):
         from .postgres import PostgresStore
 
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
         schema = query.pop("schema", None)
-        return PostgresStore(urlunsplit(parts._replace(query=urlencode(query))), schema=schema)
+        return PostgresStore(urlunsplit(parts._replace(query=urlencode(query))), schema=schema, create=create)
     raise TelemetryError(f"store URL {url!r}: expected sqlite:///FILE, postgresql://... or memory://")

@@ -16,18 +16,21 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .. import schema
 from ..schema import Message
+from ..validate import METRIC_COLUMNS
 
 
 @dataclass
 class DeadLetter:
     topic: str
-    reason: str  # malformed_json | schema_version | invalid | oversized | topic
+    reason: str  # malformed_json | schema_version | invalid | oversized | topic | store
     detail: str  # the one-line error
     size: int  # payload bytes as received
     payload: bytes  # first KiB only, enough to debug the sender
     received_at: float = field(default_factory=time.time)
+    #: (fleet, device, seq) of the refused message when known (not stored): the collector tells the
+    #: device it may forget it, since sending it again would be refused again
+    ack: tuple[str, str, int] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -51,8 +54,9 @@ class DeviceRow:
     device: str
     online: bool | None = None  # None: no status message seen yet
     reason: str | None = None  # connected | shutdown | lost
-    status_ts: float | None = None
-    last_seen: float | None = None  # ts of the newest telemetry
+    status_ts: float | None = None  # the device's ts in its newest status (display only)
+    status_received_at: float | None = None  # collector receive time of the newest status (orders statuses)
+    last_seen: float | None = None  # ts of the newest telemetry (device clock)
     last_seq: int | None = None
     model_id: str | None = None
     model_hash: str | None = None
@@ -64,40 +68,31 @@ class DeviceRow:
     tok_s_p50: float | None = None
     cpu: float | None = None
     temperature: float | None = None
+    last_received_at: float | None = None  # collector receive time of the newest telemetry (staleness)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 #: flattened telemetry columns, in insert order (payload keeps everything else)
-TELEMETRY_COLUMNS = ("fleet", "device", "seq", "ts", "received_at", "model_id", "model_hash", "requests", "errors",
-                     "ttft_p50_s", "ttft_p95_s", "ttft_max_s", "duration_p95_s", "tpot_p95_s", "tok_s_p50",
-                     "input_tokens", "output_tokens", "cpu", "memory_util", "temperature", "dropped", "payload")
+TELEMETRY_COLUMNS = ("fleet", "device", "seq", "ts", "received_at") + METRIC_COLUMNS + ("payload",)
 DEVICE_COLUMNS = ("fleet", "device", "last_seen", "last_seq", "model_id", "model_hash", "runtime", "requests", "errors",
-                  "ttft_p95_s", "duration_p95_s", "tok_s_p50", "cpu", "temperature")
+                  "ttft_p95_s", "duration_p95_s", "tok_s_p50", "cpu", "temperature", "last_received_at")
+_COL = {c: i for i, c in enumerate(METRIC_COLUMNS)}
+_DEVICE_METRICS = tuple(_COL[c] for c in ("requests", "errors", "ttft_p95_s", "duration_p95_s", "tok_s_p50", "cpu",
+                                          "temperature"))
 
 
 def telemetry_row(msg: Message, received_at: float) -> tuple:
-    m, r = msg.metrics, msg.resource
-    ttft = m.get(schema.TTFT) or {}
-    dur = m.get(schema.REQUEST_DURATION) or {}
-    tokens = m.get(schema.TOKEN_USAGE) or {}
-    errors = m.get(schema.ERRORS) or {}
-    return (msg.fleet, msg.device, msg.seq, msg.ts, received_at, r.get("edgeslm.bundle.id"),
-            r.get("edgeslm.bundle.sha256"), dur.get("count"), errors.get("total"), ttft.get("p50"), ttft.get("p95"),
-            ttft.get("max"), dur.get("p95"), (m.get(schema.TPOT) or {}).get("p95"),
-            (m.get(schema.DECODE_RATE) or {}).get("p50"), tokens.get("input"), tokens.get("output"),
-            m.get(schema.CPU), m.get(schema.MEMORY_UTIL), m.get(schema.TEMPERATURE),
-            (msg.body.get("agent") or {}).get("dropped"), msg.raw.decode("utf-8", "replace"))
+    """The telemetry table's values for ``msg`` (columns were extracted once, by validation)."""
+    return (msg.fleet, msg.device, msg.seq, msg.ts, msg.received_at or received_at) + msg.columns + (msg.text,)
 
 
-def device_row(msg: Message) -> tuple:
+def device_row(msg: Message, received_at: float = 0.0) -> tuple:
     """The devices-table values a telemetry message sets (newest seq wins)."""
-    t = telemetry_row(msg, 0.0)
-    col = dict(zip(TELEMETRY_COLUMNS, t))
-    return (msg.fleet, msg.device, msg.ts, msg.seq, col["model_id"], col["model_hash"],
-            msg.resource.get("edgeslm.runtime"), col["requests"], col["errors"], col["ttft_p95_s"],
-            col["duration_p95_s"], col["tok_s_p50"], col["cpu"], col["temperature"])
+    c = msg.columns
+    return ((msg.fleet, msg.device, msg.ts, msg.seq, c[0], c[1], msg.resource.get("edgeslm.runtime"))
+            + tuple(c[i] for i in _DEVICE_METRICS) + (msg.received_at or received_at,))
 
 
 def newest_per_device(msgs: list[Message]) -> list[Message]:
@@ -111,10 +106,16 @@ def newest_per_device(msgs: list[Message]) -> list[Message]:
 
 
 def newest_status(msgs: list[Message]) -> list[Message]:
+    """The status each device had last, by broker arrival: the last one received wins.
+
+    Not by the device's ``ts``: a last will is written when the device connects, so its ``ts``
+    is older than the "connected" status that follows it, and a device clock far in the future
+    would otherwise pin a device online for good.
+    """
     best: dict[tuple[str, str], Message] = {}
-    for msg in msgs:
+    for msg in msgs:  # in receive order
         key = (msg.fleet, msg.device)
-        if key not in best or msg.ts >= best[key].ts:
+        if key not in best or msg.received_at >= best[key].received_at:
             best[key] = msg
     return list(best.values())
 
@@ -154,6 +155,15 @@ class Store(ABC):
     @abstractmethod
     def telemetry_count(self, fleet: str | None = None) -> int:
         """Telemetry rows stored (of one fleet)."""
+
+    def healthy(self) -> bool:
+        """True when the store can take a write now (a store that lost its connection reconnects here)."""
+        return True
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """For a failed :meth:`write`: True if the store is unavailable (retry the batch later),
+        False if the data caused it (the collector then bisects the batch to find the message)."""
+        return not self.healthy()
 
     def close(self) -> None:
         """Release connections."""

@@ -37,12 +37,14 @@ class MemoryStore(Store):
                 new += 1
                 row = self._device(msg.fleet, msg.device)
                 if row.last_seq is None or msg.seq > row.last_seq:
-                    for col, value in zip(DEVICE_COLUMNS[2:], device_row(msg)[2:]):
+                    for col, value in zip(DEVICE_COLUMNS[2:], device_row(msg, now)[2:]):
                         setattr(row, col, value)
-            for msg in batch.status:
+            for msg in batch.status:  # newest by broker arrival, not by the device's clock
                 row = self._device(msg.fleet, msg.device)
-                if row.status_ts is None or msg.ts >= row.status_ts:
-                    row.online, row.reason, row.status_ts = bool(msg.body["online"]), msg.body.get("reason"), msg.ts
+                received = msg.received_at or now
+                if row.status_received_at is None or received >= row.status_received_at:
+                    row.online, row.reason = bool(msg.body["online"]), msg.body.get("reason")
+                    row.status_ts, row.status_received_at = msg.ts, received
             for msg in batch.events:
                 e = dict(zip(EVENT_COLUMNS, event_row(msg, now)))
                 e["attributes"] = msg.body.get("attributes") or {}

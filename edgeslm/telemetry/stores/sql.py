@@ -22,6 +22,7 @@ CREATE TABLE IF NOT EXISTS devices (
   fleet TEXT NOT NULL, device TEXT NOT NULL, online BOOLEAN, reason TEXT, status_ts {real},
   last_seen {real}, last_seq BIGINT, model_id TEXT, model_hash TEXT, runtime TEXT, requests BIGINT, errors BIGINT,
   ttft_p95_s {real}, duration_p95_s {real}, tok_s_p50 {real}, cpu {real}, temperature {real},
+  last_received_at {real}, status_received_at {real},
   PRIMARY KEY (fleet, device));
 CREATE TABLE IF NOT EXISTS events (
   id TEXT PRIMARY KEY, fleet TEXT NOT NULL, device TEXT NOT NULL, ts {real} NOT NULL, received_at {real} NOT NULL,
@@ -31,6 +32,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
   size BIGINT NOT NULL, payload {blob});
 CREATE INDEX IF NOT EXISTS telemetry_recent ON telemetry (fleet, device, ts);
 """
+#: columns added after the first release: (table, column, type key); opening a store adds them
+ADDED_COLUMNS = (("devices", "last_received_at", "real"), ("devices", "status_received_at", "real"))
+TABLES = ("telemetry", "devices", "events", "dead_letters")
 
 
 def _cols(cols: tuple[str, ...]) -> str:
@@ -64,10 +68,13 @@ class SQLStore(Store):
             "device": f"INSERT INTO devices ({_cols(DEVICE_COLUMNS)}) VALUES ({_marks(len(DEVICE_COLUMNS), m)}) "
                       f"ON CONFLICT (fleet, device) DO UPDATE SET {dev_updates} "
                       "WHERE devices.last_seq IS NULL OR excluded.last_seq > devices.last_seq",
-            "status": f"INSERT INTO devices (fleet, device, online, reason, status_ts) VALUES ({_marks(5, m)}) "
+            # newest by broker arrival (collector receive time), never by the device's own clock
+            "status": f"INSERT INTO devices (fleet, device, online, reason, status_ts, status_received_at) "
+                      f"VALUES ({_marks(6, m)}) "
                       "ON CONFLICT (fleet, device) DO UPDATE SET online=excluded.online, reason=excluded.reason, "
-                      "status_ts=excluded.status_ts "
-                      "WHERE devices.status_ts IS NULL OR excluded.status_ts >= devices.status_ts",
+                      "status_ts=excluded.status_ts, status_received_at=excluded.status_received_at "
+                      "WHERE devices.status_received_at IS NULL "
+                      "OR excluded.status_received_at >= devices.status_received_at",
             "event": f"INSERT INTO events ({_cols(EVENT_COLUMNS)}) VALUES ({_marks(len(EVENT_COLUMNS), m)}) "
                      "ON CONFLICT (id) DO NOTHING",
             "dead": "INSERT INTO dead_letters (received_at, topic, reason, detail, size, payload) "
@@ -86,10 +93,10 @@ class SQLStore(Store):
         try:
             new = self._insert_telemetry(cur, [telemetry_row(msg, now) for msg in batch.telemetry])
             if batch.telemetry:
-                cur.executemany(sql["device"], [device_row(msg) for msg in newest_per_device(batch.telemetry)])
+                cur.executemany(sql["device"], [device_row(msg, now) for msg in newest_per_device(batch.telemetry)])
             if batch.status:
-                cur.executemany(sql["status"], [(s.fleet, s.device, bool(s.body["online"]), s.body.get("reason"), s.ts)
-                                                for s in newest_status(batch.status)])
+                cur.executemany(sql["status"], [(s.fleet, s.device, bool(s.body["online"]), s.body.get("reason"), s.ts,
+                                                 s.received_at or now) for s in newest_status(batch.status)])
             if batch.events:
                 cur.executemany(sql["event"], [event_row(e, now) for e in batch.events])
             if batch.dead:
@@ -109,6 +116,46 @@ class SQLStore(Store):
         cur.executemany(self._statements["telemetry"], rows)
         return max(cur.rowcount, 0)
 
+    # -- health ---------------------------------------------------------------------------
+    #: exception types that mean "the database is unavailable", not "this data is bad"
+    transient_errors: tuple[type[BaseException], ...] = ()
+
+    def healthy(self) -> bool:
+        """True when a trivial query succeeds (a store that lost its connection reconnects here)."""
+        try:
+            self._query("SELECT 1")
+            return True
+        except Exception:
+            return False
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """Retry the whole batch later (True) or look for the message that caused ``exc`` (False)."""
+        return isinstance(exc, self.transient_errors) or not self.healthy()
+
+    # -- opening ----------------------------------------------------------------------------
+    def _existing_tables(self, cur) -> set[str]:
+        raise NotImplementedError
+
+    def _existing_columns(self, cur, table: str) -> set[str]:
+        raise NotImplementedError
+
+    def _prepare(self, cur, create: bool, types: dict[str, str], where: str) -> None:
+        """Create the tables (``create``) or require them; add columns newer releases use."""
+        from ...errors import TelemetryError
+
+        if create:
+            for stmt in DDL.format(**types).split(";"):
+                if stmt.strip():
+                    cur.execute(stmt)
+        else:
+            missing = [t for t in TABLES if t not in self._existing_tables(cur)]
+            if missing:
+                raise TelemetryError(f"{where} is not an edgeslm fleet store (no {', '.join(missing)} table); "
+                                     "check --db, or let `edgeslm fleet collect --db ...` create it")
+        for table, col, kind in ADDED_COLUMNS:
+            if col not in self._existing_columns(cur, table):
+                cur.execute(f"ALTER TABLE {table} ADD COLUMN {col} {types[kind]}")
+
     # -- reading ----------------------------------------------------------------------------
     def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
         with self._lock:
@@ -122,7 +169,7 @@ class SQLStore(Store):
             return rows
 
     def devices(self, fleet: str | None = None) -> list[DeviceRow]:
-        cols = ("fleet", "device", "online", "reason", "status_ts") + DEVICE_COLUMNS[2:]
+        cols = ("fleet", "device", "online", "reason", "status_ts", "status_received_at") + DEVICE_COLUMNS[2:]
         where, params = ("WHERE fleet = ?", (fleet,)) if fleet else ("", ())
         rows = self._query(f"SELECT {_cols(cols)} FROM devices {where} ORDER BY fleet, device", params)
         out = []
@@ -164,8 +211,12 @@ class SQLStore(Store):
         return int(self._query("SELECT count(*) FROM telemetry")[0][0])
 
     def close(self) -> None:
+        """Close the connection; does not wait more than a few seconds for a write stuck in the database."""
+        locked = self._lock.acquire(timeout=5)
         try:
-            with self._lock:
-                self.conn.close()
+            self.conn.close()
         except Exception:  # pragma: no cover - already closed
             pass
+        finally:
+            if locked:
+                self._lock.release()

@@ -13,23 +13,46 @@ import threading
 from pathlib import Path
 
 from ...errors import TelemetryError
-from .sql import DDL, SQLStore
+from .sql import SQLStore
+
+_TYPES = {"real": "REAL", "blob": "BLOB", "serial": "INTEGER PRIMARY KEY AUTOINCREMENT"}
 
 
 class SQLiteStore(SQLStore):
     mark = "?"
+    # locked / busy / disk full / I/O error: the file is unavailable, not the data bad
+    transient_errors = (sqlite3.OperationalError,)
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, create: bool = True):
+        """Open ``path``; ``create=False`` (the read-only views) refuses a file that does not exist."""
         self.path = str(path)
         self._lock = threading.RLock()  # one connection: reads and writes take turns
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            p = Path(self.path)
+            if not create and not p.is_file():
+                raise TelemetryError(f"no fleet store at {self.path}: check --db (a collector creates it: "
+                                     f"edgeslm fleet collect --db sqlite:///{self.path})")
+            try:
+                p.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise TelemetryError(f"cannot create the folder of the SQLite store {self.path}: "
+                                     f"{exc.strerror or exc}") from None
         try:
             self.conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
-            self.conn.executescript(DDL.format(real="REAL", blob="BLOB", serial="INTEGER PRIMARY KEY AUTOINCREMENT"))
+            cur = self.conn.cursor()
+            self._prepare(cur, create, _TYPES, self.path)
             self.conn.commit()
         except sqlite3.Error as exc:
-            raise TelemetryError(f"cannot open the SQLite store {self.path}: {exc}") from exc
+            raise TelemetryError(f"cannot open the SQLite store {self.path}: {exc}") from None
+        except TelemetryError:
+            self.conn.close()
+            raise
         self._statements = self._sql()
+
+    def _existing_tables(self, cur) -> set[str]:
+        return {r[0] for r in cur.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    def _existing_columns(self, cur, table: str) -> set[str]:
+        return {r[1] for r in cur.execute(f"PRAGMA table_info({table})")}

@@ -16,6 +16,7 @@ import numpy as np
 
 from edgeslm._deps import require
 from edgeslm.errors import ExportError
+from edgeslm.outputs import make_dir
 from edgeslm.progress import NULL_STEPS, Steps
 
 from .model import CharVocab, make_module, onehot, train, windows
@@ -54,7 +55,7 @@ def build_micro_model(text: str, out_dir: str | Path, cfg: MicroConfig | None = 
     cfg = cfg or MicroConfig()
     torch = require("torch", "export", "training a micro model")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     vocab = CharVocab.from_text(text, cfg.max_vocab)
     ids = vocab.encode(text)
     if len(ids) < 4 * cfg.context + 64:
