@@ -164,3 +164,16 @@ def test_threshold_falls_back_to_the_export_measurement():
     assert threshold(B, 0.5) == (0.5, "--min-agreement")
     B.manifest["parity_reference"]["min_top1_agreement"] = 0.95
     assert threshold(B, None) == (0.95, "exporter")
+
+
+@requires_export
+def test_on_device_through_a_signed_private_copy(onnx_bundle, tmp_path, capsys):
+    pytest.importorskip("cryptography")
+    b = tmp_path / "b"
+    shutil.copytree(onnx_bundle, b)
+    assert run(["keys", "generate", str(tmp_path / "k")], capsys)[0] == 0
+    assert run(["keys", "sign", str(b), "--key", str(tmp_path / "k.key")], capsys)[0] == 0
+    code, out, err = run(["verify", str(b), "--key", str(tmp_path / "k.pub"), "--on-device", "--json"], capsys)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["signature"] == "ok" and res["on_device"]["passed"] and res["on_device"]["tokens"] == 24
