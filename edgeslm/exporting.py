@@ -20,6 +20,7 @@ from .errors import ExportError, ParityError
 from .outputs import check_output_dir, make_dir
 from .plugins import get_engine, get_exporter
 from .progress import NULL_STEPS, Steps
+from .verify.reference import add_to_manifest as add_reference
 
 
 @dataclass
@@ -107,9 +108,10 @@ def export_model(model: str | Path | Any, out_dir: str | Path, format: str = "on
         report = None
         if parity:
             report = check_parity(source, tmp, exporter.min_top1_agreement.get(precision), parity_tokens, steps,
-                                  exporter=exporter)
+                                  exporter=exporter, reference_dir=tmp)
             manifest = json.loads((tmp / MANIFEST_FILE).read_text())
             manifest["parity"] = report.to_dict()
+            add_reference(manifest, tmp, report.min_top1_agreement)  # for `edgeslm verify --on-device`
             (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -126,13 +128,18 @@ def export_model(model: str | Path | Any, out_dir: str | Path, format: str = "on
 
 
 def check_parity(source, bundle_dir: Path, min_agreement: float | None, tokens: int, steps: Steps,
-                 exporter: Exporter | None = None):
+                 exporter: Exporter | None = None, reference_dir: Path | None = None):
+    """Compare the bundle with its source; with ``reference_dir``, also store the source's side
+    there (``parity_reference.npz``: prompts, greedy tokens, top-k logits) for on-device checks."""
     from .verify.parity import reference_run, run_parity, source_text_nll
+    from .verify.reference import save_reference
 
     bundle = Bundle.open(bundle_dir)
     with steps.step(f"Running the source on {tokens}-token parity prompts"):
         refs = reference_run(source, new_tokens=tokens)
         text_ids, src_nll = source_text_nll(source, max_tokens=int(bundle.manifest["context_length"]))
+    if reference_dir is not None:
+        save_reference(reference_dir, refs, text_ids, src_nll)
     engine = exporter.parity_engine(bundle) if exporter is not None else None
     if engine is None:
         engine = get_engine(bundle.format)(bundle)

@@ -13,6 +13,15 @@ fi
 PIP="$VENV/bin/python -m pip"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# Debian tools the service-file tests use (systemd-analyze verify, shellcheck); skipped where
+# apt-get is not available or we are not root (those tests then skip, saying why).
+if { ! command -v systemd-analyze >/dev/null || ! command -v shellcheck >/dev/null; } \
+    && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "==> installing systemd and shellcheck (apt-get)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd shellcheck >/dev/null; } \
+    || echo "    (not installable here; the service-file tests will skip)"
+fi
+
 # Reinstall only when the project's install files changed since the last successful setup.
 stamp="$VENV/.edgeslm-setup"
 inputs=$(cat pyproject.toml backends/*/pyproject.toml scripts/setup.sh 2>/dev/null | sha256sum | cut -c1-16)

@@ -64,15 +64,31 @@ def info_command(bundle, as_json):
 @click.option("--parity", "rerun", is_flag=True,
               help="Re-run the parity check against the source model (needs the export extra).")
 @click.option("--source", default=None, help="Source model for --parity [default: the manifest's model name].")
+@click.option("--on-device", "on_device", is_flag=True,
+              help="Replay the parity reference stored in the bundle through this machine's engine (no torch, "
+                   "no source): top-1 agreement and KL against the source; fails below the bundle's threshold.")
+@click.option("--min-agreement", type=click.FloatRange(0.0, 1.0), default=None,
+              help="With --on-device: the top-1 agreement required [default: the exporter's threshold for the "
+                   "bundle's precision, else the agreement measured at export less 0.05].")
 @json_option
-def verify_command(bundle, keys, rerun, source, as_json):
+def verify_command(bundle, keys, rerun, source, on_device, min_agreement, as_json):
     """Check BUNDLE: every file's sha256, the signature (with --key), that the engine opens it
-    and produces finite logits, and optionally parity against the source model.
+    and produces finite logits, and optionally parity against the source model (--parity, on
+    the workstation) or against the reference the bundle carries (--on-device, on the device).
 
-    Exits non-zero, naming the file, when anything does not match.
+    \b
+    Examples:
+      edgeslm verify out/smollm2-onnx
+      edgeslm verify out/smollm2-onnx --on-device        # on the Pi: are this CPU's kernels still right?
+      edgeslm verify out/smollm2-onnx --parity           # on the workstation, against the source model
+
+    Exits non-zero, naming the file, when anything does not match, and when --on-device or
+    --parity agreement is below the threshold.
     """
     from ..bundle import Bundle
 
+    if min_agreement is not None and not on_device:
+        raise click.UsageError("--min-agreement applies to --on-device only")
     # One read of the manifest: the signature (with --key) is checked over the bytes that are then
     # parsed, and with keys the engine runs a private copy made while hashing the files.
     b = Bundle.open(bundle, verify=True, trusted_keys=list(keys) or None)
@@ -80,19 +96,16 @@ def verify_command(bundle, keys, rerun, source, as_json):
         result = {"bundle": str(b.source), "files": len(b.manifest["files"]), "hashes": "ok"}
         if keys:
             result["signature"] = "ok"
-        _check_engine(b, result, rerun, source, as_json)
+        _check_engine(b, result, rerun, source, as_json, on_device, min_agreement)
     finally:
         b.close()
-    if as_json:
-        emit_json(result)
-    else:
-        click.echo(f"ok: {b.source} — {result['files']} files match the manifest"
-                   + (", signature valid" if keys else "") + ", engine runs"
-                   + (f", parity {result['parity']['top1_agreement']:.1%}" if rerun else ""))
+    _report_verify(b, result, keys, rerun, as_json)
 
 
-def _check_engine(b, result: dict, rerun: bool, source, as_json: bool) -> None:
-    """Open the engine on the (verified) bundle, check one prefill, optionally re-run parity."""
+def _check_engine(b, result: dict, rerun: bool, source, as_json: bool, on_device: bool = False,
+                  min_agreement: float | None = None) -> None:
+    """Open the engine on the (verified) bundle, check one prefill, optionally re-run parity
+    against the source (``rerun``) or against the bundle's stored reference (``on_device``)."""
     import numpy as np
 
     from ..errors import BundleError
@@ -121,5 +134,27 @@ def _check_engine(b, result: dict, rerun: bool, source, as_json: bool) -> None:
             result["parity"] = report.to_dict()
             if not report.passed:
                 raise BundleError(f"{b.source}: parity failed: top-1 agreement {report.top1_agreement:.1%}")
+        if on_device:
+            from ..verify.reference import check_on_device
+
+            result["on_device"] = check_on_device(b, engine, min_agreement).to_dict()
     finally:
         engine.close()
+
+
+def _report_verify(b, result, keys, rerun, as_json) -> None:
+    from ..errors import BundleError
+    from ..verify.reference import OnDeviceReport, describe
+
+    dev = result.get("on_device")
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"{'ok' if not dev or dev['passed'] else 'FAILED'}: {b.source} — {result['files']} files match "
+                   "the manifest" + (", signature valid" if keys else "") + ", engine runs"
+                   + (f", parity {result['parity']['top1_agreement']:.1%}" if rerun else ""))
+        if dev:
+            click.echo(describe(OnDeviceReport(**dev)))
+    if dev and not dev["passed"]:
+        raise BundleError(f"{b.source}: on-device parity failed: top-1 agreement {dev['top1_agreement']:.1%} "
+                          f"< {dev['min_top1_agreement']:.1%} ({dev['threshold_from']})")

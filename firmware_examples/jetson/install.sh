@@ -1,0 +1,1 @@
+../raspberry-pi/install.sh
