@@ -35,7 +35,7 @@ def assert_one_line(code, err, fragment, exit_code=1):
     (["--prompt", "hi", "-t", "0.8", "--seed", "-1"], None, "seed must be an integer >= 0"),
     (["--prompt", "hi", "-t", "nan"], None, "temperature must be a finite number"),
     (["--prompt", "hi", "-t", "0.8", "--top-k", "-3"], None, "top_k must be >= 0"),
-    (["--prompt", "hi", "--top-p", "nan"], None, "top_p must be in (0, 1]"),
+    (["--prompt", "hi", "-t", "0.8", "--top-p", "nan"], None, "top_p must be in (0, 1]"),
 ])
 def test_run_bad_generation_input(onnx_bundle, capsys, monkeypatch, argv, stdin, fragment):
     code, _, err = run(["run", onnx_bundle, "-n", "2", *argv], capsys, stdin, monkeypatch)
