@@ -13,6 +13,21 @@ fi
 PIP="$VENV/bin/python -m pip"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# System tools the fleet tests use: a real Prometheus scrapes `fleet collect --http-port`, a real
+# headless Chromium (driven by Selenium through chromium-driver) opens its dashboard. Debian
+# packages; installed when missing and we may (root with apt-get), else those tests skip and say why.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  missing=()
+  command -v prometheus >/dev/null || missing+=(prometheus)
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v chromedriver >/dev/null || missing+=(chromium-driver)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "==> apt-get install ${missing[*]}"
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" \
+      || echo "WARNING: could not install ${missing[*]}; the Prometheus/dashboard tests will skip" >&2
+  fi
+fi
+
 # Reinstall only when the project's install files changed since the last successful setup.
 stamp="$VENV/.edgeslm-setup"
 inputs=$(cat pyproject.toml backends/*/pyproject.toml scripts/setup.sh 2>/dev/null | sha256sum | cut -c1-16)
@@ -27,7 +42,7 @@ echo "==> installing torch (CPU build)"
 $PIP install -q ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "torch==${TORCH_VERSION:-2.13.0}"
 
 echo "==> installing edgeslm, backends and tools"
-args=(-e ".[export,sign,postgres,serve,test,compress]")
+args=(-e ".[export,sign,postgres,serve,fleet,test,compress]")
 for b in backends/*/; do
   [ -f "$b/pyproject.toml" ] && args+=(-e "${b%/}[export]")
 done
