@@ -84,7 +84,24 @@ class _Telemetry(msgspec.Struct, forbid_unknown_fields=True):
 
 _CHECK = msgspec.json.Decoder(_Telemetry)
 DECODER = msgspec.json.Decoder()  # untyped: the same values json.loads gives, or an error
-_R, _T, _TP, _D = schema.REQUEST_DURATION, schema.TTFT, schema.TPOT, schema.DECODE_RATE
+
+
+class FastMessage(schema.Message):
+    """A telemetry message the fast path took: ``body`` (the plain dict) is decoded only if asked for.
+
+    The store needs only the columns and the text; alert rules and tests read ``body``.
+    """
+
+    @property
+    def body(self):  # noqa: D401 - the dataclass field of Message, decoded on first use
+        b = self.__dict__.get("_body")
+        if b is None:
+            b = self.__dict__["_body"] = DECODER.decode(self.raw)
+        return b
+
+    @body.setter
+    def body(self, value) -> None:
+        self.__dict__["_body"] = value
 
 
 def telemetry(parts, payload: bytes, received_at: float) -> schema.Message | None:
@@ -92,21 +109,18 @@ def telemetry(parts, payload: bytes, received_at: float) -> schema.Message | Non
     if b"\\u" in payload:
         return None
     try:
-        _CHECK.decode(payload)
-        b = DECODER.decode(payload)
+        t = _CHECK.decode(payload)
     except msgspec.DecodeError:  # ValidationError is one
         return None
-    if b["fleet"] != parts.fleet or b["device"] != parts.device:
+    if t.fleet != parts.fleet or t.device != parts.device:
         return None
-    m, r = b["metrics"], b.get("resource") or {}
-    dur, ttft, tpot, rate = m.get(_R), m.get(_T), m.get(_TP), m.get(_D)
-    tokens, errs = m.get(schema.TOKEN_USAGE) or {}, m.get(schema.ERRORS) or {}
-    msg = schema.Message("telemetry", parts.fleet, parts.device, float(b["ts"]), b, b["seq"], payload,
-                         payload.decode("utf-8"), received_at)
+    m, r, e, tok = t.metrics, t.resource, t.metrics.errors, t.metrics.tokens
+    dur, ttft = m.duration, m.ttft
+    msg = FastMessage("telemetry", parts.fleet, parts.device, t.ts, None, t.seq, payload, payload.decode("utf-8"),
+                      received_at)
     # the flattened store columns, as validate.METRIC_COLUMNS orders them
-    msg.columns = (r.get("edgeslm.bundle.id"), r.get("edgeslm.bundle.sha256"), dur and dur["count"],
-                   errs.get("total"), ttft and ttft["p50"], ttft and ttft["p95"], ttft and ttft["max"],
-                   dur and dur["p95"], tpot and tpot["p95"], rate and rate["p50"], tokens.get("input"),
-                   tokens.get("output"), m.get(schema.CPU), m.get(schema.MEMORY_UTIL), m.get(schema.TEMPERATURE),
-                   (b.get("agent") or {}).get("dropped"))
+    msg.columns = (r.get("edgeslm.bundle.id"), r.get("edgeslm.bundle.sha256"), dur and dur.count,
+                   e and e.total, ttft and ttft.p50, ttft and ttft.p95, ttft and ttft.max, dur and dur.p95,
+                   m.tpot and m.tpot.p95, m.rate and m.rate.p50, tok and tok.input, tok and tok.output, m.cpu,
+                   m.memory_util, m.temperature, t.agent and t.agent.dropped)
     return msg
