@@ -7,6 +7,8 @@ import threading
 import time
 from typing import Any
 
+from .rollouts import DDL as ROLLOUT_DDL
+from .rollouts import SQLRollouts
 from .base import (DEVICE_COLUMNS, EVENT_COLUMNS, TELEMETRY_COLUMNS, Batch, DeviceRow, Store, device_row, event_row,
                    newest_per_device, newest_status, telemetry_row)
 
@@ -46,7 +48,7 @@ def _marks(n: int, mark: str) -> str:
     return ", ".join([mark] * n)
 
 
-class SQLStore(Store):
+class SQLStore(SQLRollouts, Store):
     """A DB-API store; subclasses set ``mark`` (placeholder), open ``self.conn`` and may override inserts.
 
     Thread-safe: one connection, so a read (``fleet status``, a test, a dashboard thread) and the
@@ -145,7 +147,7 @@ class SQLStore(Store):
         from ...errors import TelemetryError
 
         if create:
-            for stmt in DDL.format(**types).split(";"):
+            for stmt in (DDL + ROLLOUT_DDL).format(**types).split(";"):
                 if stmt.strip():
                     cur.execute(stmt)
         else:
@@ -168,6 +170,19 @@ class SQLStore(Store):
                 cur.close()
             self.conn.commit()  # end the read transaction so the next read sees new rows
             return rows
+
+    def _execute(self, sql: str, rows: list[tuple]) -> None:
+        """``sql`` for each of ``rows``, in one transaction."""
+        with self._lock:
+            cur = self.conn.cursor()
+            try:
+                cur.executemany(sql.replace("?", self.mark), rows)
+                self.conn.commit()
+            except BaseException:
+                self.conn.rollback()
+                raise
+            finally:
+                cur.close()
 
     def devices(self, fleet: str | None = None) -> list[DeviceRow]:
         cols = ("fleet", "device", "online", "reason", "status_ts", "status_received_at") + DEVICE_COLUMNS[2:]
