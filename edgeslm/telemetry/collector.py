@@ -124,6 +124,9 @@ class Collector:
         self.on_alert = on_alert
         self.stats = CollectorStats()
         self.alerts = AlertEngine(config.alerts) if config.alerts and config.alerts.any else None
+        from .promexport import FleetMetrics
+
+        self.metrics = FleetMetrics(self, store)  # what /metrics serves (fleet collect --http-port)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._connected = threading.Event()
         self._stop = threading.Event()
@@ -312,6 +315,11 @@ class Collector:
         for d in res.dead:
             s.dead[d.reason] += 1
             log.warning("dead letter from %s: %s", d.topic, d.detail)
+        try:
+            self.metrics.observe([e for e in entries if isinstance(e, schema.Message)])
+            self.metrics.tick(s.received)
+        except Exception:  # metrics must never cost a message
+            log.exception("updating the Prometheus metrics failed")
         client = self._client
         if client is not None:
             for gen, part in chunks:  # PUBACK on the connection each came on (else the broker resends it)
