@@ -90,7 +90,7 @@ class FleetMetrics:
 
     def collect(self):
         """prometheus_client custom-collector protocol: yield metric families."""
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import GaugeMetricFamily
 
         with self._lock:
             latest, counts, up = dict(self._latest), {k: list(v) for k, v in self._counts.items()}, dict(self._up)
