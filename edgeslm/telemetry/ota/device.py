@@ -33,7 +33,7 @@ from ...bundle.schema import MANIFEST_FILE
 from ...errors import EdgeSLMError
 from . import health as H
 from .command import Command, CommandError, Health, verify
-from .download import Downloader, _sha256
+from .download import CHUNK, Downloader, _sha256
 from .slots import Slots
 
 log = logging.getLogger("edgeslm.ota")
@@ -82,13 +82,13 @@ class Deployer:
             model.close()
         trial = s.state.get("trial")
         if trial:
-            crashpoint("trial_boot")
-            trial["boots"] += 1
+            trial["boots"] += 1  # counted before anything of the new bundle runs
             s.save()
             limit = self._job_health().crash_loop_boots
             if trial["boots"] > limit:
                 self._revert("crash_loop", f"the agent restarted {trial['boots'] - 1} times on the new bundle")
                 return self.model  # the previous bundle, loaded by the revert
+            crashpoint("trial_boot")  # (tests: a bundle that kills the agent every time it starts)
         self.model = self._load_current()
         return self.model
 
@@ -363,7 +363,8 @@ class Deployer:
     def _chunk(self, name: str, done: int) -> None:
         if self._cancel.is_set():
             raise CommandError("cancelled", "the rollout was rolled back during the download")
-        crashpoint("download")
+        if done >= CHUNK:  # inside the first file longer than one read
+            crashpoint("download")
 
     def _job_command(self) -> Command | None:
         job = self.slots.state.get("job")
