@@ -183,13 +183,17 @@ def events_command(db, fleet_id, limit, as_json):
               help="Seconds between stats lines.")
 @click.option("--connect-timeout", default=15.0, show_default=True, type=click.FloatRange(0.1),
               help="Fail (exit 1) when the broker cannot be reached or refuses us within this many seconds.")
+@click.option("--ack-every", default=0.5, show_default=True, type=click.FloatRange(0, 60),
+              help="Seconds the end-to-end acks of one device are gathered (one ack message per device per period; "
+                   "raise it for large fleets: see docs/scaling.md).")
 @click.option("--http-port", default=None, type=click.IntRange(0, 65535),
               help="Serve Prometheus /metrics and the dashboard (/) on this port (0: any free one).")
 @click.option("--http-host", default="127.0.0.1", show_default=True, help="Address of --http-port (loopback by "
               "default: the page has no authentication).")
 @broker_options
 def collect_command(db, fleet_id, group, client_id, batch_size, offline_after, slo_ttft_p95_ms, max_error_rate,
-                    max_temperature, no_alerts, duration, report_every, connect_timeout, http_port, http_host, broker):
+                    max_temperature, no_alerts, duration, report_every, connect_timeout, ack_every, http_port, http_host,
+                    broker):
     """Subscribe to fleet telemetry and store it; evaluate alert rules and publish them as events.
 
     \b
@@ -215,7 +219,7 @@ def collect_command(db, fleet_id, group, client_id, batch_size, offline_after, s
         ttft_p95_slo_s=slo_ttft_p95_ms / 1000 if slo_ttft_p95_ms else None,
         error_rate=max_error_rate, temperature_c=max_temperature)
     cfg = CollectorConfig(broker=broker, fleet=fleet_id, group=group or None, client_id=client_id,
-                          batch_size=batch_size, alerts=rules)  # refuses bad input before a store is created
+                          batch_size=batch_size, alerts=rules, ack_every_s=ack_every)  # refuses bad input before a store
     if http_port is not None:
         try:
             import prometheus_client  # noqa: F401

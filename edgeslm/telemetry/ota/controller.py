@@ -92,7 +92,6 @@ class Controller:
                  clock: Callable[[], float] = time.time):
         self.store, self.publish, self.key, self.clock = store, publish, private_key, clock
         self._cursor: dict[str, float] = {}
-        self._unwind_at: dict[str, float] = {}  # when the rollback commands went out (per rollout, this process)
 
     # -- creating --------------------------------------------------------------------------
     def create(self, rid: str, spec: RolloutSpec, devices: list[str]) -> dict[str, Any]:
@@ -121,6 +120,8 @@ class Controller:
         if r["state"] not in allowed[state]:
             raise TelemetryError(f"rollout {rid} is {r['state']}: cannot make it {state}")
         r["state"] = state
+        if state == "aborting":
+            r["unwind_at"] = None  # an abort tells every stage, even after a halt told one
         self.store.save_rollout(r)
         return r
 
@@ -170,7 +171,7 @@ class Controller:
             r["detail"] = (f"stage {k + 1}: {len(failures)} of {len(members)} devices failed "
                            f"(allowed {spec.allowed(len(members))}); rolling the stage back")
             self._send(r, spec, "rollback", [d for d in members if _took_it(d)], now)
-            self._unwind_at[r["id"]] = now
+            r["unwind_at"] = now  # (in the store: a restarted controller keeps the same deadline)
             return True
         if all(d["state"] in FINAL for d in members):
             if k + 1 < len(spec.stages):
@@ -184,15 +185,15 @@ class Controller:
     def _unwind(self, r: dict, spec: RolloutSpec, devices: dict, now: float) -> bool:
         """halting (this stage) / aborting (every stage): rollback sent; done when each confirmed or timed out."""
         scope = [d for d in devices.values() if r["state"] == "aborting" or d["stage"] == r["stage"]]
-        if r["id"] not in self._unwind_at:  # (again after a controller restart: the same command id, harmless)
+        if not r.get("unwind_at"):  # abort requested: tell them
             for d in scope:
                 if d["state"] == "pending":
                     _set([d], "cancelled", "aborted before it was sent")
             self._send(r, spec, "rollback", [d for d in scope if _took_it(d)], now)
-            self._unwind_at[r["id"]] = now
+            r["unwind_at"] = now
             return True
         waiting = [d for d in scope if _took_it(d)]
-        if waiting and now - self._unwind_at[r["id"]] < spec.stage_timeout_s:
+        if waiting and now - r["unwind_at"] < spec.stage_timeout_s:
             return False
         r["state"] = "halted" if r["state"] == "halting" else "aborted"
         r["detail"] += f"; {self._count(devices, 'rolled_back')} devices rolled back" + (

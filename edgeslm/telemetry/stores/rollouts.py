@@ -16,12 +16,12 @@ from typing import Any
 DDL = """
 CREATE TABLE IF NOT EXISTS rollouts (
   id TEXT PRIMARY KEY, fleet TEXT NOT NULL, state TEXT NOT NULL, stage BIGINT NOT NULL, spec TEXT NOT NULL,
-  detail TEXT NOT NULL, created_at {real} NOT NULL, updated_at {real} NOT NULL);
+  detail TEXT NOT NULL, created_at {real} NOT NULL, updated_at {real} NOT NULL, unwind_at {real});
 CREATE TABLE IF NOT EXISTS rollout_devices (
   rollout TEXT NOT NULL, device TEXT NOT NULL, stage BIGINT NOT NULL, state TEXT NOT NULL, detail TEXT NOT NULL,
   updated_at {real} NOT NULL, PRIMARY KEY (rollout, device));
 """
-ROLLOUT_COLUMNS = ("id", "fleet", "state", "stage", "spec", "detail", "created_at", "updated_at")
+ROLLOUT_COLUMNS = ("id", "fleet", "state", "stage", "spec", "detail", "created_at", "updated_at", "unwind_at")
 DEVICE_COLUMNS = ("rollout", "device", "stage", "state", "detail", "updated_at")
 
 
@@ -37,11 +37,11 @@ class SQLRollouts:
 
     def save_rollout(self, r: dict[str, Any]) -> None:
         row = (r["id"], r["fleet"], r["state"], int(r["stage"]), json.dumps(r["spec"], sort_keys=True),
-               r.get("detail") or "", r["created_at"], time.time())
-        self._execute("INSERT INTO rollouts (id, fleet, state, stage, spec, detail, created_at, updated_at) "
-                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET state=excluded.state, "
+               r.get("detail") or "", r["created_at"], time.time(), r.get("unwind_at"))
+        self._execute("INSERT INTO rollouts (id, fleet, state, stage, spec, detail, created_at, updated_at, unwind_at) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET state=excluded.state, "
                       "stage=excluded.stage, spec=excluded.spec, detail=excluded.detail, "
-                      "updated_at=excluded.updated_at", [row])
+                      "updated_at=excluded.updated_at, unwind_at=excluded.unwind_at", [row])
 
     def rollout(self, rollout_id: str) -> dict[str, Any] | None:
         rows = self._query(f"SELECT {', '.join(ROLLOUT_COLUMNS)} FROM rollouts WHERE id = ?", (rollout_id,))
