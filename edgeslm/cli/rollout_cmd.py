@@ -198,14 +198,14 @@ def rollout_status(rollout_id, db, fleet_id, as_json):
         _print(store, r, as_json)
 
 
-def _request(rollout_id, db, broker, key, state, drive):
+def _request(rollout_id, db, broker, key, state, drive, detach):
     with _store(db) as store:
         from ..telemetry.ota.controller import Controller
 
         r = Controller(store, lambda t, p: None, key).request(rollout_id, state)
         click.echo(f"rollout {rollout_id}: {r['state']}", err=True)
         if drive:
-            _drive(store, broker, key, rollout_id, False, False)
+            _drive(store, broker, key, rollout_id, detach, False)
 
 
 def _manage(name, state, drive, doc):
@@ -214,11 +214,12 @@ def _manage(name, state, drive, doc):
     @click.option("--db", default=DEFAULT_DB, show_default=True)
     @click.option("--key", type=click.Path(exists=True, dir_okay=False), default=None,
                   help="Signing key (needed to publish: resume and abort).")
+    @click.option("--detach", is_flag=True, help="Publish what is due and return instead of following the rollout.")
     @broker_options
-    def command(rollout_id, db, key, broker):
+    def command(rollout_id, db, key, detach, broker):
         if drive and key is None:
             raise click.UsageError(f"{name} publishes commands: give --key")
-        _request(rollout_id, db, broker, key, state, drive)
+        _request(rollout_id, db, broker, key, state, drive, detach)
 
     return command
 

@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import threading
+import time
 import urllib.request
 
 import pytest
@@ -43,13 +44,26 @@ def live(mosquitto_factory, fleet_id, tmp_path):
     sim.start()
     assert wait_for(lambda: len(store.devices(fleet_id)) == DEVICES and col.stats.stored >= DEVICES, 30)
     try:
-        yield {"web": web, "col": col, "fleet": fleet_id, "url": f"http://127.0.0.1:{web.port}/"}
+        yield {"web": web, "col": col, "fleet": fleet_id, "url": f"http://127.0.0.1:{web.port}/", "broker": broker}
     finally:
         stop.set()
         sim.join(10)
         web.stop()
         col.stop()
         store.close()
+
+
+def _publish_one(broker, fleet: str, device: str, model_id: str) -> None:
+    from edgeslm.telemetry import schema, topics
+    from edgeslm.telemetry.mqtt import connect, make_client
+
+    client = make_client(broker, f"one-{time.time_ns()}")
+    connect(client, broker, clean_start=True, wait=True)
+    client.loop_start()
+    body = schema.telemetry_body(fleet, device, 0, time.time(), 1.0, {}, {"edgeslm.bundle.id": model_id})
+    client.publish(topics.topic(fleet, device, "telemetry"), schema.encode(body), qos=1).wait_for_publish(10)
+    client.disconnect()
+    client.loop_stop()
 
 
 def _get(url: str) -> dict:
@@ -111,20 +125,26 @@ def test_dashboard_renders_the_devices_and_updates(live, tmp_path):
     opts.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"):
         opts.add_argument(arg)
+    hostile = '<img src=x onerror="window.pwned=1">'  # a device's model id: shown as text, never run
+    _publish_one(live["broker"], live["fleet"], "evil", hostile)
     browser = webdriver.Chrome(service=Service(driver_exe), options=opts)
     try:
         browser.get(live["url"])
         rows = lambda: browser.find_elements(By.CSS_SELECTOR, "#devices tbody tr")  # noqa: E731
-        assert wait_for(lambda: len(rows()) == DEVICES, 30, 0.2), browser.page_source[:2000]
+        assert wait_for(lambda: len(rows()) == DEVICES + 1, 30, 0.2), browser.page_source[:2000]
         names = {r.find_elements(By.TAG_NAME, "td")[0].text for r in rows()}
-        assert names == {f"sim-{i:05d}" for i in range(DEVICES)}
-        assert all(r.find_elements(By.TAG_NAME, "td")[1].text == "online" for r in rows())
+        assert names == {f"sim-{i:05d}" for i in range(DEVICES)} | {"evil"}
+        assert all(r.find_elements(By.TAG_NAME, "td")[1].text == "online" for r in rows()
+                   if r.find_elements(By.TAG_NAME, "td")[0].text != "evil")
+        evil = [r for r in rows() if r.find_elements(By.TAG_NAME, "td")[0].text == "evil"][0]
+        assert evil.find_elements(By.TAG_NAME, "td")[2].text == hostile
+        assert browser.execute_script("return window.pwned") is None and not browser.find_elements(By.TAG_NAME, "img")
         received = int(browser.find_element(By.ID, "received").text)
         refreshes = int(browser.find_element(By.ID, "refreshes").text)
         # it updates by itself: more messages and another refresh, without reloading the page
         assert wait_for(lambda: int(browser.find_element(By.ID, "received").text) > received
                         and int(browser.find_element(By.ID, "refreshes").text) > refreshes, 20, 0.3)
-        rows()[0].click()  # per-device charts
+        [r for r in rows() if r.find_elements(By.TAG_NAME, "td")[0].text == "sim-00000"][0].click()  # its charts
         assert wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#chart-ttft polyline"), 20, 0.3)
         assert browser.find_element(By.ID, "device-name").text == "sim-00000"
         logs = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
