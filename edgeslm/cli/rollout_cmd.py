@@ -39,6 +39,7 @@ def rollout():
     health check (parity smoke test against a reference + TTFT/tok/s against its previous
     bundle) and keeps the new bundle or rolls back by itself. Progress comes back as ota.*
     events through the collectors into --db, where the rollout is recorded too.
+    Options of a new rollout: `edgeslm fleet rollout start --help`.
     """
 
 
@@ -48,7 +49,7 @@ def _store(db, create=True):
     return open_store(db, create=create)
 
 
-@rollout.command("start", hidden=True)
+@rollout.command("start")
 @click.argument("bundle", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--fleet", "fleet_id", required=True, help="Fleet to update.")
 @click.option("--key", "key", required=True, type=click.Path(exists=True, dir_okay=False),
@@ -80,7 +81,8 @@ def _store(db, create=True):
 def rollout_start(bundle, fleet_id, key, artifact_url, canary, stages, max_failures, devices, reference_bundle,
                   min_agreement, max_ttft_ratio, min_tok_s_ratio, probation, stage_timeout, db, detach, broker,
                   as_json):
-    """Roll BUNDLE out to FLEET (the same command again resumes the same rollout)."""
+    """Roll BUNDLE out to FLEET (`rollout BUNDLE` is short for `rollout start BUNDLE`; the same
+    command again resumes the same rollout)."""
     from ..telemetry import topics
     from ..telemetry.ota.controller import RolloutSpec, parse_stages, rollout_id
 

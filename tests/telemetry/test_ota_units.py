@@ -15,7 +15,7 @@ from edgeslm.telemetry.ota.artifacts import serve_artifacts, url_of
 from edgeslm.telemetry.ota.command import Command, CommandError, Health, sign, verify
 from edgeslm.telemetry.ota.controller import Controller, RolloutSpec, parse_stages
 from edgeslm.telemetry.ota.download import Downloader
-from edgeslm.telemetry.stores import MemoryStore
+from edgeslm.telemetry.stores import MemoryStore, open_store
 from edgeslm.telemetry.stores.base import Batch
 
 from .ota_helpers import keys
@@ -118,8 +118,13 @@ def _event(fleet, device, name, rollout, seq, message="x"):
     return schema.parse(topics.topic(fleet, device, "events"), schema.encode(body), received_at=time.time())
 
 
-def test_controller_stages_halts_and_resumes_from_the_store(tmp_path):
-    store, sent = MemoryStore(), []
+@pytest.mark.parametrize("url", ["memory://", "sqlite", "postgres"])
+def test_controller_stages_halts_and_resumes_from_the_store(url, tmp_path, request):
+    if url == "sqlite":
+        url = f"sqlite:///{tmp_path}/fleet.db"
+    elif url == "postgres":
+        url = request.getfixturevalue("pg_url")
+    store, sent = open_store(url), []
     key, _ = keys(tmp_path, "k")
     devices = [f"d{i}" for i in range(10)]
     spec = RolloutSpec(fleet="f", bundle={"id": "b", "url": "http://x/b/", "manifest_sha256": SHA},
@@ -155,6 +160,8 @@ def test_controller_stages_halts_and_resumes_from_the_store(tmp_path):
     assert sum(s == "pending" for s in states.values()) == 5  # the last stage never started
     with pytest.raises(Exception, match="halted"):
         ctl2.request("r1", "running")
+    assert [r["id"] for r in store.rollouts("f")] == ["r1"] and store.rollout("r1")["unwind_at"]
+    store.close()
 
 
 def test_pause_resume_abort():

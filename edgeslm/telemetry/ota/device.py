@@ -116,7 +116,18 @@ class Deployer:
             self._thread.join(10)
 
     def submit(self, payload: bytes) -> None:
-        """A message from the commands topic (network thread): verified and handled on the worker."""
+        """A message from the commands topic (network thread): verified and handled on the worker.
+
+        A rollback or cancel of the rollout whose download is under way stops that download now
+        (the worker is busy with it; the command itself is handled right after)."""
+        job = self.slots.state.get("job")
+        if job and job.get("step") in ("accepted", "downloading"):
+            try:
+                cmd = verify(payload, self.keys, self.fleet, self.device)
+                if cmd.action in ("rollback", "cancel") and cmd.rollout == job["command"]["rollout"]:
+                    self._cancel.set()
+            except CommandError:
+                pass  # reported when the worker gets to it
         self._inbox.put(bytes(payload))
 
     def observe(self, result: Any) -> None:
@@ -175,6 +186,7 @@ class Deployer:
             s.remember(cmd.id)
             self.report("ota.succeeded", f"already running {cmd.bundle['id']}", already=True, **attrs)
             return
+        self._cancel.clear()
         s.state["job"] = {"command": {**cmd.body(), "key_id": cmd.key_id}, "step": "accepted"}
         s.save()
         self.report("ota.accepted", f"rollout {cmd.rollout}: deploying {cmd.bundle['id']}", **attrs)
@@ -213,7 +225,6 @@ class Deployer:
             job["step"] = "downloading"
             s.save()
             self.report("ota.downloading", f"downloading {cmd.bundle['url']}", **attrs)
-        self._cancel.clear()
         self.downloader.fetch(cmd.bundle["url"], s.path(slot), cmd.bundle["manifest_sha256"])
         job["step"] = "downloaded"
         s.save()

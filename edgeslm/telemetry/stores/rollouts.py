@@ -72,8 +72,9 @@ class SQLRollouts:
     def ota_events(self, fleet: str, after: float, limit: int = 10000) -> list[dict[str, Any]]:
         """Device ``ota.*`` events received after ``after`` (collector time), oldest first."""
         rows = self._query("SELECT id, device, received_at, name, message, attributes FROM events "
-                           "WHERE fleet = ? AND received_at > ? AND name LIKE 'ota.%' ORDER BY received_at LIMIT ?",
-                           (fleet, float(after), int(limit)))
+                           "WHERE fleet = ? AND received_at > ? AND name LIKE ? ORDER BY received_at LIMIT ?",
+                           (fleet, float(after), "ota.%", int(limit)))  # (the pattern as a parameter: psycopg
+        # reads a literal % in the SQL text as a placeholder)
         return [{"id": i, "device": d, "received_at": t, "name": n, "message": m, "attributes": json.loads(a or "{}")}
                 for i, d, t, n, m, a in rows]
 
