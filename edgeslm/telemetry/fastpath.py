@@ -114,13 +114,20 @@ def telemetry(parts, payload: bytes, received_at: float) -> schema.Message | Non
         return None
     if t.fleet != parts.fleet or t.device != parts.device:
         return None
-    m, r, e, tok = t.metrics, t.resource, t.metrics.errors, t.metrics.tokens
-    dur, ttft = m.duration, m.ttft
-    msg = FastMessage("telemetry", parts.fleet, parts.device, t.ts, None, t.seq, payload, payload.decode("utf-8"),
-                      received_at)
-    # the flattened store columns, as validate.METRIC_COLUMNS orders them
-    msg.columns = (r.get("edgeslm.bundle.id"), r.get("edgeslm.bundle.sha256"), dur and dur.count,
-                   e and e.total, ttft and ttft.p50, ttft and ttft.p95, ttft and ttft.max, dur and dur.p95,
-                   m.tpot and m.tpot.p95, m.rate and m.rate.p50, tok and tok.input, tok and tok.output, m.cpu,
-                   m.memory_util, m.temperature, t.agent and t.agent.dropped)
+    m, r = t.metrics, t.resource
+    e, tok, dur, ttft, tpot, rate = m.errors, m.tokens, m.duration, m.ttft, m.tpot, m.rate
+    msg = _new(FastMessage)  # the dataclass fields set directly: no __init__, no property setter
+    msg.__dict__.update(kind="telemetry", fleet=parts.fleet, device=parts.device, ts=t.ts, _body=None, seq=t.seq,
+                        raw=payload, text=payload.decode("utf-8"), received_at=received_at, columns=(
+                            # the flattened store columns, as validate.METRIC_COLUMNS orders them
+                            r.get("edgeslm.bundle.id"), r.get("edgeslm.bundle.sha256"),
+                            None if dur is None else dur.count, None if e is None else e.total,
+                            None if ttft is None else ttft.p50, None if ttft is None else ttft.p95,
+                            None if ttft is None else ttft.max, None if dur is None else dur.p95,
+                            None if tpot is None else tpot.p95, None if rate is None else rate.p50,
+                            None if tok is None else tok.input, None if tok is None else tok.output, m.cpu,
+                            m.memory_util, m.temperature, None if t.agent is None else t.agent.dropped))
     return msg
+
+
+_new = object.__new__

@@ -60,20 +60,28 @@ class FleetMetrics:
     # -- writer side -------------------------------------------------------------------------
     def observe(self, messages: list[schema.Message]) -> None:
         newest: dict[tuple[str, str], schema.Message] = {}
+        seqs, counts = self._seq, self._counts
         with self._lock:
             for m in messages:
-                key = (m.fleet, m.device)
-                if m.kind == "status":
-                    self._up[key] = bool(m.body.get("online"))
-                    continue
-                if m.kind != "telemetry" or m.seq is None or m.seq <= self._seq.get(key, -1):
-                    continue  # counted once per (device, seq): redeliveries and resends are not
-                self._seq[key] = m.seq
-                c = self._counts.setdefault(key, [0, 0, 0, 0])
-                cols = m.columns
-                for i, col in enumerate((2, 3, 10, 11)):  # requests, errors, input, output tokens
-                    c[i] += cols[col] or 0
-                newest[key] = m
+                kind = m.kind
+                if kind == "telemetry":
+                    key = (m.fleet, m.device)
+                    seq = m.seq
+                    if seq <= seqs.get(key, -1):
+                        continue  # counted once per (device, seq): redeliveries and resends are not
+                    seqs[key] = seq
+                    cols = m.columns
+                    c = counts.get(key)
+                    if c is None:
+                        c = counts[key] = [0, 0, 0, 0]
+                    # requests, errors, input and output tokens (validate.METRIC_COLUMNS 2, 3, 10, 11)
+                    c[0] += cols[2] or 0
+                    c[1] += cols[3] or 0
+                    c[2] += cols[10] or 0
+                    c[3] += cols[11] or 0
+                    newest[key] = m
+                elif kind == "status":
+                    self._up[(m.fleet, m.device)] = bool(m.body.get("online"))
             for key, m in newest.items():  # one body per device per batch
                 self._latest[key] = {"model": m.columns[0] or "", "metrics": m.metrics}
 

@@ -39,6 +39,9 @@ class SQLiteStore(SQLStore):
                                      f"{exc.strerror or exc}") from None
         try:
             self.conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+            # 64 KiB pages (default 4 KiB) for a new file (an existing one keeps its own): ~45 telemetry rows
+            # per page instead of ~3, which halved the insert's CPU (11.5 -> 5.5 us per message measured)
+            self.conn.execute("PRAGMA page_size=65536")
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
             # 64 MiB page cache (default 2 MiB): the primary-key b-tree of a busy store stays in memory
