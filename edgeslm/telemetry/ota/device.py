@@ -382,9 +382,8 @@ class Deployer:
         if not job:
             return None
         b = job["command"]
-        cmd = Command(b["action"], b["id"], b["rollout"], b["fleet"], b["device"], b["issued_at"], b["expires_at"],
-                      b.get("bundle"), Health.from_dict(b.get("health") or {}), b.get("key_id", ""))
-        return cmd
+        return Command(b["action"], b["id"], b["rollout"], b["fleet"], b["device"], b["issued_at"], b["expires_at"],
+                       b.get("bundle"), Health.from_dict(b.get("health") or {}), b.get("key_id", ""))
 
     def _job_health(self) -> Health:
         cmd = self._job_command()
