@@ -66,6 +66,20 @@ def _publish_one(broker, fleet: str, device: str, model_id: str) -> None:
     client.loop_stop()
 
 
+def _rollout_and_alert(store, fleet: str) -> None:
+    from edgeslm.telemetry import schema, topics
+    from edgeslm.telemetry.stores.base import Batch
+
+    store.save_rollout({"id": "r-demo", "fleet": fleet, "state": "halted", "stage": 0, "detail": "1 of 2 failed",
+                        "created_at": time.time(), "spec": {"bundle": {"id": "v2"}, "stages": [0.5, 1.0]}})
+    store.save_rollout_devices("r-demo", [("sim-00000", 0, "succeeded", ""), ("sim-00001", 0, "failed", "agreement"),
+                                          ("sim-00002", 1, "pending", "")])
+    body = schema.event_body(fleet, "sim-00002", time.time(), "alert.firing", "critical", "sim-00002: too hot",
+                             "a-1", "collector", {"rule": "temperature"})
+    store.write(Batch(events=[schema.parse(topics.topic(fleet, "sim-00002", "events"), schema.encode(body),
+                                           received_at=time.time())]))
+
+
 def _get(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=10) as r:
         return json.loads(r.read())
@@ -127,6 +141,7 @@ def test_dashboard_renders_the_devices_and_updates(live, tmp_path):
         opts.add_argument(arg)
     hostile = '<img src=x onerror="window.pwned=1">'  # a device's model id: shown as text, never run
     _publish_one(live["broker"], live["fleet"], "evil", hostile)
+    _rollout_and_alert(live["web"].store, live["fleet"])
     browser = webdriver.Chrome(service=Service(driver_exe), options=opts)
     try:
         browser.get(live["url"])
@@ -147,8 +162,46 @@ def test_dashboard_renders_the_devices_and_updates(live, tmp_path):
         [r for r in rows() if r.find_elements(By.TAG_NAME, "td")[0].text == "sim-00000"][0].click()  # its charts
         assert wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#chart-ttft polyline"), 20, 0.3)
         assert browser.find_element(By.ID, "device-name").text == "sim-00000"
+        rollout = browser.find_element(By.CSS_SELECTOR, "#rollouts .rollout")
+        assert "r-demo" in rollout.text and "halted" in rollout.text
+        bar = {e.get_attribute("class") for e in rollout.find_elements(By.CSS_SELECTOR, ".bar span")}
+        assert bar == {"s-succeeded", "s-failed", "s-pending"}
+        assert "sim-00002" in browser.find_element(By.ID, "alerts").text  # the firing alert
         logs = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
         assert not logs, logs  # no script errors, no resource that failed to load (nothing from a CDN)
         browser.save_screenshot(str(tmp_path / "dashboard.png"))
     finally:
         browser.quit()
+
+
+def test_fleet_collect_http_port_serves_metrics_and_the_page(system_broker, fleet_id, tmp_path):
+    pytest.importorskip("prometheus_client", reason="prometheus-client not installed (pip install 'edgeslm[fleet]')")
+    import signal
+    import sys
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "edgeslm", "fleet", "collect", "-b",
+                             f"mqtt://127.0.0.1:{system_broker.port}", "--db", f"sqlite:///{tmp_path}/f.db",
+                             "--fleet", fleet_id, "--group", "h", "--client-id", f"h-{fleet_id}", "--no-alerts",
+                             "--http-port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def get(path: str) -> bytes:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                return r.read()
+        except OSError:
+            return b""
+
+    try:
+        assert wait_for(lambda: b"edgeslm_collector_messages_received_total" in get("/metrics"), 30, 0.2)
+        simulate(SimConfig(broker=system_broker, fleet=fleet_id, devices=2, rate=0, duration_s=None, messages=3))
+        assert wait_for(lambda: f'fleet="{fleet_id}"'.encode() in get("/metrics"), 20, 0.2)
+        assert b"<title>edgeslm fleet</title>" in get("/") and b"textContent" in get("/dashboard.js")
+        assert {d["device"] for d in json.loads(get("/api/fleet"))["devices"]} == {"sim-00000", "sim-00001"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        from .test_resilience import end_session
+
+        end_session(system_broker, f"h-{fleet_id}")
+    assert proc.returncode == 0 and b"dashboard http://127.0.0.1:" in err, err.decode()[-1500:]

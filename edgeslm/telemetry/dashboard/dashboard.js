@@ -12,9 +12,9 @@ function el(tag, text, cls) {
   return e;
 }
 
-function fmt(v, digits, scale) {
+function fmt(v, digits, scale, unit) {
   if (v === null || v === undefined) return "–";
-  return (v * (scale || 1)).toFixed(digits);
+  return (v * (scale || 1)).toFixed(digits) + (unit || "");
 }
 
 function renderDevices(devices) {
@@ -25,8 +25,8 @@ function renderDevices(devices) {
     tr.dataset.device = d.device;
     tr.dataset.fleet = d.fleet;
     if (selected && selected.device === d.device && selected.fleet === d.fleet) tr.classList.add("selected");
-    const cells = [d.device, d.state, d.model_id, fmt(d.ttft_p95_s, 0, 1000) + " ms", fmt(d.tok_s_p50, 1),
-                   d.requests, d.errors, fmt(d.cpu, 0, 100) + " %", fmt(d.temperature, 1), d.last_seq];
+    const cells = [d.device, d.state, d.model_id, fmt(d.ttft_p95_s, 0, 1000, " ms"), fmt(d.tok_s_p50, 1),
+                   d.requests, d.errors, fmt(d.cpu, 0, 100, " %"), fmt(d.temperature, 1), d.last_seq];
     cells.forEach((c, i) => tr.appendChild(el("td", c, i === 1 ? String(d.state).split(" ")[0] : "")));  // state class
     tr.addEventListener("click", () => { selected = {device: d.device, fleet: d.fleet}; loadDevice(); });
     body.appendChild(tr);
