@@ -235,7 +235,10 @@ _manage("abort", "aborting", True, "Roll back every device that took the bundle 
 @click.argument("directory", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
 @click.option("--port", default=8700, show_default=True, type=click.IntRange(0, 65535))
-def serve_artifacts_command(directory, host, port):
+@click.option("--cert-file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Serve HTTPS with this certificate (devices: edgeslm agent --artifact-ca-file CA).")
+@click.option("--key-file", default=None, type=click.Path(exists=True, dir_okay=False), help="Its private key.")
+def serve_artifacts_command(directory, host, port, cert_file, key_file):
     """Serve bundle directories under DIRECTORY over HTTP with Range (resumable downloads), for demos.
 
     \b
@@ -244,8 +247,10 @@ def serve_artifacts_command(directory, host, port):
     """
     from ..telemetry.ota.artifacts import serve_artifacts
 
-    server = serve_artifacts(directory, host, port)
-    click.echo(f"serving {directory} on http://{host}:{server.server_address[1]}/ (Ctrl-C stops)", err=True)
+    from ..telemetry.ota.artifacts import url_of
+
+    server = serve_artifacts(directory, host, port, cert_file, key_file)
+    click.echo(f"serving {directory} on {url_of(server)} (Ctrl-C stops)", err=True)
     try:
         while True:
             time.sleep(1)

@@ -101,6 +101,33 @@ def test_artifact_server_ranges_and_resumed_download(tmp_path):
         srv.shutdown()
 
 
+def test_download_over_https_checks_the_server_certificate(tmp_path):
+    from edgeslm.bundle.manifest import write_manifest
+    from edgeslm.telemetry.certs import make_test_certs
+
+    b = tmp_path / "art" / "b"
+    b.mkdir(parents=True)
+    (b / "w.bin").write_bytes(b"weights" * 1000)
+    write_manifest(b, {"format": "onnx", "artifacts": {"model": "w.bin"},
+                       "spec": {"architecture": "llama", "vocab_size": 8, "hidden_size": 8, "num_layers": 1,
+                                "num_heads": 1, "num_kv_heads": 1, "head_dim": 8, "intermediate_size": 8,
+                                "context_length": 16}})
+    import hashlib
+
+    sha = hashlib.sha256((b / "manifest.json").read_bytes()).hexdigest()
+    ca, cert, key = make_test_certs(tmp_path / "certs")
+    srv = serve_artifacts(tmp_path / "art", port=0, cert_file=str(cert), key_file=str(key))
+    try:
+        url = url_of(srv, "b")
+        assert url.startswith("https://")
+        Downloader(ca_file=str(ca)).fetch(url, tmp_path / "slot", sha)
+        assert (tmp_path / "slot" / "w.bin").read_bytes() == b"weights" * 1000
+        with pytest.raises(CommandError, match="download"):  # a server this device cannot authenticate
+            Downloader(retries=1, backoff_s=0).fetch(url, tmp_path / "slot2", sha)
+    finally:
+        srv.shutdown()
+
+
 def test_health_thresholds():
     h = Health(min_top1_agreement=0.9, max_ttft_ratio=2.0, min_tok_s_ratio=0.5)
     base = H.Speed(0.1, 20.0, 5)

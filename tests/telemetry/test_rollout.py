@@ -101,9 +101,12 @@ def test_rollout_to_20_agents_good_bad_and_forged(fleet):
     ids = [a.config.device for a, _ in agents]
     t0 = time.monotonic()
 
-    # 1. a good bundle: canary (2) -> 50 % -> 100 %, every device on v2
-    ctl = Controller(store, f["pub"].publish, f["release"])
-    ctl.create("good", _spec(fid, f["art"], "v2", v2, smoke, [0.1, 0.5, 1.0]), ids)
+    # 1. a good bundle: canary (2) -> 50 % -> 100 %, every device on v2, across a controller restart
+    first = Controller(store, f["pub"].publish, f["release"])
+    first.create("good", _spec(fid, f["art"], "v2", v2, smoke, [0.1, 0.5, 1.0]), ids)
+    assert first.run("good", poll_s=0.2, timeout_s=1.0)["state"] == "running"  # then the controller "dies"
+    ctl = Controller(store, f["pub"].publish, f["release"])  # a new one carries on from the store
+    assert ctl.create("good", _spec(fid, f["art"], "v2", v2, smoke, [1.0]), ids)["spec"]["stages"] == [0.1, 0.5, 1.0]
     r = ctl.run("good", poll_s=0.2, timeout_s=120)
     devs = store.rollout_devices("good")
     assert r["state"] == "completed", (r, devs)

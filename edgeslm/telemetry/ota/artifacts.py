@@ -79,20 +79,29 @@ class _Handler(BaseHTTPRequestHandler):
                 left -= len(block)
 
 
-def serve_artifacts(root: str | Path, host: str = "127.0.0.1", port: int = 8700) -> ThreadingHTTPServer:
-    """Start serving ``root`` in a background thread; ``.shutdown()`` stops it. ``port=0`` picks one."""
+def serve_artifacts(root: str | Path, host: str = "127.0.0.1", port: int = 8700, cert_file: str | None = None,
+                    key_file: str | None = None) -> ThreadingHTTPServer:
+    """Start serving ``root`` in a background thread; ``.shutdown()`` stops it. ``port=0`` picks one.
+    With ``cert_file`` (and ``key_file``) it speaks HTTPS (devices: ``--artifact-ca-file``)."""
     root = Path(root).resolve()
     if not root.is_dir():
         raise NotADirectoryError(f"{root} is not a directory")
     handler = type("ArtifactHandler", (_Handler,), {"root": root})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
+    if cert_file:
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert_file, key_file)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        server.scheme = "https"
     threading.Thread(target=server.serve_forever, name="edgeslm-artifacts", daemon=True).start()
     return server
 
 
 def url_of(server: ThreadingHTTPServer, rel: str = "") -> str:
     host, port = server.server_address[:2]
-    return f"http://{host}:{port}/{rel.strip('/')}" + ("/" if rel else "")
+    return f"{getattr(server, 'scheme', 'http')}://{host}:{port}/{rel.strip('/')}" + ("/" if rel else "")
 
 
