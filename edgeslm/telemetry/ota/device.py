@@ -12,18 +12,14 @@
 
 Every step is written to ``state.json`` (:mod:`.slots`) before it happens and reported after,
 so a power loss at any instant resumes the job or undoes it, and the agent only ever runs a
-slot that the state calls verified and that passes the bundle's hash check on load.
-``EDGESLM_OTA_CRASH_AT=<step>`` makes the agent SIGKILL itself at that step (the power-loss
-tests use it; steps: accepted, download, downloaded, verified, swapped, health, healthy,
-failed, trial_boot).
+slot that the state calls verified and that passes the bundle's hash check on load (the
+power-loss tests pull the plug at every step: :mod:`.crash`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import signal
 import threading
 import time
 from pathlib import Path
@@ -33,17 +29,11 @@ from ...bundle.schema import MANIFEST_FILE
 from ...errors import EdgeSLMError
 from . import health as H
 from .command import Command, CommandError, Health, verify
+from .crash import crashpoint
 from .download import CHUNK, Downloader, _sha256
 from .slots import Slots
 
 log = logging.getLogger("edgeslm.ota")
-CRASH_ENV = "EDGESLM_OTA_CRASH_AT"
-
-
-def crashpoint(step: str) -> None:
-    """Power loss at ``step`` (tests): the process dies at once, with no cleanup of any kind."""
-    if os.environ.get(CRASH_ENV) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Deployer:
@@ -294,6 +284,8 @@ class Deployer:
         s = self.slots
         cmd = cmd or self._job_command()
         bad = s.current
+        if cmd is not None:  # the outcome goes into the same state write as the revert: a power loss
+            self._record(cmd, "ota.failed", message, "error", {})  # after it cannot resume the job
         s.revert()
         if load:
             self._activate(s.current)
@@ -305,17 +297,15 @@ class Deployer:
     def _rollback_command(self, cmd: Command) -> None:
         s = self.slots
         job = s.state.get("job")
-        if job and job["command"]["rollout"] == cmd.rollout and not s.state.get("trial"):
-            self._cancel.set()  # an unfinished download of that rollout: dropped
+        mine = bool(job) and job["command"]["rollout"] == cmd.rollout
+        if mine:  # its job (a download, or the trial) ends here: dropped in the same write as the revert
             s.state["job"] = None
-            s.save()
         on_it = s.info(s.current).get("rollout") == cmd.rollout and s.previous is not None
         if on_it:
             s.revert()
             self._activate(s.current)
-            if job and job["command"]["rollout"] == cmd.rollout:
-                s.state["job"] = None
-                s.save()
+        elif mine:
+            s.save()
         s.remember(cmd.id)
         self.report("ota.rolled_back", f"rollout {cmd.rollout}: " + ("back on the previous bundle" if on_it
                                                                       else "was not on it"),
@@ -340,11 +330,15 @@ class Deployer:
         else:
             self._continue(cmd)
 
-    def _finish(self, cmd: Command, name: str, message: str, severity: str, **report: Any) -> None:
-        """Record the outcome, report it, then forget the job (a crash in between reports it again)."""
+    def _record(self, cmd: Command, name: str, message: str, severity: str, report: dict) -> None:
         s = self.slots
         s.state["job"] = {"command": s.state["job"]["command"] if s.state.get("job") else cmd.body(),
                           "step": name.split(".", 1)[1], "message": message, "severity": severity, "report": report}
+
+    def _finish(self, cmd: Command, name: str, message: str, severity: str, **report: Any) -> None:
+        """Record the outcome, report it, then forget the job (a crash in between reports it again)."""
+        s = self.slots
+        self._record(cmd, name, message, severity, report)
         s.save()
         self.report(name, message, severity, **report, **self._attrs(cmd))
         s.state["job"] = None
