@@ -55,6 +55,8 @@ def _store(db, create=True):
 @click.option("--key", "key", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Private Ed25519 key that signs the commands (edgeslm keys generate); devices trust its .pub.")
 @click.option("--artifact-url", required=True, help="HTTP(S) URL of the bundle directory as devices see it.")
+@click.option("--artifact-ca-file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="CA certificate of an https --artifact-url [default: system CAs].")
 @click.option("--canary", default="10%", show_default=True, help="Share of the fleet in the first stage.")
 @click.option("--stages", default="50%,100%", show_default=True, help="Later stages (cumulative shares).")
 @click.option("--max-failures", default="0", show_default=True,
@@ -78,9 +80,9 @@ def _store(db, create=True):
 @click.option("--detach", is_flag=True, help="Publish the first stage and return (resume later drives it on).")
 @broker_options
 @json_option
-def rollout_start(bundle, fleet_id, key, artifact_url, canary, stages, max_failures, devices, reference_bundle,
-                  min_agreement, max_ttft_ratio, min_tok_s_ratio, probation, stage_timeout, db, detach, broker,
-                  as_json):
+def rollout_start(bundle, fleet_id, key, artifact_url, artifact_ca_file, canary, stages, max_failures, devices,
+                  reference_bundle, min_agreement, max_ttft_ratio, min_tok_s_ratio, probation, stage_timeout, db,
+                  detach, broker, as_json):
     """Roll BUNDLE out to FLEET (`rollout BUNDLE` is short for `rollout start BUNDLE`; the same
     command again resumes the same rollout)."""
     from ..telemetry import topics
@@ -92,7 +94,8 @@ def rollout_start(bundle, fleet_id, key, artifact_url, canary, stages, max_failu
         raise click.BadParameter("a count like 2 or a share like 10%", param_hint="--max-failures")
     raw = (bundle / "manifest.json").read_bytes()
     sha = hashlib.sha256(raw).hexdigest()
-    _check_artifact(artifact_url, sha)
+    _check_signed(bundle, key)
+    _check_artifact(artifact_url, sha, artifact_ca_file)
     with _store(db) as store:
         rid = rollout_id(fleet_id, sha)
         if store.rollout(rid) is None:
@@ -161,14 +164,27 @@ def _reference(path: Path) -> list:
         return make_reference(model, DEFAULT_PROMPTS[:2], tokens=16)
 
 
-def _check_artifact(url: str, sha: str) -> None:
+def _check_signed(bundle: Path, key) -> None:
+    """Devices load only bundles a trusted key signed: refuse here what every device would refuse."""
+    from ..bundle.signing import load_private_key, verify_bundle_signature
+    from ..errors import SignatureError, TelemetryError
+
+    try:
+        verify_bundle_signature(bundle, [load_private_key(key).public_key()])
+    except SignatureError as exc:
+        raise TelemetryError(f"{exc} (devices would refuse it: `edgeslm keys sign {bundle} --key KEY` first)") from None
+
+
+def _check_artifact(url: str, sha: str, ca_file: str | None = None) -> None:
     """The artifact server must serve this very manifest (a typo in the URL fails here, not on devices)."""
+    import ssl
     import urllib.request
 
     from ..errors import TelemetryError
 
+    ctx = ssl.create_default_context(cafile=ca_file) if ca_file else None
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/manifest.json", timeout=15) as resp:
+        with urllib.request.urlopen(url.rstrip("/") + "/manifest.json", timeout=15, context=ctx) as resp:
             served = hashlib.sha256(resp.read(4 << 20)).hexdigest()
     except OSError as exc:
         raise TelemetryError(f"cannot read {url.rstrip('/')}/manifest.json: {exc}") from None

@@ -139,6 +139,22 @@ def test_health_thresholds():
     assert H.judge(h, 1.0, 16, H.Speed(0.5, 1.0, 3), None).ok  # no baseline: ratios not applicable
 
 
+def test_recent_speed_is_the_baseline_once_there_are_enough_requests():
+    from types import SimpleNamespace
+
+    recent = H.RecentSpeed(keep=10)
+    res = [SimpleNamespace(metrics=SimpleNamespace(time_to_first_token_s=0.1 * k, decode_tokens_per_s=10.0 * k))
+           for k in range(1, 13)]
+    for r in res[:4]:
+        recent.observe("sha-a", r)
+    assert recent.speed("sha-a") is None  # 4 < 5 requests: the device measures instead
+    for r in res[4:]:
+        recent.observe("sha-a", r)
+    sp = recent.speed("sha-a")
+    assert sp.samples == 10 and sp.ttft_s == pytest.approx(0.75) and sp.tok_s == pytest.approx(75.0)  # last 10
+    assert recent.speed("sha-b") is None
+
+
 def _event(fleet, device, name, rollout, seq, message="x"):
     body = schema.event_seq(schema.event_body(fleet, device, time.time(), name, "info", message, f"{device}:{seq}",
                                               "agent", {"rollout": rollout}), seq)

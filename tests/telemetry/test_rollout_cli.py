@@ -52,6 +52,9 @@ def test_rollout_cli_start_status_pause_resume_abort(onnx_bundle, system_broker,
     try:
         code, _, err = run(capsys, *start, "--artifact-url", url_of(art, "other"), *base)
         assert code == 1 and err.count("\n") == 1 and "serves another bundle" in err  # checked before anything
+        unsigned = [str(onnx_bundle) if a == str(v2) else a for a in start]
+        code, _, err = run(capsys, *unsigned, "--artifact-url", url_of(art, "v2"), *base)
+        assert code == 1 and err.count("\n") == 1 and "keys sign" in err  # every device would refuse it
         code, out, err = run(capsys, *start, "--artifact-url", url_of(art, "v2"), *base)
         assert code == 0, err
         r = json.loads(out)["rollout"]
