@@ -38,6 +38,14 @@ from pathlib import Path
 from edgeslm.telemetry.broker import Mosquitto, free_port, write_config
 from edgeslm.telemetry.mqtt import BrokerConfig
 from edgeslm.telemetry.simulate import SimConfig, simulate
+
+PUBLISHERS = {"paho": simulate}  # "wire": edgeslm.telemetry.blast (added below when this checkout has it)
+try:
+    from edgeslm.telemetry.blast import blast
+
+    PUBLISHERS["wire"] = blast
+except ImportError:  # an older checkout
+    pass
 from edgeslm.telemetry.stores import open_store
 
 RESULTS = Path(__file__).with_name("telemetry_ingest_results.json")
@@ -97,16 +105,17 @@ def stop_collectors(procs, done, out) -> list[dict]:
 
 def wait_stored(db: str, fleet: str, expected: int, timeout: float = 180) -> int:
     stored, deadline = 0, time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        stored = count(db, fleet)
-        if stored >= expected:
-            break
-        time.sleep(0.05)
+    with open_store(db) as store:  # one connection, polled gently: this process must not take the collectors' CPU
+        while time.monotonic() < deadline:
+            stored = store.telemetry_count(fleet)
+            if stored >= expected:
+                break
+            time.sleep(0.25)
     return stored
 
 
 def phase(broker: BrokerConfig, db: str, collectors: int, devices: int, per_device: int, publishers: int,
-          backlog: bool, tree: str | None = None) -> dict:
+          backlog: bool, tree: str | None = None, publisher: str = "wire") -> dict:
     """``backlog``: publish everything while the collectors are away (their sessions queue it), then
     time the drain -- the collectors' own ceiling, free of the publishers' speed."""
     fleet = "bench-" + uuid.uuid4().hex[:8]
@@ -118,33 +127,37 @@ def phase(broker: BrokerConfig, db: str, collectors: int, devices: int, per_devi
     if backlog:
         stop_collectors(procs, done, out)
         t0 = time.monotonic()
-        sim = simulate(sim_cfg)
+        sim = PUBLISHERS[publisher](sim_cfg)
         t_pub = time.monotonic() - t0
         procs, done, out = start_collectors(broker, db, fleet, collectors, ctx, tree)
         t0 = time.monotonic()
     else:
-        t0 = time.monotonic()
-        sim = simulate(sim_cfg)
+        t0, t0_wall = time.monotonic(), time.time()
+        sim = PUBLISHERS[publisher](sim_cfg)
         t_pub = time.monotonic() - t0
+    load0 = os.getloadavg()[0]
     stored = wait_stored(db, fleet, expected)
     t_all = time.monotonic() - t0
     stats = stop_collectors(procs, done, out)
     if backlog:  # from the first message any collector took to the last commit: no process start-up in it
         t_all = max(x["last_commit_at"] for x in stats) - min(x["first_at"] for x in stats)
+    else:  # from the first publish to the last commit (not to when this process noticed it)
+        t_all = max(x["last_commit_at"] for x in stats) - t0_wall
     return {"mode": "backlog drain" if backlog else "live", "collectors": collectors, "messages": expected,
             "acked_by_broker": sim.acked, "stored": stored, "lost": sim.acked - stored,
             "duplicates": sum(s.get("duplicates", 0) for s in stats),
             "publish_msgs_per_s": round(sim.sent / t_pub, 1), "ingest_msgs_per_s": round(stored / t_all, 1),
             "collector_cpu_us_per_msg": round(1e6 * sum(x.get("cpu_s", 0) for x in stats)
                                               / max(1, sum(x.get("received", 0) for x in stats)), 1),
-            "seconds": round(t_all, 2), "per_collector": stats}
+            "seconds": round(t_all, 2), "load_average_1min": round((load0 + os.getloadavg()[0]) / 2, 2),
+            "per_collector": stats}
 
 
 def report(r: dict, label: str = "") -> None:
     print(f"{label}{r['mode']:>13}, {r['collectors']} collector(s): {r['ingest_msgs_per_s']:.0f} msg/s stored "
           f"({r['stored']}/{r['messages']} in {r['seconds']} s; publishers {r['publish_msgs_per_s']:.0f} msg/s), "
           f"collector cpu {r['collector_cpu_us_per_msg']:.0f} us/msg, lost {r['lost']}, duplicates {r['duplicates']}, "
-          f"split {[s.get('received') for s in r['per_collector']]}")
+          f"split {[s.get('received') for s in r['per_collector']]}, load average {r['load_average_1min']}")
 
 
 def compare(results: list[dict]) -> dict:
@@ -174,13 +187,16 @@ def main() -> int:
     ap.add_argument("--baseline", default=None, help="checkout of another edgeslm to compare with, phase by phase")
     ap.add_argument("--rounds", type=int, default=1, help="repetitions of every phase (with --baseline: interleaved)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (broker, SQLite store)")
+    ap.add_argument("--publisher", choices=sorted(PUBLISHERS), default="wire" if "wire" in PUBLISHERS else "paho",
+                    help="load generator: wire (raw MQTT v5 socket, not the bottleneck) or paho (the simulator)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="edgeslm-bench-"))
     db = args.db or f"sqlite:///{tmp}/fleet.db"
     per_device = max(1, args.messages // args.devices)
     results = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node(), "cpus": os.cpu_count(),
+               "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
                "python": sys.version.split()[0], "store": db.split(":")[0], "devices": args.devices,
-               "publisher_processes": args.publishers, "qos": 1, "phases": []}
+               "publisher_processes": args.publishers, "publisher": args.publisher, "qos": 1, "phases": []}
     broker_proc = None
     if args.broker:
         broker = BrokerConfig.from_url(args.broker)
@@ -195,7 +211,8 @@ def main() -> int:
             for backlog in (False, True):
                 for n in (1, 2):
                     for name, tree in trees:
-                        r = phase(broker, db, n, args.devices, per_device, args.publishers, backlog, tree)
+                        r = phase(broker, db, n, args.devices, per_device, args.publishers, backlog, tree,
+                                  args.publisher)
                         r["tree"] = name
                         results["phases"].append(r)
                         report(r, f"{name:>8}: " if args.baseline else "")

@@ -13,13 +13,22 @@ fi
 PIP="$VENV/bin/python -m pip"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Debian tools the service-file tests use (systemd-analyze verify, shellcheck); skipped where
-# apt-get is not available or we are not root (those tests then skip, saying why).
-if { ! command -v systemd-analyze >/dev/null || ! command -v shellcheck >/dev/null; } \
-    && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-  echo "==> installing systemd and shellcheck (apt-get)"
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd shellcheck >/dev/null; } \
-    || echo "    (not installable here; the service-file tests will skip)"
+# Debian tools the tests use: systemd-analyze + shellcheck (service files), a real Prometheus
+# that scrapes `fleet collect --http-port`, and a real headless Chromium (driven by Selenium
+# through chromium-driver) that opens its dashboard. Installed when missing and we may (root with
+# apt-get); else those tests skip and say why.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  missing=()
+  command -v systemd-analyze >/dev/null || missing+=(systemd)
+  command -v shellcheck >/dev/null || missing+=(shellcheck)
+  command -v prometheus >/dev/null || missing+=(prometheus)
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v chromedriver >/dev/null || missing+=(chromium-driver)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "==> apt-get install ${missing[*]}"
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"; } \
+      || echo "WARNING: could not install ${missing[*]}; the tests that need them will skip" >&2
+  fi
 fi
 
 # Reinstall only when the project's install files changed since the last successful setup.
@@ -36,7 +45,7 @@ echo "==> installing torch (CPU build)"
 $PIP install -q ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "torch==${TORCH_VERSION:-2.13.0}"
 
 echo "==> installing edgeslm, backends and tools"
-args=(-e ".[export,sign,postgres,serve,test,compress]")
+args=(-e ".[export,sign,postgres,serve,fleet,test,compress]")
 for b in backends/*/; do
   [ -f "$b/pyproject.toml" ] && args+=(-e "${b%/}[export]")
 done

@@ -14,8 +14,8 @@ from ..telemetry.cliopts import broker_options
 
 
 @cli.command("agent")
-@click.option("--bundle", required=True, type=click.Path(path_type=Path, exists=True, file_okay=False),
-              help="Bundle directory to serve (edgeslm export ... -o DIR).")
+@click.option("--bundle", default=None, type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="Bundle directory to serve (edgeslm export ... -o DIR); with --state-dir, the first one only.")
 @click.option("--fleet", "fleet_id", required=True, help="Fleet id (topic level; ACLs are usually per fleet).")
 @click.option("--device", required=True, help="This device's id; also its MQTT username under the fleet ACL.")
 @click.option("--interval", default=10.0, show_default=True, type=click.FloatRange(0.1, 86400),
@@ -37,9 +37,14 @@ from ..telemetry.cliopts import broker_options
                    "broker's PUBACK (broker: for collectors older than these acks).")
 @click.option("--key", "keys", multiple=True, type=click.Path(path_type=Path),
               help="Trusted public key: refuse the bundle unless it is signed by one (repeatable).")
+@click.option("--state-dir", default=None, type=click.Path(path_type=Path, file_okay=False),
+              help="Take model updates (edgeslm fleet rollout): A/B bundle slots and their state live here; "
+                   "needs --key (only signed deployments are accepted).")
+@click.option("--artifact-ca-file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="CA certificate of the artifact server (https bundle URLs) [default: system CAs].")
 @broker_options
 def agent_command(bundle, fleet_id, device, interval, buffer_path, buffer_max, http_addr, openai_addr, api_key,
-                  threads, delivery, keys, broker):
+                  threads, delivery, keys, state_dir, artifact_ca_file, broker):
     """Serve BUNDLE on this device and publish its telemetry to the fleet broker.
 
     \b
@@ -59,6 +64,7 @@ def agent_command(bundle, fleet_id, device, interval, buffer_path, buffer_max, h
     """
     import edgeslm  # the runtime only: the agent never imports torch
 
+    from ..errors import TelemetryError
     from ..telemetry.agent import Agent, AgentConfig
     from ..telemetry.serve import serve
 
@@ -70,12 +76,31 @@ def agent_command(bundle, fleet_id, device, interval, buffer_path, buffer_max, h
                          buffer_max=buffer_max, end_to_end=delivery == "end-to-end")  # refuses bad ids first
     http = _host_port(http_addr, "--http") if http_addr != "off" else None  # bad addresses before the model loads
     openai = _host_port(openai_addr, "--openai") if openai_addr != "off" else None
-    model = edgeslm.load(bundle, engine_options=options, trusted_keys=list(keys) or None)
-    agent = Agent(config, model)
+    if state_dir is None and bundle is None:
+        raise TelemetryError("give --bundle (and --state-dir to take model updates)")
+    if state_dir is not None and (not keys or openai):
+        raise TelemetryError("--state-dir needs --key (unsigned updates are refused) and cannot be combined "
+                             "with --openai (that server keeps the model it started with)")
+    agent = Agent(config)
+    deployer = None
+    if state_dir is not None:
+        from ..telemetry.ota.device import Deployer
+
+        deployer = Deployer(state_dir, list(keys), lambda p: edgeslm.load(p, engine_options=options,
+                                                                          trusted_keys=list(keys)),
+                            agent.event, fleet_id, device, artifact_ca_file)
+        model = deployer.boot(bundle)
+        agent.attach(model)
+        agent.use_deployer(deployer)
+    else:
+        model = edgeslm.load(bundle, engine_options=options, trusted_keys=list(keys) or None)
+        agent.attach(model)
     server = serve(agent, *http) if http else None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     agent.start()
+    if deployer is not None:
+        deployer.start()
     click.echo(f"agent {fleet_id}/{device} -> {broker.url}; buffer {buffer_path}"
                + (f"; requests on http://{http_addr}" if server else ""), err=True)
     try:
@@ -88,8 +113,10 @@ def agent_command(bundle, fleet_id, device, interval, buffer_path, buffer_max, h
     finally:
         if server is not None:
             server.shutdown()
+        if deployer is not None:
+            deployer.stop()
         agent.stop()
-        model.close()
+        agent.model.close()
         s = agent.stats()
         click.echo(f"agent stopped: {s['delivered']} messages confirmed by a collector, {s['acked']} by the broker, "
                    f"{s['buffered']} still buffered, {s['dropped']} dropped", err=True)

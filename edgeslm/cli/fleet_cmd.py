@@ -183,9 +183,17 @@ def events_command(db, fleet_id, limit, as_json):
               help="Seconds between stats lines.")
 @click.option("--connect-timeout", default=15.0, show_default=True, type=click.FloatRange(0.1),
               help="Fail (exit 1) when the broker cannot be reached or refuses us within this many seconds.")
+@click.option("--ack-every", default=0.5, show_default=True, type=click.FloatRange(0, 60),
+              help="Seconds the end-to-end acks of one device are gathered (one ack message per device per period; "
+                   "raise it for large fleets: see docs/scaling.md).")
+@click.option("--http-port", default=None, type=click.IntRange(0, 65535),
+              help="Serve Prometheus /metrics and the dashboard (/) on this port (0: any free one).")
+@click.option("--http-host", default="127.0.0.1", show_default=True, help="Address of --http-port (loopback by "
+              "default: the page has no authentication).")
 @broker_options
 def collect_command(db, fleet_id, group, client_id, batch_size, offline_after, slo_ttft_p95_ms, max_error_rate,
-                    max_temperature, no_alerts, duration, report_every, connect_timeout, broker):
+                    max_temperature, no_alerts, duration, report_every, connect_timeout, ack_every, http_port, http_host,
+                    broker):
     """Subscribe to fleet telemetry and store it; evaluate alert rules and publish them as events.
 
     \b
@@ -194,6 +202,7 @@ def collect_command(db, fleet_id, group, client_id, batch_size, offline_after, s
       edgeslm fleet collect --fleet demo --slo-ttft-p95-ms 300 --max-temperature 80
       EDGESLM_MQTT_PASSWORD=... edgeslm fleet collect -b mqtts://hub:8883 --ca-file ca.crt -u collector \\
           --db postgresql://postgres@127.0.0.1/fleet --group eu --no-alerts
+      edgeslm fleet collect --http-port 9464          # http://127.0.0.1:9464/ dashboard, /metrics for Prometheus
 
     The broker session outlives the collector (MQTT v5 session expiry), so messages published
     while it is down arrive when it returns; run several with the same --group (and distinct
@@ -210,12 +219,24 @@ def collect_command(db, fleet_id, group, client_id, batch_size, offline_after, s
         ttft_p95_slo_s=slo_ttft_p95_ms / 1000 if slo_ttft_p95_ms else None,
         error_rate=max_error_rate, temperature_c=max_temperature)
     cfg = CollectorConfig(broker=broker, fleet=fleet_id, group=group or None, client_id=client_id,
-                          batch_size=batch_size, alerts=rules)  # refuses bad input before a store is created
+                          batch_size=batch_size, alerts=rules, ack_every_s=ack_every)  # refuses bad input before a store
+    if http_port is not None:
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            raise TelemetryError("--http-port needs prometheus-client: pip install 'edgeslm[fleet]'") from None
     store = open_store(db)
     col = Collector(cfg, store, on_alert=lambda a: click.echo(f"ALERT {a.name} [{a.severity}] {a.message}"))
     click.echo(f"collecting {fleet_id or 'all fleets'} from {broker.url} into {db} (group {group})", err=True)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops like Ctrl-C
+    web = None
     try:
+        if http_port is not None:
+            from ..telemetry.web import FleetWeb
+
+            web = FleetWeb(col, store).start(http_host, http_port)
+            click.echo(f"dashboard http://{http_host}:{web.port}/  metrics http://{http_host}:{web.port}/metrics",
+                       err=True)
         col.start()
         if not col.wait_connected(connect_timeout):
             col.check()
@@ -229,6 +250,8 @@ def collect_command(db, fleet_id, group, client_id, batch_size, offline_after, s
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if web is not None:
+            web.stop()
         col.stop()
         store.close()
     s = col.stats

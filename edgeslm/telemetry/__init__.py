@@ -5,10 +5,12 @@
     edgeslm/v1/{fleet}/{device}/telemetry   one aggregate per interval, QoS 1, per-device seq
     edgeslm/v1/{fleet}/{device}/status      retained online/offline (last will on a crash)
     edgeslm/v1/{fleet}/{device}/events      alerts and one-off reports
-    edgeslm/v1/{fleet}/{device}/commands    what a device may read (ACL)
+    edgeslm/v1/{fleet}/{device}/commands    signed deployment commands (ota/), retained
+    edgeslm/v1/{fleet}/{device}/acks        what a collector has stored (end to end)
 
     agent (device) ──MQTT v5──> Mosquitto ──$share/<group>──> collector(s) ──> SQLite | PostgreSQL
-      └ on-disk queue until PUBACK                               └ alerts ──> events topic
+      ├ on-disk queue until a collector acks                      ├ alerts ──> events topic
+      └ A/B slots (ota.device) <── fleet rollout (ota.controller) └ /metrics + dashboard (web.py)
 
 Everything here needs only paho-mqtt (and psycopg for PostgreSQL); nothing imports torch.
 The wire format is documented in docs/telemetry.md.

@@ -93,6 +93,7 @@ class Agent:
         self._client = None
         self._model_lock = threading.Lock()
         self.model = None
+        self.deployer = None  # ota.device.Deployer when model updates are on (use_deployer)
         if model is not None:
             self.attach(model)
 
@@ -104,6 +105,27 @@ class Agent:
         generator.listeners.append(self.record)
         self.resource.update(describe_model(model))
 
+    def replace_model(self, model: Any) -> Any:
+        """Serve ``model`` from now on (a model update); returns the old one, which nothing uses any more."""
+        with self._model_lock:
+            old = self.model
+            gen = getattr(old, "generator", old)
+            if gen is not None and self.record in getattr(gen, "listeners", []):
+                gen.listeners.remove(self.record)
+            for key in [k for k in self.resource if k.startswith(("edgeslm.bundle.", "edgeslm.runtime"))]:
+                del self.resource[key]
+            self.attach(model)
+        client = self._client
+        if client is not None and self._connected.is_set():  # the retained status names the new bundle
+            client.publish(self.topic("status"), self._status(True, "connected"), qos=1, retain=True)
+        return old
+
+    def use_deployer(self, deployer: Any) -> None:
+        """Take signed model updates from this device's commands topic (see :mod:`.ota.device`)."""
+        self.deployer = deployer
+        deployer.switch = self.replace_model
+        deployer.lock = self._model_lock
+
     @property
     def model_lock(self) -> threading.Lock:
         """Held while the attached model generates; other request paths (the OpenAI server of
@@ -113,6 +135,8 @@ class Agent:
     def record(self, result: Any) -> None:
         """Add one finished GenerationResult to the current interval."""
         self.aggregator.record(result)
+        if self.deployer is not None:
+            self.deployer.observe(result)  # recent speed of this bundle: the baseline of the next update
 
     def record_error(self, error: BaseException | str) -> None:
         """Count one failed request (``error.type`` = the exception's class name)."""
@@ -248,6 +272,8 @@ class Agent:
         client.publish(self.topic("status"), self._status(True, "connected"), qos=1, retain=True)
         if self.config.end_to_end:
             client.subscribe(self.topic("acks"), qos=1)
+        if self.deployer is not None:  # retained: the newest command comes at once, also after an outage
+            client.subscribe(self.topic("commands"), qos=1)
         self._reconnected = True  # paho resends in-flight messages itself: restart their resend clocks
         self._connected.set()
         self._wake.set()
@@ -260,6 +286,10 @@ class Agent:
         self._wake.set()
 
     def _on_message(self, client, userdata, msg):
+        if self.deployer is not None and msg.topic.endswith("/commands"):
+            if msg.payload:  # an empty retained message clears the topic: nothing to do
+                self.deployer.submit(msg.payload)
+            return
         ranges = parse_ack(msg.payload, self.config.fleet, self.config.device)
         if ranges:
             self._delivered.append(ranges)

@@ -37,7 +37,7 @@ class BrokerFiles:
 def write_config(directory: str | Path, port: int, users: dict[str, str] | None = None, fleet: str = "+",
                  collectors: tuple[str, ...] = ("collector",), tls_port: int | None = None,
                  persistence: bool = True, bind: str = "127.0.0.1", max_queued: int = 1_000_000,
-                 admin: tuple[str, str] | None = None) -> BrokerFiles:
+                 admin: tuple[str, str] | None = None, operators: tuple[str, ...] = ("operator",)) -> BrokerFiles:
     """Write mosquitto.conf (+ dynamic-security.json, certs) into ``directory``.
 
     ``users=None``: anonymous and no access rules (a lab broker). Otherwise every user
@@ -66,7 +66,7 @@ def write_config(directory: str | Path, port: int, users: dict[str, str] | None 
         from .dynsec import dynsec_config, plugin_path
 
         rules = d / "dynamic-security.json"
-        rules.write_text(json.dumps(dynsec_config(users, fleet, collectors, admin), indent=1) + "\n")
+        rules.write_text(json.dumps(dynsec_config(users, fleet, collectors, admin, operators), indent=1) + "\n")
         rules.chmod(0o600)
         lines += ["allow_anonymous false", f"plugin {plugin_path()}", f"plugin_opt_config_file {rules}"]
     lines += [f"listener {port} {bind}"]

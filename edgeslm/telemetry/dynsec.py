@@ -13,6 +13,9 @@ refused, so here:
   status,events}`` and subscribe to / receive only its own ``commands`` and ``acks``;
 * a **collector** may subscribe to the fleet (its ``$share`` groups included), receive it,
   and publish alert ``events`` and end-to-end ``acks``;
+* an **operator** (``edgeslm fleet rollout``) may publish (retained) deployment commands on the
+  fleet's ``commands`` topics and nothing else; the commands are signed too, so the broker
+  rule keeps strangers out and the signature keeps a stolen operator password useless;
 * an **admin** (for ``mosquitto_ctrl``) may only administer the plugin.
 
 2.0's plugin has no ``%u`` substitution, so every device gets its own role; add devices to a
@@ -57,6 +60,10 @@ def collector_role(fleet: str = "+") -> dict[str, Any]:
                                                                     _acl("publishClientSend", f"{root}/+/acks")]}
 
 
+def operator_role(fleet: str = "+") -> dict[str, Any]:
+    return {"rolename": "edgeslm-operator", "acls": [_acl("publishClientSend", f"edgeslm/v1/{fleet}/+/commands")]}
+
+
 def device_role(device: str, fleet: str = "+") -> dict[str, Any]:
     topics.check_id(device, "device")
     root = f"edgeslm/v1/{fleet}/{device}"
@@ -74,14 +81,16 @@ def admin_role() -> dict[str, Any]:
 
 
 def dynsec_config(users: dict[str, str], fleet: str = "+", collectors: tuple[str, ...] = ("collector",),
-                  admin: tuple[str, str] | None = None) -> dict[str, Any]:
-    """The plugin's JSON: ``users`` (name -> password) are devices unless named in ``collectors``."""
+                  admin: tuple[str, str] | None = None, operators: tuple[str, ...] = ("operator",)) -> dict[str, Any]:
+    """The plugin's JSON: ``users`` (name -> password) are devices unless named in ``collectors`` or ``operators``."""
     if fleet != "+":
         topics.check_id(fleet, "fleet")
-    roles, clients = [collector_role(fleet)], []
+    roles, clients = [collector_role(fleet), operator_role(fleet)], []
     for name, password in users.items():
         if name in collectors:
             role = "edgeslm-collector"
+        elif name in operators:
+            role = "edgeslm-operator"
         else:
             roles.append(device_role(name, fleet))
             role = roles[-1]["rolename"]

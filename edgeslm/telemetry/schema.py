@@ -152,9 +152,13 @@ def parse(topic_name: str, payload: bytes, max_bytes: int = MAX_PAYLOAD_BYTES, r
         if len(_TOPICS) >= 100_000:  # bounded: one entry per device topic seen
             _TOPICS.clear()
         _TOPICS[topic_name] = parts
+    if parts.kind == "telemetry" and type(payload) is bytes and _fast is not None:
+        msg = _fast.telemetry(parts, payload, received_at)  # the common message, typed checks in C
+        if msg is not None:
+            return msg  # (None: not the common shape, decided below)
     try:
         text = payload.decode("utf-8") if isinstance(payload, (bytes, bytearray)) else payload
-        body = _DECODER.decode(text)
+        body = _decode(payload, text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MessageError("malformed_json", f"not UTF-8 JSON ({exc})") from None
     except RecursionError:
@@ -253,3 +257,21 @@ def _no_constants(name: str):
 
 
 _DECODER = json.JSONDecoder(parse_constant=_no_constants)  # one decoder for every message (no per-call setup)
+
+
+def _decode(payload, text: str) -> Any:
+    """msgspec where it decodes (4x faster: same values as ``json``); else ``json``, whose error
+    (or value: NaN, 1e999 and lone-surrogate escapes decode there and are refused by the checks)
+    decides, so the dead-letter reasons stay what they were."""
+    if _fast is not None:
+        try:
+            return _fast.DECODER.decode(payload)
+        except Exception:
+            pass
+    return _DECODER.decode(text)
+
+
+try:  # msgspec (the `fleet` extra) makes collection ~3x cheaper; without it everything still works
+    from . import fastpath as _fast
+except ImportError:  # pragma: no cover - a device install without the extra
+    _fast = None

@@ -6,6 +6,8 @@
 #   fleet-acl.sh collector FLEET USER            a collector: reads the fleet, writes alert events and acks
 #   fleet-acl.sh device FLEET DEVICE             a device: writes its own telemetry/status/events, reads
 #                                                only its own commands and acks
+#   fleet-acl.sh operator FLEET USER             an operator (edgeslm fleet rollout): writes the fleet's
+#                                                signed deployment commands, nothing else
 #
 # The online commands talk to the running broker as the admin: put its options in MOSQUITTO_CTRL,
 # e.g. MOSQUITTO_CTRL="-h 127.0.0.1 -p 1883 -u admin -P admin-secret". Passwords of new users come
@@ -34,6 +36,10 @@ case "${1:-}" in
     ctl addRoleACL edgeslm-collector publishClientSend "$root/+/events" allow >/dev/null 2>&1 || true
     ctl addRoleACL edgeslm-collector publishClientSend "$root/+/acks" allow >/dev/null 2>&1 || true
     add_client "$user" edgeslm-collector ;;
+  operator)
+    ctl createRole edgeslm-operator >/dev/null 2>&1 || true
+    ctl addRoleACL edgeslm-operator publishClientSend "edgeslm/v1/$2/+/commands" allow >/dev/null 2>&1 || true
+    add_client "$3" edgeslm-operator ;;
   device)
     root="edgeslm/v1/$2/$3" role="edgeslm-device-$3"
     ctl createRole "$role"
@@ -44,5 +50,5 @@ case "${1:-}" in
     done
     add_client "$3" "$role" ;;
   *)
-    sed -n '2,13p' "$0"; exit 2 ;;
+    sed -n '2,15p' "$0"; exit 2 ;;
 esac

@@ -11,12 +11,14 @@ import time
 from collections import Counter
 from typing import Any
 
+from .rollouts import MemoryRollouts
 from .base import (DEVICE_COLUMNS, EVENT_COLUMNS, TELEMETRY_COLUMNS, Batch, DeadLetter, DeviceRow, Store, device_row,
                    event_row, telemetry_row)
 
 
-class MemoryStore(Store):
+class MemoryStore(MemoryRollouts, Store):
     def __init__(self) -> None:
+        self._rollout_init()
         self._lock = threading.Lock()
         self.telemetry: dict[tuple[str, str, int], dict[str, Any]] = {}
         self._devices: dict[tuple[str, str], DeviceRow] = {}
