@@ -90,7 +90,8 @@ def bundle_factory(family_source, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def onnx_bundle(bundle_factory):
-    pytest.importorskip("onnxruntime")
+    pytest.importorskip("edgeslm_onnx", reason="needs the onnx backend: pip install -e backends/onnx")
+    pytest.importorskip("onnxruntime", reason="needs the onnx backend: pip install -e backends/onnx")
     return bundle_factory("onnx")
 
 
