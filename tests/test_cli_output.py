@@ -163,7 +163,8 @@ def test_openvino_export_json_is_clean(capsys, tmp_path, tiny_hf):
 
 def _export_subprocess(tmp_path, gguf, *flags):
     env = {k: v for k, v in os.environ.items()
-           if k not in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS", "TQDM_DISABLE", "TF_CPP_MIN_LOG_LEVEL")}
+           if k not in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS", "TQDM_DISABLE", "TF_CPP_MIN_LOG_LEVEL",
+                        "EDGESLM_PROGRESS_MIN_S")}
     out = tmp_path / f"bundle{len(flags)}"
     return subprocess.run([sys.executable, "-m", "edgeslm", "export", str(gguf), "-o", str(out), "--no-parity",
                            "--context-length", "32", "--json", *flags], check=False, capture_output=True, text=True,
@@ -204,3 +205,34 @@ def test_shell_completion_as_documented():
         env = dict(os.environ, _EDGESLM_COMPLETE="bash_complete", COMP_WORDS=words, COMP_CWORD=cword)
         p = subprocess.run([sys.executable, "-m", "edgeslm"], check=False, capture_output=True, text=True, env=env)
         assert want in p.stdout.splitlines(), (words, p.stdout, p.stderr)
+
+
+def test_native_stderr_drops_only_the_known_lines(capfd):
+    from edgeslm.quiet import native_stderr
+
+    with native_stderr(drop=("INFO: Created",), logger="edgeslm-test-runtime"):
+        os.write(2, b"INFO: Created some delegate\nE: a real error\n")
+    assert capfd.readouterr().err == "E: a real error\n"
+    logging.getLogger("edgeslm-test-runtime").setLevel(logging.INFO)  # what -v does for the runtimes
+    try:
+        with native_stderr(drop=("INFO: Created",), logger="edgeslm-test-runtime"):
+            os.write(2, b"INFO: Created some delegate\n")
+        assert capfd.readouterr().err == "INFO: Created some delegate\n"
+    finally:
+        logging.getLogger("edgeslm-test-runtime").setLevel(logging.NOTSET)
+
+
+@requires_export
+def test_litert_delegate_line_only_with_verbose(bundle_factory):
+    """LiteRT logs 'INFO: Created TensorFlow Lite XNNPACK delegate' from C++ once per process."""
+    from edgeslm.plugins import EXPORTERS, available
+
+    pytest.importorskip("ai_edge_litert", reason="needs the litert backend: pip install -e backends/litert")
+    if "litert" not in available(EXPORTERS):
+        pytest.skip("needs the litert exporter: pip install -e 'backends/litert[export]'")
+    bundle = bundle_factory("litert")  # the conformance suite's bundle (cached per session)
+    for flags, shown in (([], False), (["-v"], True)):
+        p = subprocess.run([sys.executable, "-m", "edgeslm", "run", str(bundle), "--raw", "-p", "hi", "-n", "2",
+                            *flags], check=False, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        assert ("Created TensorFlow Lite XNNPACK delegate" in p.stderr) == shown, p.stderr
