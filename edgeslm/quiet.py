@@ -1,28 +1,45 @@
-"""Native (C/C++) chatter on stderr that no Python setting reaches.
+"""Library chatter that no ``logging`` or warnings setting reaches, kept off the user's terminal.
 
-A runtime that logs from C++ straight to file descriptor 2 ignores ``logging`` and the warnings
-filters; LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." is one (no
-environment variable turns it off; it is printed once per process, at the first tensor
-allocation). :func:`native_stderr` wraps just that call: it captures fd 2, then writes back
-every captured line except the known informational ones, so a real error still shows. When the
-runtime's Python logger is enabled for INFO (``edgeslm -v`` sets it; a program may too),
-nothing is dropped.
+Two kinds, each wrapped around just the call that makes it:
+
+- **Native (C/C++) lines on fd 2**: LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate
+  for CPU." (no environment variable turns it off; printed once per process, at the first
+  tensor allocation). :func:`native_stderr` captures fd 2 and writes back every line except
+  the known informational ones, so a real error still shows.
+- **Python prints on stdout**: NNCF draws a rich progress bar on stdout while it compresses
+  weights, where it would mix with a verb's result. :func:`library_stdout` swallows it.
+
+Both let everything through when :func:`set_verbose` is on (``edgeslm -v`` turns it on; a
+program may too).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
+import io
 import os
 import sys
 import tempfile
 from collections.abc import Iterator
 
+_verbose = False
+
+
+def set_verbose(on: bool) -> bool:
+    """Let the libraries speak (True) or not; returns the previous setting."""
+    global _verbose
+    previous, _verbose = _verbose, bool(on)
+    return previous
+
+
+def verbose() -> bool:
+    return _verbose
+
 
 @contextlib.contextmanager
-def native_stderr(drop: tuple[str, ...], logger: str) -> Iterator[None]:
+def native_stderr(drop: tuple[str, ...]) -> Iterator[None]:
     """Inside the block, lines on fd 2 that start with one of ``drop`` are discarded."""
-    if logging.getLogger(logger).isEnabledFor(logging.INFO):
+    if _verbose:
         yield
         return
     fd = 2  # where C++ writes, whatever sys.stderr is now (a capture, a wrapper)
@@ -41,3 +58,11 @@ def native_stderr(drop: tuple[str, ...], logger: str) -> Iterator[None]:
                     if not line.startswith(drop)]
             if kept:
                 os.write(fd, "".join(kept).encode())
+
+
+@contextlib.contextmanager
+def library_stdout() -> Iterator[None]:
+    """Inside the block, what Python code prints on ``sys.stdout`` is discarded (unless verbose,
+    then it goes to stderr: it is never a verb's result)."""
+    with contextlib.redirect_stdout(sys.stderr if _verbose else io.StringIO()):
+        yield

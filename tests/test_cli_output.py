@@ -152,13 +152,18 @@ def test_keys_verbs_print_json(capsys, tmp_path):
 
 @requires_export
 def test_openvino_export_json_is_clean(capsys, tmp_path, tiny_hf):
-    """NNCF draws its progress bar on stdout; under --json it must not land in the document."""
+    """NNCF draws its progress bar on stdout: it must land neither in the JSON document nor, without
+    -v, anywhere."""
     pytest.importorskip("edgeslm_openvino", reason="needs the openvino backend: pip install -e backends/openvino")
     pytest.importorskip("nncf", reason="needs the openvino backend's export extra (nncf)")
     code, out, err = run(["export", tiny_hf, "-f", "openvino", "-p", "int8", "-o", tmp_path / "ov", "--json",
                           "--no-parity", "--context-length", "32"], capsys)
     assert code == 0, err
     assert json.loads(out)["format"] == "openvino"
+    assert "Applying Weight Compression" not in err
+    code, out, err = run(["export", tiny_hf, "-f", "openvino", "-p", "int8", "-o", tmp_path / "ov2", "--no-parity",
+                          "--context-length", "32", "-q"], capsys)
+    assert code == 0 and "Applying Weight Compression" not in out + err and out.startswith("bundle")
 
 
 def _export_subprocess(tmp_path, gguf, *flags):
@@ -208,18 +213,18 @@ def test_shell_completion_as_documented():
 
 
 def test_native_stderr_drops_only_the_known_lines(capfd):
-    from edgeslm.quiet import native_stderr
+    from edgeslm.quiet import native_stderr, set_verbose
 
-    with native_stderr(drop=("INFO: Created",), logger="edgeslm-test-runtime"):
+    with native_stderr(drop=("INFO: Created",)):
         os.write(2, b"INFO: Created some delegate\nE: a real error\n")
     assert capfd.readouterr().err == "E: a real error\n"
-    logging.getLogger("edgeslm-test-runtime").setLevel(logging.INFO)  # what -v does for the runtimes
+    previous = set_verbose(True)  # what -v does
     try:
-        with native_stderr(drop=("INFO: Created",), logger="edgeslm-test-runtime"):
+        with native_stderr(drop=("INFO: Created",)):
             os.write(2, b"INFO: Created some delegate\n")
         assert capfd.readouterr().err == "INFO: Created some delegate\n"
     finally:
-        logging.getLogger("edgeslm-test-runtime").setLevel(logging.NOTSET)
+        set_verbose(previous)
 
 
 @requires_export

@@ -18,8 +18,10 @@ TensorFlow / absl / glog C++ logs (LiteRT tools)    ``TF_CPP_MIN_LOG_LEVEL``, ``
                                                     logger ``absl``
 LiteRT "INFO: Created TensorFlow Lite XNNPACK      ``edgeslm.quiet.native_stderr`` around the
 delegate" (C++, fd 2, no switch)                    engine's first allocation (the last resort)
+NNCF's rich progress bar (drawn on stdout)          ``edgeslm.quiet.library_stdout`` around
+                                                    ``nncf.compress_weights``
 Python warnings from any library                    a warnings filter that keeps edgeslm's own
-NNCF's rich bar, other prints on stdout             with --json stdout is redirected to stderr
+any other print on stdout                           with --json stdout is redirected to stderr
                                                     while the verb runs (``_output.py``)
 ==================================================  =============================================
 
@@ -36,6 +38,8 @@ import os
 import sys
 import warnings
 
+from .. import quiet
+
 ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
@@ -51,9 +55,6 @@ LOGGERS = ("torchao", "torch.utils._pytree", "torch.onnx", "torch._dynamo", "tor
            "tensorflow", "jax", "jax._src", "nncf", "openvino", "litert_torch", "ai_edge_torch",
            "ai_edge_quantizer", "ai_edge_litert", "coremltools", "gguf", "urllib3", "matplotlib")
 
-#: runtimes whose C++ INFO lines edgeslm.quiet.native_stderr drops unless their logger allows INFO
-NATIVE = ("ai_edge_litert",)
-
 _undo: list = []
 
 
@@ -67,10 +68,8 @@ def apply(verbose: bool) -> None:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         _undo.append(lambda: (log.removeHandler(handler), log.setLevel(level)))
-        for name in NATIVE:  # edgeslm.quiet.native_stderr keeps their C++ INFO lines then
-            native = logging.getLogger(name)
-            _undo.append(lambda native=native, level=native.level: native.setLevel(level))
-            native.setLevel(logging.INFO)
+        previous = quiet.set_verbose(True)  # native_stderr / library_stdout let everything through
+        _undo.append(lambda: quiet.set_verbose(previous))
         return
     for key, value in ENV.items():
         if key not in os.environ:

@@ -52,7 +52,7 @@ class LiteRTEngine(Engine):
             self.interpreter = Interpreter(**kw)
             from edgeslm.quiet import native_stderr
 
-            with native_stderr(drop=("INFO: Created TensorFlow Lite",), logger="ai_edge_litert"):
+            with native_stderr(drop=("INFO: Created TensorFlow Lite",)):
                 self.interpreter.allocate_tensors()  # the delegate's one-time INFO line, not the user's business
             sigs = self.interpreter.get_signature_list()
             self._prefill = self.interpreter.get_signature_runner("prefill")
