@@ -58,6 +58,34 @@ def test_every_verb_takes_quiet_verbose_and_json():
         assert ("--json" in opts) != (name in NO_JSON), f"{name}: --json {'missing' if name not in NO_JSON else 'unexpected'}"
 
 
+def test_a_plugin_verb_made_as_a_plain_click_command_joins_the_contract(capsys):
+    """A backend may add a verb (issue #20's plugin door); built with plain click, it still takes
+    -q/-v and --json errors like ours."""
+    from edgeslm.errors import ExportError
+
+    @click.command("plugin-test-verb")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.option("--fail", is_flag=True)
+    def verb(as_json, fail):
+        from edgeslm.cli._common import emit_json
+        from edgeslm.cli._output import current
+
+        current().note("a note")
+        if fail:
+            raise ExportError("it failed")
+        emit_json({"ok": True}) if as_json else click.echo("ok")
+
+    _register()
+    cli.add_command(verb)
+    try:
+        assert run(["plugin-test-verb"], capsys) == (0, "ok\n", "a note\n")
+        assert run(["plugin-test-verb", "-q"], capsys) == (0, "ok\n", "")
+        code, out, _ = run(["-q", "plugin-test-verb", "--fail", "--json"], capsys)
+        assert code == 1 and json.loads(out)["error"] == "it failed"
+    finally:
+        del cli.commands["plugin-test-verb"]
+
+
 @pytest.mark.parametrize("argv", [["models", "--json"], ["--quiet", "models", "--json"], ["models", "-q", "--json"],
                                   ["targets", "list", "--json"], ["targets", "show", "raspberry-pi-5", "-v", "--json"]])
 def test_json_results_are_one_document(capsys, argv):

@@ -2,8 +2,9 @@
 
 Every command on :data:`edgeslm.cli.cli` is a :class:`Verb` (the group's ``command_class``), so
 each one takes ``-q`` and ``-v`` without declaring them, and the group takes them too
-(``edgeslm -v export ...`` = ``edgeslm export ... -v``). The settings of the running invocation
-live in :data:`OUTPUT`:
+(``edgeslm -v export ...`` = ``edgeslm export ... -v``); a plain click command added with
+``cli.add_command`` (a plugin's verb) is adopted the same way. The settings of the running
+invocation live in :data:`OUTPUT`:
 
 =============  =================================================================================
 (default)      results on stdout; our progress (a spinner per step on a terminal, a closing line
@@ -145,6 +146,35 @@ class VerbGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         _collect(ctx)  # the group's own callback takes no -q/-v; its verbs read them from ctx.meta
         return super().invoke(ctx)
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        """A command made elsewhere (a plugin's verb, built as a plain click.Command) joins with
+        the same -q/-v handling as ours."""
+        if not isinstance(cmd, (Verb, VerbGroup)) and not getattr(cmd, "_edgeslm_flags", False):
+            adopt(cmd)
+        super().add_command(cmd, name)
+
+
+def adopt(cmd: click.Command) -> None:
+    """Give a plain click command (or group, recursively) the -q/-v options and their handling."""
+    _add_flags(cmd)
+    cmd._edgeslm_flags = True
+    plain_invoke = cmd.invoke
+    if isinstance(cmd, click.Group):
+        def invoke(ctx):
+            _collect(ctx)
+            return plain_invoke(ctx)
+        for sub in cmd.commands.values():
+            if not isinstance(sub, (Verb, VerbGroup)) and not getattr(sub, "_edgeslm_flags", False):
+                adopt(sub)
+    else:
+        def invoke(ctx):
+            _settle(ctx)
+            if not OUTPUT.json:
+                return plain_invoke(ctx)
+            with contextlib.redirect_stdout(sys.stderr):
+                return plain_invoke(ctx)
+    cmd.invoke = invoke
 
 
 def emit_error(message: str, exit_code: int, kind: str) -> None:
