@@ -18,7 +18,7 @@ from typing import Any
 from .bundle import MANIFEST_FILE, Bundle, write_manifest
 from .errors import ExportError, ParityError
 from .outputs import check_output_dir, make_dir
-from .plugins import get_engine, get_exporter
+from .plugins import default_format, get_engine, get_exporter
 from .progress import NULL_STEPS, Steps
 from .verify.reference import add_to_manifest as add_reference
 
@@ -27,7 +27,7 @@ from .verify.reference import add_to_manifest as add_reference
 class ExportSpec:
     """What to produce; target profiles fill this in from device data."""
 
-    format: str  # "onnx" | "openvino" | "litert" | "coreml" ...
+    format: str  # a format plugin's name: "onnx", "openvino", "litert", "coreml", a third party's
     precision: str = "fp32"
     context_length: int = 2048  # KV cache / position budget the bundle declares
     target: str | None = None  # device target name, if chosen by one
@@ -57,16 +57,20 @@ class Exporter(ABC):
         return None
 
 
-def export_model(model: str | Path | Any, out_dir: str | Path, format: str = "onnx", precision: str | None = None,
+def export_model(model: str | Path | Any, out_dir: str | Path, format: str | None = None, precision: str | None = None,
                  context_length: int | None = None, target: str | None = None, parity: bool = True,
                  parity_tokens: int = 32, overwrite: bool = False, steps: Steps = NULL_STEPS,
                  options: dict[str, Any] | None = None, extra_manifest: dict[str, Any] | None = None) -> Bundle:
-    """Export ``model`` (a name, a path, or a loaded SourceModel) into a verified bundle."""
+    """Export ``model`` (a name, a path, or a loaded SourceModel) into a verified bundle.
+
+    ``format`` None: the installed format plugins' default (:func:`edgeslm.plugins.default_format`).
+    """
     from .sources import SourceModel, load_source
 
     out_dir = check_output_dir(Path(out_dir), "bundle folder")  # before minutes of work
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ExportError(f"{out_dir} exists and is not empty; choose another directory or pass --overwrite")
+    format = format or default_format()
     exporter_cls = get_exporter(format)
     get_engine(format)  # fail before minutes of work if the device half is missing
     exporter = exporter_cls()

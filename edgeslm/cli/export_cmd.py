@@ -18,7 +18,8 @@ from ._common import OutputDir, emit_json, json_option, parse_options
               help="Device target (see `edgeslm targets list`): picks format, precision and context, "
                    "and refuses a model that cannot fit.")
 @click.option("-f", "--format", "fmt", default=None,
-              help="Bundle format: an installed exporter plugin [default: the target's choice, else onnx].")
+              help="Bundle format: an installed exporter plugin [default: the target's choice, else the installed "
+                   "plugins' default (onnx when installed)].")
 @click.option("-p", "--precision", default=None,
               help="Weight precision [default: the target's best that the exporter writes, else the exporter's first (onnx: fp32, coreml: fp16)].")
 @click.option("--context-length", type=int, default=None,
@@ -79,7 +80,7 @@ def export_command(model, out_dir, target, fmt, precision, context_length, allow
             raise click.UsageError("--allow-fallback needs --target")
         from ..exporting import export_model
 
-        bundle = export_model(model, out_dir, format=fmt or "onnx", precision=precision,
+        bundle = export_model(model, out_dir, format=fmt, precision=precision,
                               context_length=context_length, parity=not no_parity, parity_tokens=parity_tokens,
                               overwrite=overwrite, steps=steps, options=options)
         if sign_key is not None:
