@@ -41,9 +41,16 @@ def _register() -> None:
     for info in pkgutil.iter_modules(__path__):
         if info.name.endswith(("_cmd", "_cmds")):
             importlib.import_module(f"{__name__}.{info.name}")
+    for name in _plugin_verbs:  # re-read on every call: what is installed may have changed
+        cli.commands.pop(name, None)
+    _plugin_verbs.clear()
     for name, command in commands().items():
         if name not in cli.commands and isinstance(command, click.Command):
             cli.add_command(command, name)
+            _plugin_verbs.add(name)
+
+
+_plugin_verbs: set[str] = set()
 
 
 def main(argv: list[str] | None = None) -> int:
