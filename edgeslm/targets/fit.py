@@ -28,7 +28,13 @@ from typing import Mapping
 
 from ..errors import DoesNotFitError
 from ..spec import ModelSpec
-from .precisions import PrecisionCost, act_bytes, bytes_per_weight, kv_cache_bytes, weights_bytes
+from .precisions import (
+    PrecisionCost,
+    act_bytes,
+    bytes_per_weight,
+    kv_cache_bytes,
+    weights_bytes,
+)
 from .profile import TargetProfile
 from .units import bytes_and_human, format_bytes
 

@@ -13,7 +13,6 @@ import click
 from edgeslm.cli._common import OutputDir
 from edgeslm.outputs import make_dir
 
-
 TEACHER_FILE = "teacher_text.txt"
 
 

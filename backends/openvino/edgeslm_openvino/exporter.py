@@ -24,6 +24,7 @@ from typing import Any
 from edgeslm._deps import require
 from edgeslm.errors import ExportError
 from edgeslm.exporting import Exporter, ExportSpec
+from edgeslm.options import flag
 
 from .compress import CompressionConfig, compress
 
@@ -38,7 +39,7 @@ class OpenVINOExporter(Exporter):
 
     def export(self, source, spec: ExportSpec, out_dir: Path, steps) -> dict[str, Any]:
         ov = require("openvino", "openvino", "OpenVINO export")
-        stateful = _flag(spec.options.get("stateful", True))
+        stateful = flag(spec.options.get("stateful", True), "stateful", ExportError)
         cfg = CompressionConfig.from_options(spec.options)  # validate before minutes of work
         model = to_openvino(source, spec.context_length)
         if stateful:
@@ -104,6 +105,3 @@ def make_stateful(model) -> None:
     if [p.get_any_name() for p in model.inputs] != ["input_ids"]:
         raise ExportError("making the KV cache stateful left cache inputs behind")
 
-
-def _flag(value) -> bool:
-    return value.lower() in ("1", "true", "yes") if isinstance(value, str) else bool(value)
