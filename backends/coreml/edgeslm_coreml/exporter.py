@@ -90,7 +90,7 @@ class CoreMLExporter(Exporter):
         info["coremltools_version"] = ct.__version__
         fields["coreml"] = info
         fields["artifacts"] = {
-            "model": MODEL_DIR, "files": sorted(p.name for p in out_dir.iterdir()),
+            "model": MODEL_DIR,
             "inputs": [INPUT_IDS, CAUSAL_MASK], "outputs": [LOGITS], "states": [KEY_CACHE, VALUE_CACHE],
             "minimum_deployment_target": "iOS18/macOS15", "compute_precision": "fp16",
             "package_bytes": info["bytes"]["package"],

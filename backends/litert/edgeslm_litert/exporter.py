@@ -53,9 +53,8 @@ class LiteRTExporter(Exporter):
                 fields["quantization"] = quantize(path, spec.precision)
         from importlib.metadata import version
 
-        files = sorted(p.name for p in out_dir.iterdir())
         fields["artifacts"] = {
-            "model": MODEL_FILE, "files": files,
+            "model": MODEL_FILE,
             "signatures": {"prefill": {"tokens": prefill_len}, "decode": {"tokens": 1}},
             "kv_cache": {"length": spec.context_length, "dtype": "float32",
                          "shape": [1, source.spec.num_kv_heads, spec.context_length, source.spec.head_dim]},

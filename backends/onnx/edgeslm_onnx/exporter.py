@@ -66,8 +66,7 @@ class OnnxExporter(Exporter):
         if spec.precision != "fp32":
             with steps.step(f"Quantizing weights ({spec.precision})"):
                 fields["quantization"] = _quantize(path, source, spec)
-        files = sorted(p.name for p in out_dir.iterdir())
-        return {"artifacts": {"model": MODEL_FILE, "files": files, "opset": _opset(path)}, **fields}
+        return {"artifacts": {"model": MODEL_FILE, "opset": _opset(path)}, **fields}
 
 
 def _quantize(path: Path, source, spec: ExportSpec) -> dict[str, Any]:

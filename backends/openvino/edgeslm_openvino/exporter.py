@@ -54,8 +54,7 @@ class OpenVINOExporter(Exporter):
             ov.save_model(model, str(out_dir / MODEL_FILE), compress_to_fp16=False)
         except Exception as exc:
             raise ExportError(f"openvino could not save the IR: {exc}") from exc
-        files = sorted(p.name for p in out_dir.iterdir())
-        fields["artifacts"] = {"model": MODEL_FILE, "weights": WEIGHTS_FILE, "files": files, "stateful": stateful,
+        fields["artifacts"] = {"model": MODEL_FILE, "weights": WEIGHTS_FILE, "stateful": stateful,
                                "openvino_version": ov.get_version()}
         return fields
 
