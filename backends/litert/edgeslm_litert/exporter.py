@@ -67,10 +67,10 @@ def convert(source, path: Path, cache_len: int, prefill_len: int) -> None:
     """Write the fp32 two-signature .tflite of ``source`` to ``path``."""
     torch = require("torch", "export", "LiteRT export")
     litert_torch = _litert_torch()
-    from .static_cache import DecodeSignature, PrefillSignature, StaticCacheModel, cache_names
+    from .static_cache import DecodeSignature, PrefillSignature, StaticCacheModel, signature_cache_names
 
     core = StaticCacheModel(source.export_module(cache_len), cache_len).eval()
-    names = cache_names(core.layers)
+    names = signature_cache_names(core.layers)
 
     def sample(t: int) -> dict[str, Any]:
         return {"tokens": torch.zeros((1, t), dtype=torch.int32), "input_pos": torch.arange(t, dtype=torch.int32),

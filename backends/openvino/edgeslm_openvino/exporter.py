@@ -63,19 +63,16 @@ def to_openvino(source, context_length: int | None = None):
     """Convert ``source.export_module()`` with openvino's PyTorch front end; name and shape its IO."""
     torch = require("torch", "export", "OpenVINO export")
     ov = require("openvino", "openvino", "OpenVINO export")
-    from edgeslm.arch.concat import cache_names
+    from edgeslm.arch.concat import example_inputs, io_names
 
     ms = source.spec
     module = source.export_module(context_length)
-    example_ids = torch.zeros((1, 4), dtype=torch.int64)
-    past = module.empty_cache(past_len=3)  # non-trivial sizes so neither dim specializes
     try:
         with torch.no_grad():
-            model = ov.convert_model(module, example_input=(example_ids, *past))
+            model = ov.convert_model(module, example_input=example_inputs(module))
     except Exception as exc:
         raise ExportError(f"ov.convert_model failed: {type(exc).__name__}: {exc}") from exc
-    in_names = ["input_ids", *cache_names(ms.num_layers, "past")]
-    out_names = ["logits", *cache_names(ms.num_layers, "present")]
+    in_names, out_names = io_names(ms.num_layers)
     if len(model.inputs) != len(in_names) or len(model.outputs) != len(out_names):
         raise ExportError(f"converted model has {len(model.inputs)} inputs / {len(model.outputs)} outputs, "
                           f"expected {len(in_names)} / {len(out_names)}")

@@ -1,0 +1,17 @@
+"""Loading Hugging Face-named weights into a module whose output head may be tied."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+TIED_HEAD = "lm_head.weight"
+
+
+def load_weights(module, state_dict: Mapping[str, Any], tied: bool) -> tuple[list[str], list[str]]:
+    """``module.load_state_dict`` (not strict) that understands a tied head; returns what is
+    (missing, unexpected). With ``tied`` the head is the embedding: a stored ``lm_head.weight``
+    is dropped (the embedding's is the one that counts) and its absence is not "missing"."""
+    if tied:
+        state_dict = {k: v for k, v in state_dict.items() if k != TIED_HEAD}
+    missing, unexpected = module.load_state_dict(state_dict, strict=False)
+    return [m for m in missing if not (tied and m == TIED_HEAD)], list(unexpected)
