@@ -13,10 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .errors import BundleError, GenerationError
+from .errors import BundleError, GenerationError, SchemaVersionError
 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "edgeslm_tokenizer.json"
+#: Version of edgeslm_tokenizer.json. Readers refuse a newer one; a file without the field is
+#: version 1 (written before the field existed).
+CONFIG_SCHEMA_VERSION = 1
 
 
 @dataclass
@@ -70,6 +73,7 @@ class Tokenizer:
         directory = Path(directory)
         self.backend.save(str(directory / TOKENIZER_FILE))
         config = {
+            "schema_version": CONFIG_SCHEMA_VERSION,
             "bos_token_id": self.bos_token_id,
             "eos_token_ids": list(self.eos_token_ids),
             "add_bos": self.add_bos,
@@ -115,6 +119,12 @@ def _check_config(config, where: Path) -> None:
 
     if not isinstance(config, dict):
         raise BundleError(f"{where}: must be a JSON object, not {type(config).__name__}")
+    version = config.get("schema_version", 1)
+    if not token_id(version) or version < 1:
+        raise BundleError(f"{where}: 'schema_version' must be a positive integer, not {version!r}")
+    if version > CONFIG_SCHEMA_VERSION:
+        raise SchemaVersionError(f"{where}: schema_version {version} is newer than this edgeslm reads "
+                                 f"({CONFIG_SCHEMA_VERSION}); upgrade edgeslm")
     eos = config.get("eos_token_ids")
     checks = {
         "bos_token_id": config.get("bos_token_id") is None or token_id(config.get("bos_token_id")),
