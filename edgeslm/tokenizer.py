@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .errors import BundleError, GenerationError, SchemaVersionError
+from .errors import BundleError, GenerationError
 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "edgeslm_tokenizer.json"
@@ -119,12 +119,9 @@ def _check_config(config, where: Path) -> None:
 
     if not isinstance(config, dict):
         raise BundleError(f"{where}: must be a JSON object, not {type(config).__name__}")
-    version = config.get("schema_version", 1)
-    if not token_id(version) or version < 1:
-        raise BundleError(f"{where}: 'schema_version' must be a positive integer, not {version!r}")
-    if version > CONFIG_SCHEMA_VERSION:
-        raise SchemaVersionError(f"{where}: schema_version {version} is newer than this edgeslm reads "
-                                 f"({CONFIG_SCHEMA_VERSION}); upgrade edgeslm")
+    from .bundle.schema import check_version
+
+    check_version(config.get("schema_version", 1), CONFIG_SCHEMA_VERSION, str(where))  # absent: written before v1
     eos = config.get("eos_token_ids")
     checks = {
         "bos_token_id": config.get("bos_token_id") is None or token_id(config.get("bos_token_id")),

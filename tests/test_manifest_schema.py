@@ -189,8 +189,8 @@ def test_newer_schema_is_its_own_error(base, tmp_path, capsys):
     ([1, 2], "must be a JSON object"), ({"eos_token_ids": 2}, "'eos_token_ids'"),
     ({"eos_token_ids": ["2"]}, "'eos_token_ids'"), ({"bos_token_id": "1"}, "'bos_token_id'"),
     ({"add_bos": "yes"}, "'add_bos'"), ({"chat_template": ["x"]}, "'chat_template'"),
-    ({"schema_version": "1"}, "'schema_version' must be a positive integer"),
-    ({"schema_version": 2}, "schema_version 2 is newer than this edgeslm reads"),
+    ({"schema_version": "1"}, "schema_version must be a positive integer"),
+    ({"schema_version": 2}, "schema_version 2 is newer than this edgeslm understands"),
 ])
 def test_malformed_tokenizer_config_is_one_line_error(tmp_path, config, field):
     from edgeslm.testing import make_tiny_tokenizer
