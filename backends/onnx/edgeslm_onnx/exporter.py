@@ -20,6 +20,7 @@ from typing import Any
 from edgeslm._deps import quiet_torch_onnx, require
 from edgeslm.errors import ExportError
 from edgeslm.exporting import Exporter, ExportSpec
+from edgeslm.options import flag
 
 MODEL_FILE = "model.onnx"
 OPSET_FUSED = 23
@@ -41,7 +42,7 @@ class OnnxExporter(Exporter):
 
         # Opset 23 has Attention (grouped-query) and RMSNormalization: with the fused forward each
         # layer becomes a few large ops instead of ~40 small ones (decode is op-overhead bound).
-        fused = str(spec.options.get("fused_ops", True)).lower() not in ("false", "0", "no")
+        fused = flag(spec.options.get("fused_ops", True), "fused_ops", ExportError)
         model = source.export_module(spec.context_length).use_fused_ops(fused)
         opset = OPSET_FUSED if fused else OPSET_PLAIN
         example = example_inputs(model)
