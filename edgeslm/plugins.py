@@ -105,10 +105,18 @@ def commands() -> dict[str, Any]:
 
 def default_format() -> str:
     """The format ``export`` writes without --format or --target: the installed exporter whose
-    format declares the lowest ``default_rank`` (ties by name)."""
+    format declares the lowest ``default_rank`` (ties by name); the only exporter when none
+    declares one. Several exporters and no declaration: refused, never an alphabetical guess."""
     names = available(EXPORTERS)
     if not names:
         raise BackendNotInstalledError("no exporter plugin is installed; pip install 'edgeslm[onnx]' "
                                        "or another backend package")
     info = formats()
-    return min(names, key=lambda n: (info[n].default_rank if n in info else 100, n))
+    ranked = [n for n in names if n in info]
+    if ranked:
+        return min(ranked, key=lambda n: (info[n].default_rank, n))
+    if len(names) == 1:
+        return names[0]
+    raise BackendNotInstalledError(f"several exporters are installed ({', '.join(names)}) and none declares a "
+                                   f"default format (edgeslm.formats entry point; reinstall the backends); "
+                                   f"pass --format")
