@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .runtime.engine import Engine
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
     "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
@@ -187,7 +189,7 @@ def make_tiny_gguf(path: str | Path, hf_folder: str | Path, quant: str = "f32") 
     return path
 
 
-class ScriptedEngine:
+class ScriptedEngine(Engine):
     """A fake Engine (numpy only) that "predicts" a fixed token script, for Generator tests.
 
     After any input, the next logits put all mass on ``script[i]`` where ``i`` counts the
@@ -196,57 +198,54 @@ class ScriptedEngine:
     ("truncate", n); ``can_truncate=False`` keeps the base class's truncate (reset only).
     """
 
-    def __new__(cls, script, vocab_size: int, max_context: int = 64, can_truncate: bool = True):
+    name = "scripted"
+
+    def __init__(self, script, vocab_size: int, max_context: int = 64, can_truncate: bool = True):
         from types import SimpleNamespace
 
-        import numpy as np
-
-        from .runtime.engine import Engine
         from .spec import ModelSpec
 
-        class _Scripted(Engine):
-            name = "scripted"
+        spec = ModelSpec("llama", vocab_size, 8, 1, 1, 1, 8, 8, max_context)
+        super().__init__(SimpleNamespace(spec=spec, manifest={"context_length": max_context}))
+        self.script = list(script)
+        self.vocab_size = vocab_size
+        self.can_truncate = can_truncate
+        self.calls: list[tuple[str, int]] = []
+        self.reset()
 
-            def __init__(self):
-                spec = ModelSpec("llama", vocab_size, 8, 1, 1, 1, 8, 8, max_context)
-                super().__init__(SimpleNamespace(spec=spec, manifest={"context_length": max_context}))
-                self.script = list(script)
-                self.calls: list[tuple[str, int]] = []
-                self.reset()
+    def _logits(self):
+        import numpy as np
 
-            def _logits(self):
-                out = np.full(vocab_size, -10.0, dtype=np.float32)
-                out[self.script[min(self.step, len(self.script) - 1)]] = 10.0
-                return out
+        out = np.full(self.vocab_size, -10.0, dtype=np.float32)
+        out[self.script[min(self.step, len(self.script) - 1)]] = 10.0
+        return out
 
-            def prefill(self, token_ids):
-                ids = self.check_tokens(token_ids)
-                self.position += ids.size
-                self.step = 0
-                self.calls.append(("prefill", ids.size))
-                return self._logits()
+    def prefill(self, token_ids):
+        ids = self.check_tokens(token_ids)
+        self.position += ids.size
+        self.step = 0
+        self.calls.append(("prefill", ids.size))
+        return self._logits()
 
-            def decode(self, token_id):
-                self.check_tokens([token_id])
-                self.position += 1
-                self.step += 1
-                self.calls.append(("decode", 1))
-                return self._logits()
+    def decode(self, token_id):
+        self.check_tokens([token_id])
+        self.position += 1
+        self.step += 1
+        self.calls.append(("decode", 1))
+        return self._logits()
 
-            def reset(self):
-                self.position = 0
-                self.step = 0
-                if hasattr(self, "calls"):
-                    self.calls.append(("reset", 0))
+    def reset(self):
+        self.position = 0
+        self.step = 0
+        if hasattr(self, "calls"):
+            self.calls.append(("reset", 0))
 
-            def truncate(self, length):
-                if not can_truncate:
-                    return super().truncate(length)
-                self.calls.append(("truncate", length))
-                self.position = length
-                return True
-
-        return _Scripted()
+    def truncate(self, length):
+        if not self.can_truncate:
+            return super().truncate(length)
+        self.calls.append(("truncate", length))
+        self.position = length
+        return True
 
 
 def _has(module: str) -> bool:

@@ -17,6 +17,9 @@ from .errors import BundleError, GenerationError
 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "edgeslm_tokenizer.json"
+#: Version of edgeslm_tokenizer.json. Readers refuse a newer one; a file without the field is
+#: version 1 (written before the field existed).
+CONFIG_SCHEMA_VERSION = 1
 
 
 @dataclass
@@ -70,6 +73,7 @@ class Tokenizer:
         directory = Path(directory)
         self.backend.save(str(directory / TOKENIZER_FILE))
         config = {
+            "schema_version": CONFIG_SCHEMA_VERSION,
             "bos_token_id": self.bos_token_id,
             "eos_token_ids": list(self.eos_token_ids),
             "add_bos": self.add_bos,
@@ -115,6 +119,9 @@ def _check_config(config, where: Path) -> None:
 
     if not isinstance(config, dict):
         raise BundleError(f"{where}: must be a JSON object, not {type(config).__name__}")
+    from .bundle.schema import check_version
+
+    check_version(config.get("schema_version", 1), CONFIG_SCHEMA_VERSION, str(where))  # absent: written before v1
     eos = config.get("eos_token_ids")
     checks = {
         "bos_token_id": config.get("bos_token_id") is None or token_id(config.get("bos_token_id")),

@@ -189,6 +189,8 @@ def test_newer_schema_is_its_own_error(base, tmp_path, capsys):
     ([1, 2], "must be a JSON object"), ({"eos_token_ids": 2}, "'eos_token_ids'"),
     ({"eos_token_ids": ["2"]}, "'eos_token_ids'"), ({"bos_token_id": "1"}, "'bos_token_id'"),
     ({"add_bos": "yes"}, "'add_bos'"), ({"chat_template": ["x"]}, "'chat_template'"),
+    ({"schema_version": "1"}, "schema_version must be a positive integer"),
+    ({"schema_version": 2}, "schema_version 2 is newer than this edgeslm understands"),
 ])
 def test_malformed_tokenizer_config_is_one_line_error(tmp_path, config, field):
     from edgeslm.testing import make_tiny_tokenizer
@@ -202,6 +204,20 @@ def test_malformed_tokenizer_config_is_one_line_error(tmp_path, config, field):
     with pytest.raises(BundleError, match=field) as exc:
         Bundle.open(b).load_tokenizer()
     assert "\n" not in str(exc.value)
+
+
+def test_tokenizer_config_carries_its_version_and_old_files_still_read(tmp_path):
+    from edgeslm.testing import make_tiny_tokenizer
+    from edgeslm.tokenizer import CONFIG_SCHEMA_VERSION, Tokenizer
+
+    tok = Tokenizer(backend=make_tiny_tokenizer(), bos_token_id=1, eos_token_ids=(2,), add_bos=True)
+    tok.save(tmp_path)
+    cfg = json.loads((tmp_path / "edgeslm_tokenizer.json").read_text())
+    assert cfg["schema_version"] == CONFIG_SCHEMA_VERSION == 1
+    del cfg["schema_version"]  # as written before the field existed
+    (tmp_path / "edgeslm_tokenizer.json").write_text(json.dumps(cfg))
+    old = Tokenizer.load(tmp_path)
+    assert (old.bos_token_id, old.eos_token_ids, old.add_bos) == (1, (2,), True)
 
 
 # -- property tests over a real bundle -----------------------------------------------------

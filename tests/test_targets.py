@@ -116,7 +116,7 @@ def test_unknown_target_suggests(isolated):
     ('kind = "sbc"\n', "", MissingFieldError, "missing field 'kind'"),
     ('budget = "6 GiB"', "", MissingFieldError, "missing field 'memory.budget'"),
     ("cores = 4\n", "", MissingFieldError, "missing field 'cpu.cores'"),
-    ('name = "onnx"', 'name = "tensorrt-llm"', UnknownFormatError, "unknown format 'tensorrt-llm'"),
+    ('name = "onnx"', 'name = "TensorRT LLM"', UnknownFormatError, "'TensorRT LLM' in formats.0. is not a format name"),
     ('precisions = ["int8", "int4", "fp32"]   # onnx', 'precisions = ["int3"]   # onnx', UnknownPrecisionError,
      "unknown precision 'int3'"),
     ('ram = "8 GiB"', "ram = 8", UnitError, "'memory.ram' = 8 has no unit"),
@@ -132,6 +132,51 @@ def test_invalid_targets_raise_named_errors(isolated, old, new, error, match):
         load_target_file(p)
     assert str(p) in str(exc.value)  # the message names the file
     assert isinstance(exc.value, TargetError)
+
+
+def test_a_format_whose_plugin_is_absent_is_device_data(isolated):
+    """A target may list a runtime this machine has no plugin for: fit sizes it, export names the gap."""
+    from edgeslm.errors import BackendNotInstalledError
+    from edgeslm.spec import ModelSpec
+    from edgeslm.targets import forecast
+    from edgeslm.targets.plan import plan_export
+
+    p = _write(isolated / "t", "rtx-box", _variant("raspberry-pi-5", 'name = "onnx"', 'name = "tensorrt-llm"'))
+    t = load_target_file(p)
+    assert t.formats[0].name == "tensorrt-llm"
+    spec = ModelSpec(architecture="llama", vocab_size=256, hidden_size=64, num_layers=2, num_heads=4,
+                     num_kv_heads=2, head_dim=16, intermediate_size=128, context_length=512)
+    assert forecast(spec, t, "tensorrt-llm", "int8", 256).fits
+    with pytest.raises(BackendNotInstalledError, match="no tensorrt-llm exporter is installed"):
+        plan_export(spec, t)
+
+
+def test_a_target_file_sizes_its_own_precisions(isolated):
+    """[precisions.NAME] in a target file sizes a precision no installed plugin declares."""
+    text = _variant("raspberry-pi-5", 'precisions = ["int8", "int4", "fp32"]   # onnx',
+                    'precisions = ["int3-lut"]   # onnx')
+    with pytest.raises(UnknownPrecisionError, match=r"\[precisions.int3-lut\]"):
+        load_target_file(_write(isolated / "a", "b3", text))
+    text += '\n[precisions.int3-lut]\nbits = 3\ngroup = 64\nscale_bytes = 2.0\nact_bytes = 2\n'
+    t = load_target_file(_write(isolated / "b", "b3", text))
+    assert t.precisions["int3-lut"].bits == 3 and t.precisions["int3-lut"].group == 64
+
+
+def test_shipped_precision_facts_agree_with_installed_plugins():
+    """The targets' stand-in [precisions.*] tables equal the figures of the plugin that writes them."""
+    from edgeslm.plugins import formats
+    from edgeslm.targets.profile import _read_precisions, _Reader, tomllib
+
+    declared = {p: c for info in formats().values() for p, c in info.precisions.items()}
+    checked = 0
+    for f in sorted((REPO / "targets").glob("*.toml")):
+        for name, c in _read_precisions(_Reader(str(f), tomllib.loads(f.read_text()))).items():
+            if name in declared:
+                assert c.bits == declared[name].bits and c.group == declared[name].group, (f, name)
+                assert (c.scale_bytes, c.act_bytes) == (declared[name].scale_bytes, declared[name].act_bytes), (f, name)
+                checked += 1
+    if not checked:
+        pytest.skip("no plugin declaring these precisions is installed (the LiteRT backend declares them)")
 
 
 def test_invalid_toml_names_the_file(isolated):

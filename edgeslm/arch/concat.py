@@ -48,3 +48,14 @@ class ConcatCache(CacheStrategy):
 def cache_names(num_layers: int, prefix: str) -> list[str]:
     """``[prefix_key_0, prefix_value_0, ...]`` in the order forward() takes and returns them."""
     return [f"{prefix}_{kind}_{i}" for i in range(num_layers) for kind in ("key", "value")]
+
+
+def io_names(num_layers: int) -> tuple[list[str], list[str]]:
+    """The graph's input and output names: ``input_ids, past_*`` -> ``logits, present_*``."""
+    return ["input_ids", *cache_names(num_layers, "past")], ["logits", *cache_names(num_layers, "present")]
+
+
+def example_inputs(module) -> tuple[torch.Tensor, ...]:
+    """What an exporter traces ``module`` with: ids (1, 4) and a past of 3 positions per layer,
+    (1, kv, 3, hd) each: sizes other than 0 and 1 so that neither dim specializes."""
+    return (torch.zeros((1, 4), dtype=torch.int64), *module.empty_cache(past_len=3))

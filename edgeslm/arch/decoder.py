@@ -325,15 +325,9 @@ class Decoder(nn.Module):
 def from_state_dict(cfg: DecoderConfig, state_dict: dict[str, Any], low_rank: dict[str, int] | None = None,
                     context_length: int | None = None) -> Decoder:
     """A :class:`Decoder` holding the given Hugging Face-named weights (float32, eval mode)."""
-    from ..errors import ModelLoadError
+    from .weights import load_weights
 
     model = Decoder(cfg, low_rank=low_rank, context_length=context_length)
     sd = {k: v.detach().to(torch.float32) for k, v in state_dict.items() if "rotary_emb" not in k}
-    if cfg.tie_word_embeddings:
-        sd.pop("lm_head.weight", None)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [m for m in missing if not (cfg.tie_word_embeddings and m == "lm_head.weight")]
-    if missing or unexpected:
-        raise ModelLoadError(f"weights do not match the {cfg.family} layout: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
+    load_weights(model, sd, cfg.tie_word_embeddings, f"weights do not match the {cfg.family} layout")
     return model.eval()

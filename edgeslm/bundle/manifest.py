@@ -44,8 +44,13 @@ def write_manifest(directory: str | Path, fields: dict[str, Any]) -> dict[str, A
     }
     manifest.update(fields)
     manifest["files"] = hash_files(directory)
-    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    save_manifest(directory, manifest)
     return manifest
+
+
+def save_manifest(directory: str | Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest`` as it is (no re-hashing): for a writer that has updated what it wrote."""
+    (Path(directory) / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
 
 
 @dataclass

@@ -73,6 +73,17 @@ def parse_manifest(raw: bytes, where: str) -> dict[str, Any]:
     return validate(doc, where)
 
 
+def check_version(version: Any, newest: int, where: str) -> int:
+    """``version`` if it is a positive integer this edgeslm reads (<= ``newest``): BundleError for
+    a malformed one, SchemaVersionError for a newer one. Every versioned bundle file uses it."""
+    if not _is_int(version) or version < 1:
+        raise BundleError(f"{where}: schema_version must be a positive integer, got {_show(version)}")
+    if version > newest:
+        raise SchemaVersionError(f"{where}: schema_version {version} is newer than this edgeslm understands "
+                                 f"({newest}); upgrade edgeslm")
+    return version
+
+
 def validate(m: Any, where: str) -> dict[str, Any]:
     """Check the fields edgeslm reads; BundleError (or SchemaVersionError) names the first bad one."""
     if not isinstance(m, dict):
@@ -80,11 +91,7 @@ def validate(m: Any, where: str) -> dict[str, Any]:
     version = m.get("schema_version")
     if "schema_version" not in m:
         raise BundleError(f"{where}: no schema_version")
-    if not _is_int(version) or version < 1:
-        raise BundleError(f"{where}: schema_version must be a positive integer, got {_show(version)}")
-    if version > SCHEMA_VERSION:
-        raise SchemaVersionError(f"{where}: schema_version {version} is newer than this edgeslm understands "
-                                 f"({SCHEMA_VERSION}); upgrade edgeslm")
+    check_version(version, SCHEMA_VERSION, where)
     for key in ("format", "spec", "files", "artifacts"):
         if key not in m:
             raise BundleError(f"{where}: missing '{key}'")

@@ -147,6 +147,15 @@ def sign_bundle(bundle_dir: str | Path, private_key: Any) -> str:
 MAX_SIGNATURE_BYTES = 64 << 10
 
 
+def sign_and_verify(bundle_dir: str | Path, key_file: str | Path) -> str:
+    """Sign ``bundle_dir`` with the private key in ``key_file``, then verify the signature just
+    written against that key's public half; returns the key id. What `export --sign` does."""
+    key = load_private_key(key_file)
+    kid = sign_bundle(bundle_dir, key)
+    verify_bundle_signature(bundle_dir, [key.public_key()])
+    return kid
+
+
 def read_signature(bundle_dir: str | Path) -> dict[str, Any]:
     """The parsed manifest.json.sig; SignatureError naming the file when absent or malformed."""
     return _parse_signature(Path(bundle_dir), _read_signature_bytes(Path(bundle_dir)))

@@ -34,13 +34,27 @@ def cli():
 
 def _register() -> None:
     """Import every verb module (``*_cmd.py`` / ``*_cmds.py`` here); importing one adds its
-    command to :data:`cli`. The modules import nothing heavy at import time."""
+    command to :data:`cli`. Then add the verbs installed plugins declare (entry point group
+    ``edgeslm.commands``, e.g. the LiteRT plugin's ``micro``); a plugin never replaces a core verb.
+    The modules import nothing heavy at import time."""
     import importlib
     import pkgutil
+
+    from ..plugins import commands
 
     for info in pkgutil.iter_modules(__path__):
         if info.name.endswith(("_cmd", "_cmds")):
             importlib.import_module(f"{__name__}.{info.name}")
+    for name in _plugin_verbs:  # re-read on every call: what is installed may have changed
+        cli.commands.pop(name, None)
+    _plugin_verbs.clear()
+    for name, command in commands().items():
+        if name not in cli.commands and isinstance(command, click.Command):
+            cli.add_command(command, name)
+            _plugin_verbs.add(name)
+
+
+_plugin_verbs: set[str] = set()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,8 @@ from ._output import current
               help="Device target (see `edgeslm targets list`): picks format, precision and context, "
                    "and refuses a model that cannot fit.")
 @click.option("-f", "--format", "fmt", default=None,
-              help="Bundle format: an installed exporter plugin [default: the target's choice, else onnx].")
+              help="Bundle format: an installed exporter plugin [default: the target's choice, else the installed "
+                   "plugins' default (onnx when installed)].")
 @click.option("-p", "--precision", default=None,
               help="Weight precision [default: the target's best that the exporter writes, else the exporter's first (onnx: fp32, coreml: fp16)].")
 @click.option("--context-length", type=int, default=None,
@@ -62,37 +63,36 @@ def export_command(model, out_dir, target, fmt, precision, context_length, allow
       edgeslm export smollm2-135m --target x86-64-generic --sign release.key -o out/smollm2-x86
       edgeslm export smollm2-135m --format onnx -o out/smollm2-onnx
     """
-    steps = current().steps()
-    options = parse_options(options)
-    if target is not None:
-        from ..targets.plan import export_for_target
-
-        # Progress and notes go to stderr so --json output stays parseable.
-        bundle, _ = export_for_target(model, out_dir, target, format=fmt, precision=precision,
-                                      context_length=context_length, allow_fallback=allow_fallback,
-                                      sign_key=sign_key, parity=not no_parity, parity_tokens=parity_tokens,
-                                      overwrite=overwrite, steps=steps, echo=current().note,
-                                      options=options)
-    else:
-        if allow_fallback:
-            raise click.UsageError("--allow-fallback needs --target")
-        from ..exporting import export_model
-
-        bundle = export_model(model, out_dir, format=fmt or "onnx", precision=precision,
-                              context_length=context_length, parity=not no_parity, parity_tokens=parity_tokens,
-                              overwrite=overwrite, steps=steps, options=options)
-        if sign_key is not None:
-            from ..bundle import Bundle
-            from ..bundle.signing import load_private_key, sign_bundle, verify_bundle_signature
-
-            key = load_private_key(sign_key)
-            kid = sign_bundle(bundle.path, key)
-            verify_bundle_signature(bundle.path, [key.public_key()])
-            current().note(f"signed with key {kid}")
-            bundle = Bundle.open(bundle.path, verify=False)
+    if allow_fallback and target is None:
+        raise click.UsageError("--allow-fallback needs --target")
+    common = dict(precision=precision, context_length=context_length, parity=not no_parity,
+                  parity_tokens=parity_tokens, overwrite=overwrite, steps=current().steps(),
+                  options=parse_options(options))
+    bundle = _export(model, out_dir, target, fmt, allow_fallback, sign_key, common)
     if as_json:
         emit_json(bundle.manifest)
         return
     from .bundle_cmds import print_summary
 
     print_summary(bundle)
+
+
+def _export(model, out_dir, target, fmt, allow_fallback, sign_key, common):
+    """Export (planned by the target when one is given), sign with ``sign_key``; the bundle.
+    Progress and notes go to stderr so --json output stays parseable."""
+    echo = current().note
+    if target is not None:
+        from ..targets.plan import export_for_target
+
+        bundle, _ = export_for_target(model, out_dir, target, format=fmt, allow_fallback=allow_fallback,
+                                      sign_key=sign_key, echo=echo, **common)
+        return bundle
+    from ..bundle import Bundle
+    from ..bundle.signing import sign_and_verify
+    from ..exporting import export_model
+
+    bundle = export_model(model, out_dir, format=fmt, **common)
+    if sign_key is None:
+        return bundle
+    echo(f"signed with key {sign_and_verify(bundle.path, sign_key)}")
+    return Bundle.open(bundle.path, verify=False)

@@ -305,7 +305,6 @@ def simulate_command(fleet_id, devices, rate, duration, messages, connections, p
       edgeslm fleet simulate --devices 20 --rate 1 --duration 120       # a demo fleet
       edgeslm fleet simulate -n 1000 --rate 0 --messages 50 --connections 4 --processes 2 --no-status  # load
     """
-    from ..telemetry.mqtt import BrokerConfig  # noqa: F401  (documents the type of `broker`)
     from ..telemetry.simulate import SimConfig, simulate
 
     cfg = SimConfig(broker=broker, fleet=fleet_id, devices=devices, rate=rate,

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 import numpy as np
 
 from ..errors import EngineOptionError, GenerationError
+from ..options import flag
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..bundle import Bundle
@@ -49,19 +50,12 @@ class EngineOption:
                 items = value.split(",") if isinstance(value, str) else list(value)
                 return [str(i).strip() for i in items if str(i).strip()]
             if self.kind == "bool":
-                if isinstance(value, str):
-                    if value.lower() not in _BOOLS:
-                        raise ValueError(value)
-                    return _BOOLS[value.lower()]
-                return bool(value)
+                return flag(value, name)
             if self.kind == "int":
                 return int(value)
         except (TypeError, ValueError):
             raise EngineOptionError(f"engine option {name}={value!r}: expected {self.kind}") from None
         return str(value)
-
-
-_BOOLS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
 
 class Engine(ABC):

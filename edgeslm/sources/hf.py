@@ -124,6 +124,7 @@ def _load_low_rank_folder(folder: Path) -> SourceModel:
     from safetensors.torch import load_file
 
     from ..arch.lowrank import apply_low_rank
+    from ..arch.weights import load_weights
 
     transformers = quiet_transformers()
     config = transformers.AutoConfig.from_pretrained(str(folder))
@@ -133,13 +134,7 @@ def _load_low_rank_folder(folder: Path) -> SourceModel:
     state = {}
     for f in sorted(folder.glob("*.safetensors")):
         state.update(load_file(str(f)))
-    if config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if not (config.tie_word_embeddings and m == "lm_head.weight")]
-    if missing or unexpected:
-        raise ModelLoadError(f"{folder}: low-rank weights do not match config.json: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
+    load_weights(model, state, config.tie_word_embeddings, f"{folder}: low-rank weights do not match config.json")
     if config.tie_word_embeddings:
         model.tie_weights()
     model.eval()

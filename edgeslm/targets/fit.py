@@ -24,17 +24,24 @@ execute in place from flash and only the KV cache, activations and runtime use R
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Mapping
 
 from ..errors import DoesNotFitError
 from ..spec import ModelSpec
-from .precisions import act_bytes, bytes_per_weight, kv_cache_bytes, weights_bytes
+from .precisions import (
+    PrecisionCost,
+    act_bytes,
+    bytes_per_weight,
+    kv_cache_bytes,
+    weights_bytes,
+)
 from .profile import TargetProfile
 from .units import bytes_and_human, format_bytes
 
 
 def activation_bytes(spec: ModelSpec, precision: str, context: int, prefill_tokens: int | None = None,
-                     compute: str = "") -> int:
-    a = act_bytes(precision, compute)
+                     compute: str = "", table: Mapping[str, PrecisionCost] | None = None) -> int:
+    a = act_bytes(precision, compute, table)
     t = min(prefill_tokens or context, context)
     q_dim = spec.num_heads * spec.head_dim
     kv_dim = spec.num_kv_heads * spec.head_dim
@@ -103,11 +110,13 @@ def forecast(spec: ModelSpec, target: TargetProfile, fmt: str, precision: str, c
     mem = target.memory
     support = target.format(fmt)
     compute = support.compute if support else ""
+    table = _table(target)
     return Forecast(
         model=spec.name or spec.architecture, parameters=spec.num_parameters, target=target.name, format=fmt,
-        precision=precision, context=context, weights=weights_bytes(spec, precision),
-        kv_cache=kv_cache_bytes(spec, precision, context, compute),
-        activations=activation_bytes(spec, precision, context, prefill_tokens, compute), runtime=target.runtime.overhead,
+        precision=precision, context=context, weights=weights_bytes(spec, precision, table),
+        kv_cache=kv_cache_bytes(spec, precision, context, compute, table),
+        activations=activation_bytes(spec, precision, context, prefill_tokens, compute, table),
+        runtime=target.runtime.overhead,
         ram_budget=mem.budget, weights_in=mem.weights_in,
         weights_budget=mem.weights_budget if mem.weights_in == "flash" else mem.storage)
 
@@ -134,7 +143,7 @@ def max_parameters(spec: ModelSpec, target: TargetProfile, precision: str) -> in
     """Upper bound on the parameters whose weights alone fit next to the runtime."""
     mem = target.memory
     pool = mem.weights_budget if mem.weights_in == "flash" else min(mem.budget - target.runtime.overhead, mem.storage)
-    return max(0, int(pool / bytes_per_weight(spec, precision)))
+    return max(0, int(pool / bytes_per_weight(spec, precision, _table(target))))
 
 
 def suggestions(spec: ModelSpec, target: TargetProfile, failed: Forecast) -> list[str]:
@@ -150,7 +159,7 @@ def suggestions(spec: ModelSpec, target: TargetProfile, failed: Forecast) -> lis
     n = largest_context(spec, target, failed.format, failed.precision)
     if n > 0:
         out.append(f"shorter context: {failed.format} {failed.precision} fits up to {n} tokens (--context-length {n})")
-    best = min((p for f in target.formats for p in f.precisions), key=lambda p: bytes_per_weight(spec, p))
+    best = min((p for f in target.formats for p in f.precisions), key=lambda p: bytes_per_weight(spec, p, _table(target)))
     limit = max_parameters(spec, target, best)
     if limit < spec.num_parameters:
         text = (f"a smaller model: at {best}, {target.name} holds at most ~{limit / 1e6:.2f}M parameters "
@@ -160,10 +169,23 @@ def suggestions(spec: ModelSpec, target: TargetProfile, failed: Forecast) -> lis
         if embedding >= limit:
             text += (f"; its {spec.vocab_size:,}-token embedding alone is {embedding / 1e6:.1f}M parameters, so the "
                      f"micro model needs a much smaller vocabulary (e.g. character-level)")
-            if any(f.name == "tflite-micro" for f in target.formats):
-                text += "; `edgeslm micro --teacher BUNDLE --text FILE -o DIR` builds one"
+            text += "".join(f"; {h}" for h in _small_model_hints(target))
         out.append(text)
     return out
+
+
+def _table(target: TargetProfile) -> Mapping[str, PrecisionCost] | None:
+    """The precision facts resolved when the target was read; None (core + plugins) for a profile
+    built in code without them."""
+    return target.precisions or None
+
+
+def _small_model_hints(target: TargetProfile) -> list[str]:
+    """What the installed plugins of the target's formats offer for building a small model."""
+    from ..plugins import formats
+
+    info = formats()
+    return [info[f.name].small_model_hint for f in target.formats if f.name in info and info[f.name].small_model_hint]
 
 
 def refuse(spec: ModelSpec, target: TargetProfile, failed: Forecast) -> DoesNotFitError:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Mapping
 from ..errors import BackendNotInstalledError, BundleError, TargetError
 from ..spec import ModelSpec
 from .fit import Forecast, forecast, largest_context, refuse
-from .profile import TargetProfile
+from .profile import FormatSupport, TargetProfile
 
 
 @dataclass(frozen=True)
@@ -72,12 +72,7 @@ def plan_export(spec: ModelSpec, target: TargetProfile, *, format: str | None = 
     ctx = context or min(target.runtime.default_context, spec.context_length)
     if ctx > spec.context_length:
         raise TargetError(f"--context-length {ctx} exceeds the model's own context ({spec.context_length})")
-    formats = list(target.formats)
-    if format is not None:
-        formats = [f for f in formats if f.name == format]
-        if not formats:
-            raise TargetError(f"{target.name} does not run '{format}' bundles; it runs "
-                              f"{', '.join(f.name for f in target.formats)}")
+    formats = _candidate_formats(target, format)
     # Fit first: a model that fits nothing the target runs is refused before any talk of installing.
     combos = [(fs.name, p) for fs in formats for p in fs.precisions if precision in (None, p)]
     if combos and not any(forecast(spec, target, f, p, ctx).fits for f, p in combos):
@@ -85,49 +80,74 @@ def plan_export(spec: ModelSpec, target: TargetProfile, *, format: str | None = 
     notes: list[str] = []
     for i, fs in enumerate(formats):
         later = [f.name for f in formats[i + 1:]]
-        if fs.name not in exporters:
-            lead = f"{target.name} prefers {fs.name}, but" if i == 0 else f"{target.name}'s next format is {fs.name};"
-            why = f"{lead} no {fs.name} exporter is installed (pip install 'edgeslm[{fs.name}]')"
-            if allow_fallback and not later:
-                names = [f.name for f in formats]
-                raise BackendNotInstalledError(
-                    f"no exporter is installed for any format {target.name} runs ({', '.join(names)}): "
-                    + "; ".join(f"pip install 'edgeslm[{n}]'" for n in names))
-            if not allow_fallback or not later:
-                tail = f"; or pass --allow-fallback to use {later[0]}" if later else ""
-                raise BackendNotInstalledError(why + tail)
-            notes.append(f"{why}; falling back to {later[0]}")
+        usable, why = _usable_precisions(target, fs, i, exporters, precision)
+        if why:
+            _fall_back(target, formats, later, why, allow_fallback, notes, no_exporter=fs.name not in exporters)
             continue
-        wanted = fs.precisions
-        if precision is not None:
-            if precision not in fs.precisions:
-                raise TargetError(f"{target.name} does not run {fs.name} {precision}; it runs "
-                                  f"{', '.join(fs.precisions)}")
-            wanted = (precision,)
-        usable = [p for p in wanted if p in exporters[fs.name]]
-        if not usable:
-            why = (f"the installed {fs.name} exporter writes {', '.join(exporters[fs.name])}, but {target.name} "
-                   f"runs {fs.name} as {', '.join(wanted)}")
-            if not allow_fallback or not later:
-                tail = f"; or pass --allow-fallback to use {later[0]}" if later else ""
-                raise BackendNotInstalledError(why + tail)
-            notes.append(f"{why}; falling back to {later[0]}")
-            continue
+        wanted = (precision,) if precision is not None else fs.precisions
         if usable[0] != wanted[0]:
-            skipped = [p for p in wanted[:wanted.index(usable[0])]]
-            notes.append(f"{target.name} prefers {fs.name} {skipped[0]}, but the installed {fs.name} exporter "
+            notes.append(f"{target.name} prefers {fs.name} {wanted[0]}, but the installed {fs.name} exporter "
                          f"writes only {', '.join(exporters[fs.name])}; using {usable[0]}, the best one available")
-        tried = []
-        for p in usable:
-            f = forecast(spec, target, fs.name, p, ctx)
-            if f.fits:
-                if tried:
-                    notes.append(f"{fs.name} {tried[0].precision} does not fit at {ctx} tokens; using {p}")
-                return ExportPlan(target=target, format=fs.name, precision=p, context=ctx, forecast=f,
-                                  largest_context=largest_context(spec, target, fs.name, p), notes=tuple(notes))
-            tried.append(f)
-        raise refuse(spec, target, tried[-1])
+        return _first_that_fits(spec, target, fs, usable, ctx, notes)
     raise TargetError(f"{target.name}: no format to export to")  # pragma: no cover - formats is never empty
+
+
+def _candidate_formats(target: TargetProfile, format: str | None) -> list[FormatSupport]:
+    """The target's formats in its order, or only ``format`` when one is asked for."""
+    if format is None:
+        return list(target.formats)
+    formats = [f for f in target.formats if f.name == format]
+    if not formats:
+        raise TargetError(f"{target.name} does not run '{format}' bundles; it runs "
+                          f"{', '.join(f.name for f in target.formats)}")
+    return formats
+
+
+def _usable_precisions(target: TargetProfile, fs: FormatSupport, i: int, exporters: Mapping[str, tuple[str, ...]],
+                       precision: str | None) -> tuple[list[str], str]:
+    """(precisions of ``fs`` the installed exporter writes, best first; why none, or "")."""
+    if fs.name not in exporters:
+        lead = f"{target.name} prefers {fs.name}, but" if i == 0 else f"{target.name}'s next format is {fs.name};"
+        return [], f"{lead} no {fs.name} exporter is installed (pip install 'edgeslm[{fs.name}]')"
+    wanted = fs.precisions
+    if precision is not None:
+        if precision not in fs.precisions:
+            raise TargetError(f"{target.name} does not run {fs.name} {precision}; it runs "
+                              f"{', '.join(fs.precisions)}")
+        wanted = (precision,)
+    usable = [p for p in wanted if p in exporters[fs.name]]
+    if usable:
+        return usable, ""
+    return [], (f"the installed {fs.name} exporter writes {', '.join(exporters[fs.name])}, but {target.name} "
+                f"runs {fs.name} as {', '.join(wanted)}")
+
+
+def _fall_back(target: TargetProfile, formats: list[FormatSupport], later: list[str], why: str,
+               allow_fallback: bool, notes: list[str], no_exporter: bool) -> None:
+    """Note the move to the next format, or raise when falling back is not allowed or possible."""
+    if allow_fallback and not later and no_exporter:
+        names = [f.name for f in formats]
+        raise BackendNotInstalledError(
+            f"no exporter is installed for any format {target.name} runs ({', '.join(names)}): "
+            + "; ".join(f"pip install 'edgeslm[{n}]'" for n in names))
+    if not allow_fallback or not later:
+        tail = f"; or pass --allow-fallback to use {later[0]}" if later else ""
+        raise BackendNotInstalledError(why + tail)
+    notes.append(f"{why}; falling back to {later[0]}")
+
+
+def _first_that_fits(spec: ModelSpec, target: TargetProfile, fs: FormatSupport, usable: list[str], ctx: int,
+                     notes: list[str]) -> ExportPlan:
+    tried = []
+    for p in usable:
+        f = forecast(spec, target, fs.name, p, ctx)
+        if f.fits:
+            if tried:
+                notes.append(f"{fs.name} {tried[0].precision} does not fit at {ctx} tokens; using {p}")
+            return ExportPlan(target=target, format=fs.name, precision=p, context=ctx, forecast=f,
+                              largest_context=largest_context(spec, target, fs.name, p), notes=tuple(notes))
+        tried.append(f)
+    raise refuse(spec, target, tried[-1])
 
 
 def export_for_target(model: Any, out_dir: str | Path, target: str | TargetProfile, *, format: str | None = None,
@@ -154,12 +174,9 @@ def export_for_target(model: Any, out_dir: str | Path, target: str | TargetProfi
                           target=profile.name, parity=parity, parity_tokens=parity_tokens, overwrite=overwrite,
                           steps=steps or NULL_STEPS, extra_manifest=plan.manifest_fields(), options=options)
     if sign_key is not None:
-        from ..bundle.signing import load_private_key, sign_bundle, verify_bundle_signature
+        from ..bundle.signing import sign_and_verify
 
-        key = load_private_key(sign_key)
-        kid = sign_bundle(bundle.path, key)
-        verify_bundle_signature(bundle.path, [key.public_key()])
-        echo(f"signed with key {kid}")
+        echo(f"signed with key {sign_and_verify(bundle.path, sign_key)}")
     if bundle.manifest.get("context_length") != plan.context:  # pragma: no cover - export_model caps it
         raise BundleError(f"{bundle.path}: context {bundle.manifest.get('context_length')} differs from the plan")
     return bundle, plan

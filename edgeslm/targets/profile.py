@@ -9,21 +9,22 @@ from a wrong unit::
     ├── UnknownTargetError            no file with that name on the search path ("did you mean")
     └── TargetFileError               a target file does not validate
         ├── MissingFieldError         a required field is absent
-        ├── UnknownFormatError        a bundle format nobody knows
-        ├── UnknownPrecisionError     a precision the forecast cannot size
+        ├── UnknownFormatError        a format name that is not spelled like one
+        ├── UnknownPrecisionError     a precision neither the core, an installed plugin nor the file sizes
         └── UnitError                 a byte quantity without a unit, or with a wrong one
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from ..errors import TargetError
-from .precisions import COMPUTE_BYTES, PRECISIONS
+from .precisions import COMPUTE_BYTES, PrecisionCost, known_precisions
 from .units import UnitParseError, parse_bytes
 
 if sys.version_info >= (3, 11):
@@ -32,8 +33,10 @@ else:  # pragma: no cover - Python 3.10 installs tomli (a marker in pyproject.to
     import tomli as tomllib
 
 SCHEMA_VERSION = 1
-#: bundle formats edgeslm knows (built or planned); installed plugins add their own names
-KNOWN_FORMATS = ("onnx", "openvino", "litert", "coreml", "tflite-micro")
+#: A format is a plugin's name, and data here: a target may list a format whose plugin this machine
+#: lacks (a workstation sizing a phone), so only the spelling is checked when a file is read;
+#: `edgeslm export` names the plugin to install.
+FORMAT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 KINDS = ("sbc", "embedded-gpu", "phone", "laptop", "desktop", "server", "mcu")
 
 
@@ -50,7 +53,7 @@ class MissingFieldError(TargetFileError):
 
 
 class UnknownFormatError(TargetFileError):
-    """A target lists a bundle format that is neither known nor installed."""
+    """A target lists a format name that is not spelled like one (``onnx``, ``tflite-micro``)."""
 
 
 class UnknownPrecisionError(TargetFileError):
@@ -118,6 +121,9 @@ class TargetProfile:
     runtime: RuntimeLimits
     path: Path | None = None  # the file it was read from
     sha256: str = ""  # of that file, recorded in manifests so a bundle says which profile sized it
+    # sizing facts of every precision the formats list, resolved when the file was read (core,
+    # installed plugins, then the file's own [precisions.NAME] tables): what the forecast uses
+    precisions: Mapping[str, PrecisionCost] = field(default_factory=dict, compare=False, hash=False)
 
     def format(self, name: str) -> FormatSupport | None:
         return next((f for f in self.formats if f.name == name), None)
@@ -128,12 +134,6 @@ class TargetProfile:
         d = asdict(self)
         d["path"] = str(self.path) if self.path else None
         return d
-
-
-def _known_formats() -> set[str]:
-    from ..plugins import ENGINES, EXPORTERS, available
-
-    return set(KNOWN_FORMATS) | set(available(EXPORTERS)) | set(available(ENGINES))
 
 
 class _Reader:
@@ -183,13 +183,26 @@ def parse_target(name: str, data: dict[str, Any], where: str = "<memory>", path:
     kind = top.get("kind", str)
     if kind not in KINDS:
         raise TargetFileError(f"{where}: kind '{kind}' is not one of {', '.join(KINDS)}")
-
     c = top.sub("cpu")
     cpu = Cpu(arch=c.get("arch", str), cores=c.get("cores", int), name=c.get("name", str, default=""))
     if cpu.cores < 1:
         raise TargetFileError(f"{where}: 'cpu.cores' must be >= 1")
+    accelerators = []
+    for i, a in enumerate(top.get("accelerators", list, default=[])):
+        r = _Reader(where, a if isinstance(a, dict) else {}, f"accelerators[{i}].")
+        accelerators.append(Accelerator(name=r.get("name", str), kind=r.get("kind", str),
+                                        note=r.get("note", str, default="")))
+    costs = known_precisions(_read_precisions(top))
+    formats = _read_formats(top, costs)
+    runtime = _read_runtime(top.sub("runtime"), formats, costs)
+    return TargetProfile(name=name, title=top.get("title", str), kind=kind, source=top.get("source", str),
+                         cpu=cpu, memory=_read_memory(top.sub("memory"), kind), accelerators=tuple(accelerators),
+                         formats=formats, runtime=runtime, path=path, sha256=sha256,
+                         precisions={p: costs[p] for f in formats for p in f.precisions})
 
-    m = top.sub("memory")
+
+def _read_memory(m: _Reader, kind: str) -> Memory:
+    where = m.where
     weights_in = m.get("weights_in", str, default="ram")
     if weights_in not in ("ram", "flash"):
         raise TargetFileError(f"{where}: 'memory.weights_in' must be \"ram\" or \"flash\", not {weights_in!r}")
@@ -207,39 +220,54 @@ def parse_target(name: str, data: dict[str, Any], where: str = "<memory>", path:
         raise TargetFileError(f"{where}: 'memory.budget' ({memory.budget:,} B) exceeds the RAM ({memory.ram:,} B)")
     if memory.weights_budget is not None and memory.weights_budget > memory.storage:
         raise TargetFileError(f"{where}: 'memory.weights_budget' exceeds the flash/storage")
+    return memory
 
-    accelerators = []
-    for i, a in enumerate(top.get("accelerators", list, default=[])):
-        r = _Reader(where, a if isinstance(a, dict) else {}, f"accelerators[{i}].")
-        accelerators.append(Accelerator(name=r.get("name", str), kind=r.get("kind", str),
-                                        note=r.get("note", str, default="")))
 
-    formats = []
-    known = _known_formats()
+def _read_precisions(top: _Reader) -> dict[str, PrecisionCost]:
+    """The file's own ``[precisions.NAME]`` sizing facts (used where no installed plugin declares NAME)."""
+    out = {}
+    for pname in top.get("precisions", dict, default={}):
+        r = top.sub("precisions").sub(pname)
+        group = r.get("group", int, default=0)
+        out[pname] = PrecisionCost(bits=r.get("bits", int), group=group or None,
+                                   scale_bytes=float(r.get("scale_bytes", (int, float), default=0.0)),
+                                   act_bytes=r.get("act_bytes", int), note=r.get("note", str, default=""))
+        if out[pname].bits < 1 or out[pname].act_bytes < 1 or group < 0:
+            raise TargetFileError(f"{top.where}: 'precisions.{pname}': bits and act_bytes must be >= 1, group >= 0")
+    return out
+
+
+def _read_formats(top: _Reader, costs: dict[str, PrecisionCost]) -> tuple[FormatSupport, ...]:
+    where = top.where
     entries = top.get("formats", list)
     if not entries:
         raise MissingFieldError(f"{where}: 'formats' is empty; list at least one [[formats]] entry")
+    formats = []
     for i, f in enumerate(entries):
         r = _Reader(where, f if isinstance(f, dict) else {}, f"formats[{i}].")
         fname = r.get("name", str)
-        if fname not in known:
-            raise UnknownFormatError(f"{where}: unknown format '{fname}' in formats[{i}] "
-                                     f"(known: {', '.join(sorted(known))})")
+        if not FORMAT_NAME.fullmatch(fname):
+            raise UnknownFormatError(f"{where}: '{fname}' in formats[{i}] is not a format name "
+                                     f"(lower-case letters, digits, '.', '_', '-'; e.g. onnx, litert)")
         precs = tuple(r.get("precisions", list))
         if not precs:
             raise MissingFieldError(f"{where}: 'formats[{i}].precisions' is empty")
         for p in precs:
-            if p not in PRECISIONS:
-                raise UnknownPrecisionError(f"{where}: unknown precision '{p}' for {fname} "
-                                            f"(known: {', '.join(PRECISIONS)})")
+            if p not in costs:
+                raise UnknownPrecisionError(
+                    f"{where}: unknown precision '{p}' for {fname} (known: {', '.join(costs)}); install the "
+                    f"backend that writes it, or declare its sizing facts in a [precisions.{p}] table")
         compute = r.get("compute", str, default="")
         if compute and compute not in COMPUTE_BYTES:
             raise UnknownPrecisionError(f"{where}: 'formats[{i}].compute' must be one of "
                                         f"{', '.join(COMPUTE_BYTES)}, not {compute!r}")
         formats.append(FormatSupport(name=fname, precisions=precs, note=r.get("note", str, default=""),
                                      compute=compute))
+    return tuple(formats)
 
-    rt = top.sub("runtime")
+
+def _read_runtime(rt: _Reader, formats: tuple[FormatSupport, ...], costs: dict[str, PrecisionCost]) -> RuntimeLimits:
+    where = rt.where
     runtime = RuntimeLimits(default_context=rt.get("default_context", int), overhead=rt.quantity("overhead"),
                             static_shapes=rt.get("static_shapes", bool, default=False),
                             full_int8_only=rt.get("full_int8_only", bool, default=False),
@@ -247,13 +275,10 @@ def parse_target(name: str, data: dict[str, Any], where: str = "<memory>", path:
     if runtime.default_context < 1:
         raise TargetFileError(f"{where}: 'runtime.default_context' must be >= 1")
     if runtime.full_int8_only:
-        bad = [f"{f.name} {p}" for f in formats for p in f.precisions if PRECISIONS[p].act_bytes != 1]
+        bad = [f"{f.name} {p}" for f in formats for p in f.precisions if costs[p].act_bytes != 1]
         if bad:
             raise TargetFileError(f"{where}: runtime.full_int8_only is set but formats list {', '.join(bad)}")
-
-    return TargetProfile(name=name, title=top.get("title", str), kind=kind, source=top.get("source", str),
-                         cpu=cpu, memory=memory, accelerators=tuple(accelerators), formats=tuple(formats),
-                         runtime=runtime, path=path, sha256=sha256)
+    return runtime
 
 
 def load_target_file(path: str | Path) -> TargetProfile:

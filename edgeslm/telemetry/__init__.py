@@ -23,5 +23,10 @@ from .mqtt import BrokerConfig
 from .schema import SCHEMA_VERSION
 from .stores import MemoryStore, open_store
 
+try:  # the msgspec fast path (the `fleet` extra) registers itself with schema.parse
+    from . import fastpath  # noqa: F401
+except ImportError:  # pragma: no cover - a device install without the extra
+    pass
+
 __all__ = ["SCHEMA_VERSION", "Agent", "AgentConfig", "AlertRules", "BrokerConfig", "Collector", "CollectorConfig",
            "MemoryStore", "open_store"]

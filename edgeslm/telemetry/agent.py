@@ -368,13 +368,14 @@ def describe_model(model: Any) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-_RUNTIME_DISTS = {"onnx": "onnxruntime", "openvino": "openvino", "litert": "ai-edge-litert", "coreml": "coremltools"}
-
-
 def _runtime_version(runtime: str) -> str | None:
+    """The version of the package the format's plugin names as its runtime (FormatInfo.runtime)."""
     from importlib import metadata
 
+    from ..plugins import format_info
+
+    info = format_info(runtime)
     try:
-        return metadata.version(_RUNTIME_DISTS.get(runtime, runtime))
+        return metadata.version(info.runtime if info and info.runtime else runtime)
     except metadata.PackageNotFoundError:
         return None

@@ -12,6 +12,8 @@ field exactly as before. Refusals therefore never come from here; only the cost 
 
 from __future__ import annotations
 
+import sys
+
 from typing import Annotated, Literal, Optional, Union
 
 import msgspec
@@ -131,3 +133,6 @@ def telemetry(parts, payload: bytes, received_at: float) -> schema.Message | Non
 
 
 _new = object.__new__
+
+
+schema.use_fast_path(sys.modules[__name__])

@@ -271,7 +271,14 @@ def _decode(payload, text: str) -> Any:
     return _DECODER.decode(text)
 
 
-try:  # msgspec (the `fleet` extra) makes collection ~3x cheaper; without it everything still works
-    from . import fastpath as _fast
-except ImportError:  # pragma: no cover - a device install without the extra
-    _fast = None
+#: The msgspec fast path (``fastpath``, the `fleet` extra: collection ~3x cheaper) once it is
+#: imported: it registers itself through :func:`use_fast_path` (the telemetry package imports it
+#: when msgspec is installed). None: every message takes the full checks, which still work.
+#: Registration rather than an import here, so schema -> fastpath -> schema is not a cycle.
+_fast: Any = None
+
+
+def use_fast_path(module: Any) -> None:
+    """Route the common telemetry message through ``module.telemetry`` / ``module.DECODER``."""
+    global _fast
+    _fast = module

@@ -96,74 +96,54 @@ def _resource(i: int) -> dict[str, Any]:
             "edgeslm.runtime.version": "1.20.1"}
 
 
-def _run_connection(cfg: SimConfig, indices: list[int], conn_no: int, stop: threading.Event) -> SimResult:
-    res = SimResult()
-    lock = threading.Lock()
-    done = threading.Event()
+class _Acks:
+    """Counts PUBACKs into a SimResult from paho's thread; ``done`` once all sent are answered."""
 
-    def on_publish(client, userdata, mid, reason_code, properties=None):
+    def __init__(self, res: SimResult):
+        self.res, self.lock, self.done, self.finished = res, threading.Lock(), threading.Event(), False
+
+    def on_publish(self, client, userdata, mid, reason_code, properties=None):
         code = int(getattr(reason_code, "value", reason_code))
-        with lock:
+        with self.lock:
             if code == NO_MATCHING_SUBSCRIBERS:
-                res.unrouted += 1
+                self.res.unrouted += 1
             elif code < 128:
-                res.acked += 1
+                self.res.acked += 1
             else:
-                res.refused += 1
-            if res.acked + res.refused + res.unrouted >= res.sent and finished[0]:
-                done.set()
+                self.res.refused += 1
+            self._check()
 
-    finished = [False]
+    def sent(self, n: int = 1, last: bool = False) -> None:
+        with self.lock:
+            self.res.sent += n
+            self.finished = self.finished or last
+            self._check()
+
+    def _check(self) -> None:  # under the lock
+        r = self.res
+        if self.finished and r.acked + r.refused + r.unrouted >= r.sent:
+            self.done.set()
+
+
+def _run_connection(cfg: SimConfig, indices: list[int], conn_no: int, stop: threading.Event) -> SimResult:
+    """One MQTT connection publishing for the devices ``indices``: status, telemetry ticks, status."""
+    res = SimResult()
+    acks = _Acks(res)
     client = make_client(cfg.broker, client_id=f"edgeslm-sim-{cfg.fleet}-{cfg.first_device}-{conn_no}-{time.time_ns()}",
                          max_inflight=cfg.inflight)
-    client.on_publish = on_publish
+    client.on_publish = acks.on_publish
     connect(client, cfg.broker, clean_start=True, wait=True)
     client.loop_start()
-    rng = random.Random(cfg.seed * 100003 + indices[0])
     ids = [device_id(cfg, i) for i in indices]
     t0 = time.monotonic()
     try:
         if cfg.status:
-            for i, dev in zip(indices, ids):
-                client.publish(topics.topic(cfg.fleet, dev, "status"), schema.encode(schema.status_body(
-                    cfg.fleet, dev, time.time(), True, "connected", _resource(i))), qos=1, retain=True)
-        interval = 1.0 / cfg.rate if cfg.rate > 0 else 0.0
-        templates = {i: _resource(i) for i in indices}
-        pools = {(load, k): [fake_metrics(rng, load * (0.6 + 0.4 * k / 4)) for _ in range(16)]
-                 for load in (0.5, 1.0) for k in range(5)}
-        tick = 0
-        while not stop.is_set():
-            if cfg.messages is not None and tick >= cfg.messages:
-                break
-            if cfg.duration_s is not None and time.monotonic() - t0 >= cfg.duration_s:
-                break
-            now = time.time()
-            load = 0.5 + 0.5 * ((tick // 30) % 2)  # alternate calm and busy phases
-            for i, dev in zip(indices, ids):
-                # a pool of pre-drawn intervals per load level keeps the simulator cheap per message
-                pool = pools[(load, i % 5)]
-                body = schema.telemetry_body(cfg.fleet, dev, cfg.start_seq + tick, now, interval or 1.0,
-                                             pool[rng.randrange(len(pool))], templates[i],
-                                             {"buffered": 0, "dropped": 0, "rejected": 0})
-                publish_once(client, topics.topic(cfg.fleet, dev, "telemetry"), schema.encode(body), stop)
-                with lock:
-                    res.sent += 1
-            tick += 1
-            if interval:
-                delay = t0 + tick * interval - time.monotonic()
-                if delay > 0:
-                    stop.wait(delay)
+            _publish_status(client, cfg, indices, ids, online=True)
+        _publish_telemetry(client, cfg, indices, ids, stop, acks, t0)
         if cfg.status:
-            for i, dev in zip(indices, ids):
-                client.publish(topics.topic(cfg.fleet, dev, "status"), schema.encode(schema.status_body(
-                    cfg.fleet, dev, time.time(), False, "shutdown", _resource(i))), qos=1, retain=True)
-        with lock:
-            finished[0] = True
-            if cfg.status:
-                res.sent += 2 * len(ids)
-            if res.acked + res.refused + res.unrouted >= res.sent:
-                done.set()
-        done.wait(timeout=60)
+            _publish_status(client, cfg, indices, ids, online=False)
+        acks.sent(2 * len(ids) if cfg.status else 0, last=True)
+        acks.done.wait(timeout=60)
     finally:
         res.elapsed_s = time.monotonic() - t0
         client.disconnect()
@@ -172,6 +152,44 @@ def _run_connection(cfg: SimConfig, indices: list[int], conn_no: int, stop: thre
         res.sent -= 2 * len(ids)
         res.acked = max(0, res.acked - 2 * len(ids))
     return res
+
+
+def _publish_status(client, cfg: SimConfig, indices: list[int], ids: list[str], online: bool) -> None:
+    reason = "connected" if online else "shutdown"
+    for i, dev in zip(indices, ids):
+        client.publish(topics.topic(cfg.fleet, dev, "status"), schema.encode(schema.status_body(
+            cfg.fleet, dev, time.time(), online, reason, _resource(i))), qos=1, retain=True)
+
+
+def _publish_telemetry(client, cfg: SimConfig, indices: list[int], ids: list[str], stop: threading.Event,
+                       acks: _Acks, t0: float) -> None:
+    """One telemetry message per device per tick, at ``cfg.rate`` ticks/s, until a limit or ``stop``."""
+    rng = random.Random(cfg.seed * 100003 + indices[0])
+    interval = 1.0 / cfg.rate if cfg.rate > 0 else 0.0
+    templates = {i: _resource(i) for i in indices}
+    # a pool of pre-drawn intervals per load level keeps the simulator cheap per message
+    pools = {(load, k): [fake_metrics(rng, load * (0.6 + 0.4 * k / 4)) for _ in range(16)]
+             for load in (0.5, 1.0) for k in range(5)}
+    tick = 0
+    while not stop.is_set():
+        if cfg.messages is not None and tick >= cfg.messages:
+            break
+        if cfg.duration_s is not None and time.monotonic() - t0 >= cfg.duration_s:
+            break
+        now = time.time()
+        load = 0.5 + 0.5 * ((tick // 30) % 2)  # alternate calm and busy phases
+        for i, dev in zip(indices, ids):
+            pool = pools[(load, i % 5)]
+            body = schema.telemetry_body(cfg.fleet, dev, cfg.start_seq + tick, now, interval or 1.0,
+                                         pool[rng.randrange(len(pool))], templates[i],
+                                         {"buffered": 0, "dropped": 0, "rejected": 0})
+            publish_once(client, topics.topic(cfg.fleet, dev, "telemetry"), schema.encode(body), stop)
+            acks.sent()
+        tick += 1
+        if interval:
+            delay = t0 + tick * interval - time.monotonic()
+            if delay > 0:
+                stop.wait(delay)
 
 
 def publish_once(client, topic: str, payload: bytes, stop: threading.Event) -> None:

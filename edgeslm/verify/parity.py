@@ -9,7 +9,6 @@ steps. A short fixed text measures perplexity under both.
 
 from __future__ import annotations
 
-import inspect
 
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
@@ -60,10 +59,11 @@ def reference_run(source, prompts: Sequence[str] = DEFAULT_PROMPTS, new_tokens: 
     """Greedy continuations and their logits from the source's Hugging Face module."""
     import torch
 
+    from ..sources.hf_cache import cache_argument, cache_of
+
     refs = []
     module = source.module
-    # transformers 5 renamed past_key_values -> cache (argument and output); accept both.
-    cache_arg = "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+    cache_arg = cache_argument(module)
     for prompt in prompts:
         ids = source.tokenizer.encode(prompt)
         cont, rows = [], []
@@ -74,14 +74,9 @@ def reference_run(source, prompts: Sequence[str] = DEFAULT_PROMPTS, new_tokens: 
                 tok = int(logits.argmax())
                 rows.append(logits)
                 cont.append(tok)
-                out = module(torch.tensor([[tok]]), use_cache=True, **{cache_arg: _cache_of(out)})
+                out = module(torch.tensor([[tok]]), use_cache=True, **{cache_arg: cache_of(out)})
         refs.append(Reference(ids, cont, np.stack(rows)))
     return refs
-
-
-def _cache_of(out):
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
 
 
 def source_text_nll(source, text: str = PERPLEXITY_TEXT, max_tokens: int | None = None) -> tuple[list[int], float]:

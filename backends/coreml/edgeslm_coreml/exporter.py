@@ -31,6 +31,7 @@ from typing import Any
 from edgeslm._deps import require
 from edgeslm.errors import ExportError
 from edgeslm.exporting import Exporter, ExportSpec
+from edgeslm.options import flag
 
 from .convert import (CAUSAL_MASK, INPUT_IDS, KEY_CACHE, LOGITS, VALUE_CACHE, CompressionConfig, compress, convert,
                       quiet_coremltools)
@@ -89,7 +90,7 @@ class CoreMLExporter(Exporter):
         info["coremltools_version"] = ct.__version__
         fields["coreml"] = info
         fields["artifacts"] = {
-            "model": MODEL_DIR, "files": sorted(p.name for p in out_dir.iterdir()),
+            "model": MODEL_DIR,
             "inputs": [INPUT_IDS, CAUSAL_MASK], "outputs": [LOGITS], "states": [KEY_CACHE, VALUE_CACHE],
             "minimum_deployment_target": "iOS18/macOS15", "compute_precision": "fp16",
             "package_bytes": info["bytes"]["package"],
@@ -99,7 +100,7 @@ class CoreMLExporter(Exporter):
             "spec_checks": "passed (manifest 'coreml')",
             "prediction": "not run: Core ML predicts on macOS 15+/iOS 18+ only",
         }
-        if _flag(spec.options.get("emulate", True)):
+        if flag(spec.options.get("emulate", True), "emulate", ExportError):
             with steps.step("Emulating the package in torch (fp16, weights read back from it)"):
                 verification["emulation"] = emulate(module, path, source, ctx,
                                                     int(spec.options.get("emulation_tokens", 16)))
@@ -137,6 +138,3 @@ def _engine(module, model_spec, ctx, label, dtype=None):
 
     return TorchCoreMLEngine(module, model_spec, ctx, dtype=dtype, label=label)
 
-
-def _flag(value) -> bool:
-    return value.lower() in ("1", "true", "yes") if isinstance(value, str) else bool(value)

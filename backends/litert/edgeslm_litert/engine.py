@@ -22,7 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgeslm.errors import BundleError, GenerationError
+from edgeslm.errors import BundleError, EngineOptionError, GenerationError
+from edgeslm.options import flag
 from edgeslm.runtime.engine import Engine, EngineOption
 
 
@@ -46,7 +47,7 @@ class LiteRTEngine(Engine):
         kw: dict[str, Any] = {"model_path": str(path)}
         if threads:
             kw["num_threads"] = int(threads)
-        if not _flag(xnnpack):
+        if not flag(xnnpack, "xnnpack", EngineOptionError):
             kw["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         try:
             self.interpreter = Interpreter(**kw)
@@ -137,6 +138,3 @@ class LiteRTEngine(Engine):
         self.cache = {n: out[n] for n in self.cache_names}  # (1, kv, C, hd) each, handed back next step
         return out
 
-
-def _flag(value) -> bool:
-    return value.lower() in ("1", "true", "yes") if isinstance(value, str) else bool(value)

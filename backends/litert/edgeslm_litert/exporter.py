@@ -53,9 +53,8 @@ class LiteRTExporter(Exporter):
                 fields["quantization"] = quantize(path, spec.precision)
         from importlib.metadata import version
 
-        files = sorted(p.name for p in out_dir.iterdir())
         fields["artifacts"] = {
-            "model": MODEL_FILE, "files": files,
+            "model": MODEL_FILE,
             "signatures": {"prefill": {"tokens": prefill_len}, "decode": {"tokens": 1}},
             "kv_cache": {"length": spec.context_length, "dtype": "float32",
                          "shape": [1, source.spec.num_kv_heads, spec.context_length, source.spec.head_dim]},
@@ -68,10 +67,10 @@ def convert(source, path: Path, cache_len: int, prefill_len: int) -> None:
     """Write the fp32 two-signature .tflite of ``source`` to ``path``."""
     torch = require("torch", "export", "LiteRT export")
     litert_torch = _litert_torch()
-    from .static_cache import DecodeSignature, PrefillSignature, StaticCacheModel, cache_names
+    from .static_cache import DecodeSignature, PrefillSignature, StaticCacheModel, signature_cache_names
 
     core = StaticCacheModel(source.export_module(cache_len), cache_len).eval()
-    names = cache_names(core.layers)
+    names = signature_cache_names(core.layers)
 
     def sample(t: int) -> dict[str, Any]:
         return {"tokens": torch.zeros((1, t), dtype=torch.int32), "input_pos": torch.arange(t, dtype=torch.int32),

@@ -85,32 +85,34 @@ class StaticCacheModel(nn.Module):
         return cache.outputs() if logits is None else [logits, *cache.outputs()]
 
 
-class PrefillSignature(nn.Module):
+class _Signature(nn.Module):
+    """One LiteRT signature over the shared core: ``(tokens, input_pos, kv_k_0, kv_v_0, ...)``
+    -> ``{[logits,] kv_k_0, ...}``."""
+
+    with_logits = False
+
+    def __init__(self, core: StaticCacheModel):
+        super().__init__()
+        self.core = core
+
+    def forward(self, tokens, input_pos, **kv):
+        names = signature_cache_names(self.core.layers)
+        out = list(self.core(tokens, input_pos, [kv[n] for n in names], with_logits=self.with_logits))
+        logits = {"logits": out.pop(0)} if self.with_logits else {}
+        return {**logits, **dict(zip(names, out))}
+
+
+class PrefillSignature(_Signature):
     """``prefill(tokens, input_pos, kv_k_0, kv_v_0, ...) -> {kv_k_0: ..., ...}`` (no logits)."""
 
-    def __init__(self, core: StaticCacheModel):
-        super().__init__()
-        self.core = core
 
-    def forward(self, tokens, input_pos, **kv):
-        names = cache_names(self.core.layers)
-        out = self.core(tokens, input_pos, [kv[n] for n in names], with_logits=False)
-        return dict(zip(names, out))
-
-
-class DecodeSignature(nn.Module):
+class DecodeSignature(_Signature):
     """``decode(tokens, input_pos, kv...) -> {logits, kv_k_0, ...}`` for one token."""
 
-    def __init__(self, core: StaticCacheModel):
-        super().__init__()
-        self.core = core
-
-    def forward(self, tokens, input_pos, **kv):
-        names = cache_names(self.core.layers)
-        out = self.core(tokens, input_pos, [kv[n] for n in names], with_logits=True)
-        return {"logits": out[0], **dict(zip(names, out[1:]))}
+    with_logits = True
 
 
-def cache_names(layers: int) -> list[str]:
-    """``[kv_k_0, kv_v_0, kv_k_1, ...]``: the order the signatures take and return the cache."""
+def signature_cache_names(layers: int) -> list[str]:
+    """``[kv_k_0, kv_v_0, kv_k_1, ...]``: the LiteRT signatures' cache arguments, in the order
+    they take and return them (the concat graphs' IO names are ``edgeslm.arch.concat.cache_names``)."""
     return [f"kv_{kind}_{i}" for i in range(layers) for kind in ("k", "v")]

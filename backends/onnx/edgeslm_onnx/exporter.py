@@ -20,6 +20,7 @@ from typing import Any
 from edgeslm._deps import quiet_torch_onnx, require
 from edgeslm.errors import ExportError
 from edgeslm.exporting import Exporter, ExportSpec
+from edgeslm.options import flag
 
 MODEL_FILE = "model.onnx"
 OPSET_FUSED = 23
@@ -37,28 +38,26 @@ class OnnxExporter(Exporter):
     def export(self, source, spec: ExportSpec, out_dir: Path, steps) -> dict[str, Any]:
         torch = require("torch", "export", "ONNX export")
         require("onnxscript", "onnx", "ONNX export")
-        from edgeslm.arch.concat import cache_names
+        from edgeslm.arch.concat import example_inputs, io_names
 
         # Opset 23 has Attention (grouped-query) and RMSNormalization: with the fused forward each
         # layer becomes a few large ops instead of ~40 small ones (decode is op-overhead bound).
-        fused = str(spec.options.get("fused_ops", True)).lower() not in ("false", "0", "no")
+        fused = flag(spec.options.get("fused_ops", True), "fused_ops", ExportError)
         model = source.export_module(spec.context_length).use_fused_ops(fused)
         opset = OPSET_FUSED if fused else OPSET_PLAIN
-        ms = source.spec
-        example_ids = torch.zeros((1, 4), dtype=torch.int64)
-        past = model.empty_cache(past_len=3)  # non-trivial sizes so neither dim specializes
+        example = example_inputs(model)
+        in_names, out_names = io_names(source.spec.num_layers)
         seq = torch.export.Dim("seq", min=1, max=spec.context_length)
         past_len = torch.export.Dim("past", min=0, max=spec.context_length)
-        dynamic = {"input_ids": {1: seq}, "past": tuple({2: past_len} for _ in past)}
+        dynamic = {"input_ids": {1: seq}, "past": tuple({2: past_len} for _ in example[1:])}
         path = out_dir / MODEL_FILE
         quiet_torch_onnx()
         log = io.StringIO()  # torch.onnx prints its stages; keep them for the error message only
         try:
             with torch.no_grad(), contextlib.redirect_stdout(log):
                 torch.onnx.export(
-                    model, (example_ids, *past), str(path), dynamo=True, dynamic_shapes=dynamic,
-                    input_names=["input_ids", *cache_names(ms.num_layers, "past")],
-                    output_names=["logits", *cache_names(ms.num_layers, "present")],
+                    model, example, str(path), dynamo=True, dynamic_shapes=dynamic,
+                    input_names=in_names, output_names=out_names,
                     optimize=True, external_data=True, verbose=False, opset_version=opset)
         except Exception as exc:
             raise ExportError(f"torch.onnx export failed: {type(exc).__name__}: {exc}\n{log.getvalue()[-2000:]}") from exc
@@ -66,8 +65,7 @@ class OnnxExporter(Exporter):
         if spec.precision != "fp32":
             with steps.step(f"Quantizing weights ({spec.precision})"):
                 fields["quantization"] = _quantize(path, source, spec)
-        files = sorted(p.name for p in out_dir.iterdir())
-        return {"artifacts": {"model": MODEL_FILE, "files": files, "opset": _opset(path)}, **fields}
+        return {"artifacts": {"model": MODEL_FILE, "opset": _opset(path)}, **fields}
 
 
 def _quantize(path: Path, source, spec: ExportSpec) -> dict[str, Any]:

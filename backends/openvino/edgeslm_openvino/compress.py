@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from edgeslm.errors import ExportError
+from edgeslm.options import flag
 
 #: element types NNCF writes for compressed weights, by bit width
 _BITS = {"u8": 8, "i8": 8, "u4": 4, "i4": 4, "nf4": 4}
@@ -39,8 +40,7 @@ class CompressionConfig:
         cfg.group_size, cfg.ratio = int(cfg.group_size), float(cfg.ratio)
         if cfg.int8_embedding not in ("fp16", "int8"):
             raise ExportError(f"int8_embedding must be 'fp16' or 'int8', got {cfg.int8_embedding!r}")
-        if isinstance(cfg.all_layers, str):
-            cfg.all_layers = cfg.all_layers.lower() in ("1", "true", "yes")
+        cfg.all_layers = flag(cfg.all_layers, "all_layers", ExportError)
         if not 0.0 <= cfg.ratio <= 1.0:
             raise ExportError(f"ratio must be in [0, 1], got {cfg.ratio}")
         return cfg

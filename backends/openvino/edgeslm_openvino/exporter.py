@@ -24,6 +24,7 @@ from typing import Any
 from edgeslm._deps import require
 from edgeslm.errors import ExportError
 from edgeslm.exporting import Exporter, ExportSpec
+from edgeslm.options import flag
 
 from .compress import CompressionConfig, compress
 
@@ -38,7 +39,7 @@ class OpenVINOExporter(Exporter):
 
     def export(self, source, spec: ExportSpec, out_dir: Path, steps) -> dict[str, Any]:
         ov = require("openvino", "openvino", "OpenVINO export")
-        stateful = _flag(spec.options.get("stateful", True))
+        stateful = flag(spec.options.get("stateful", True), "stateful", ExportError)
         cfg = CompressionConfig.from_options(spec.options)  # validate before minutes of work
         model = to_openvino(source, spec.context_length)
         if stateful:
@@ -53,8 +54,7 @@ class OpenVINOExporter(Exporter):
             ov.save_model(model, str(out_dir / MODEL_FILE), compress_to_fp16=False)
         except Exception as exc:
             raise ExportError(f"openvino could not save the IR: {exc}") from exc
-        files = sorted(p.name for p in out_dir.iterdir())
-        fields["artifacts"] = {"model": MODEL_FILE, "weights": WEIGHTS_FILE, "files": files, "stateful": stateful,
+        fields["artifacts"] = {"model": MODEL_FILE, "weights": WEIGHTS_FILE, "stateful": stateful,
                                "openvino_version": ov.get_version()}
         return fields
 
@@ -63,19 +63,16 @@ def to_openvino(source, context_length: int | None = None):
     """Convert ``source.export_module()`` with openvino's PyTorch front end; name and shape its IO."""
     torch = require("torch", "export", "OpenVINO export")
     ov = require("openvino", "openvino", "OpenVINO export")
-    from edgeslm.arch.concat import cache_names
+    from edgeslm.arch.concat import example_inputs, io_names
 
     ms = source.spec
     module = source.export_module(context_length)
-    example_ids = torch.zeros((1, 4), dtype=torch.int64)
-    past = module.empty_cache(past_len=3)  # non-trivial sizes so neither dim specializes
     try:
         with torch.no_grad():
-            model = ov.convert_model(module, example_input=(example_ids, *past))
+            model = ov.convert_model(module, example_input=example_inputs(module))
     except Exception as exc:
         raise ExportError(f"ov.convert_model failed: {type(exc).__name__}: {exc}") from exc
-    in_names = ["input_ids", *cache_names(ms.num_layers, "past")]
-    out_names = ["logits", *cache_names(ms.num_layers, "present")]
+    in_names, out_names = io_names(ms.num_layers)
     if len(model.inputs) != len(in_names) or len(model.outputs) != len(out_names):
         raise ExportError(f"converted model has {len(model.inputs)} inputs / {len(model.outputs)} outputs, "
                           f"expected {len(in_names)} / {len(out_names)}")
@@ -104,6 +101,3 @@ def make_stateful(model) -> None:
     if [p.get_any_name() for p in model.inputs] != ["input_ids"]:
         raise ExportError("making the KV cache stateful left cache inputs behind")
 
-
-def _flag(value) -> bool:
-    return value.lower() in ("1", "true", "yes") if isinstance(value, str) else bool(value)

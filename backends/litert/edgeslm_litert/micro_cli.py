@@ -1,4 +1,8 @@
-"""edgeslm micro: train a micro language model for microcontrollers (TFLite Micro, full int8)."""
+"""edgeslm micro: train a micro language model for microcontrollers (TFLite Micro, full int8).
+
+A verb this plugin adds to the ``edgeslm`` command (entry point ``edgeslm.commands``); the
+module imports click and edgeslm only, the trainer is imported when the verb runs.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,14 @@ from pathlib import Path
 
 import click
 
-from ..outputs import make_dir
-from . import cli
-from ._common import OutputDir, emit_json, json_option
-from ._output import current
-
+from edgeslm.cli._common import OutputDir, emit_json, json_option
+from edgeslm.cli._output import current
+from edgeslm.outputs import make_dir
 
 TEACHER_FILE = "teacher_text.txt"
 
 
-@cli.command("micro")
+@click.command("micro")
 @click.option("--text", "text_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Training text (repeatable).")
 @click.option("--teacher", default=None,
@@ -47,12 +49,12 @@ def micro(text_files, teacher, teacher_chars, output, steps, context, hidden, mi
       edgeslm micro --text corpus.txt -o out/micro
       edgeslm micro --teacher out/smollm2-litert --text corpus.txt -o out/micro --steps 5000
     """
-    from ..errors import ExportError
+    from edgeslm.errors import ExportError
 
     try:
-        from edgeslm_litert.micro import MicroConfig, build_micro_model
+        from .micro import MicroConfig, build_micro_model
     except ImportError as exc:
-        raise ExportError(f"the micro path is part of the LiteRT backend: pip install 'edgeslm-litert[export]' ({exc})")
+        raise ExportError(f"the micro path needs the LiteRT export extra: pip install 'edgeslm-litert[export]' ({exc})")
     text = "".join(Path(f).read_text(errors="replace") for f in text_files)
     if teacher:
         generated = _teacher_text(teacher, teacher_chars)
