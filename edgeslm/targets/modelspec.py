@@ -1,7 +1,7 @@
 """A ModelSpec without loading the model: from GGUF metadata, config.json, or a bundle manifest.
 
 `edgeslm fit` needs only shapes, so it never imports torch: a GGUF header is read with the
-``gguf`` package (the vocabulary arrays are skipped), a Hugging Face folder's config.json is
+numpy-only reader (the vocabulary arrays are skipped), a Hugging Face folder's config.json is
 plain JSON, and a bundle's manifest already holds its spec.
 """
 
@@ -52,10 +52,11 @@ def _spec_from_config_json(folder: Path, name: str) -> ModelSpec:
 
 
 def _spec_from_gguf(path: Path, name: str) -> ModelSpec:
-    from ..sources.gguf import read_gguf_metadata
+    from ..sources.gguf import gguf_family, read_gguf_metadata
 
     meta, reader = read_gguf_metadata(path)
     arch = meta.get("general.architecture", "?")
+    gguf_family(arch)  # fit refuses what export would refuse, from the metadata alone
 
     def field(key: str, default: Any = None) -> Any:
         value = meta.get(f"{arch}.{key}", default)
@@ -66,7 +67,7 @@ def _spec_from_gguf(path: Path, name: str) -> ModelSpec:
     heads = int(field("attention.head_count"))
     hidden = int(field("embedding_length"))
     vocab = meta.get(f"{arch}.vocab_size") or meta.get("tokenizer.ggml.tokens")
-    tensor_names = {t.name for t in reader.tensors}
+    tensor_names = set(reader.tensors)
     return ModelSpec(
         architecture=arch, vocab_size=int(field("vocab_size", vocab)), hidden_size=hidden,
         num_layers=int(field("block_count")), num_heads=heads,
