@@ -53,17 +53,34 @@ def tiny_source(tiny_hf):
 
 
 @pytest.fixture(scope="session")
-def bundle_factory(tiny_source, tmp_path_factory):
-    """bundle_factory(format, precision="fp32") -> path of a tiny exported bundle (cached)."""
+def family_source(tiny_source, tmp_path_factory):
+    """family_source(name) -> a tiny random model of that family (edgeslm.testing.fake_config), loaded."""
+    cache = {"llama": tiny_source}
+
+    def make(family: str):
+        if family not in cache:
+            from edgeslm.sources import load_source
+            from edgeslm.testing import make_tiny_hf_folder
+
+            cache[family] = load_source(make_tiny_hf_folder(tmp_path_factory.mktemp("tiny") / f"tiny-{family}",
+                                                            architecture=family))
+        return cache[family]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def bundle_factory(family_source, tmp_path_factory):
+    """bundle_factory(format, precision="fp32", family="llama") -> path of a tiny exported bundle (cached)."""
     cache = {}
 
-    def make(fmt: str, precision: str = "fp32", **kw):
-        key = (fmt, precision, json.dumps(kw, sort_keys=True, default=str))
+    def make(fmt: str, precision: str = "fp32", family: str = "llama", **kw):
+        key = (fmt, precision, family, json.dumps(kw, sort_keys=True, default=str))
         if key not in cache:
             from edgeslm.exporting import export_model
 
-            out = tmp_path_factory.mktemp(f"bundle-{fmt}-{precision}") / "bundle"
-            export_model(tiny_source, out, format=fmt, precision=precision, context_length=128,
+            out = tmp_path_factory.mktemp(f"bundle-{family}-{fmt}-{precision}") / "bundle"
+            export_model(family_source(family), out, format=fmt, precision=precision, context_length=128,
                          parity_tokens=8, **kw)
             cache[key] = out
         return cache[key]

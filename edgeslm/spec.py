@@ -32,33 +32,52 @@ class ModelSpec:
     name: str = ""  # human-readable model name
     extra: dict[str, Any] = field(default_factory=dict)
 
+    # The full decoder description (edgeslm.arch.config.DecoderConfig.to_dict()); the fields above
+    # are its layer-0 summary. Bundles written before the description existed lack it: then a
+    # Llama-shaped description is derived from the fields.
+    decoder: dict[str, Any] | None = None
+
+    @classmethod
+    def from_decoder(cls, desc, **fields: Any) -> "ModelSpec":
+        """A spec whose shape fields summarize ``desc`` (a DecoderConfig); ``fields`` add the
+        tokenizer facts (bos/eos ids, chat template) and the name."""
+        a, m = desc.blocks[0].attention, desc.blocks[0].mlp
+        return cls(architecture=desc.family, vocab_size=desc.vocab_size, hidden_size=desc.hidden_size,
+                   num_layers=desc.num_layers, num_heads=a.num_heads, num_kv_heads=a.num_kv_heads,
+                   head_dim=a.head_dim, intermediate_size=m.intermediate_size, context_length=desc.context_length,
+                   rope_theta=a.rope.theta, rms_norm_eps=desc.norm.eps, tie_word_embeddings=desc.tie_word_embeddings,
+                   decoder=desc.to_dict(), **fields)
+
+    @property
+    def description(self):
+        """The :class:`~edgeslm.arch.config.DecoderConfig` (torch-free)."""
+        from .arch.config import (AttentionConfig, BlockConfig, DecoderConfig, MLPConfig, NormConfig,
+                                  RopeConfig)
+
+        if self.decoder:
+            return DecoderConfig.from_dict(self.decoder)
+        att = AttentionConfig(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
+                              qkv_bias=self.architecture == "qwen2", rope=RopeConfig(theta=self.rope_theta))
+        block = BlockConfig(attention=att, mlp=MLPConfig(intermediate_size=self.intermediate_size))
+        return DecoderConfig(family=self.architecture, vocab_size=self.vocab_size, hidden_size=self.hidden_size,
+                             blocks=(block,) * self.num_layers, norm=NormConfig(eps=self.rms_norm_eps),
+                             context_length=self.context_length, tie_word_embeddings=self.tie_word_embeddings)
+
     @property
     def num_parameters(self) -> int:
-        """Parameter count of a Llama-shaped model with these sizes (tied head counted once)."""
-        h, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
-        q = h * self.num_heads * self.head_dim
-        kv = 2 * h * self.num_kv_heads * self.head_dim
-        o = self.num_heads * self.head_dim * h
-        per_layer = q + kv + o + 3 * h * i + 2 * h
-        head = 0 if self.tie_word_embeddings else v * h
-        dense = v * h + self.num_layers * per_layer + h + head
-        # Low-rank factorized layers (edgeslm.compress.lowrank): rank * (in + out) instead of in * out.
-        for name, rank in (self.extra.get("low_rank") or {}).items():
-            fan_in, fan_out = self.linear_shape(name)
-            dense += int(rank) * (fan_in + fan_out) - fan_in * fan_out
-        return dense
+        """Parameter count (tied head counted once; low-rank factorized layers as their factors)."""
+        return self.description.num_parameters(self.extra.get("low_rank") or {})
 
     def linear_shape(self, name: str) -> tuple[int, int]:
-        """(in, out) features of a decoder linear layer named like Hugging Face's Llama."""
-        h, i = self.hidden_size, self.intermediate_size
-        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        shapes = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-                  "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
-        return shapes[name.rsplit(".", 1)[-1]]
+        """(in, out) features of a decoder linear layer: ``model.layers.3.mlp.up_proj``."""
+        parts = name.split(".")
+        if len(parts) >= 4 and parts[0] == "model" and parts[1] == "layers":
+            return self.description.linear_shape(int(parts[2]), ".".join(parts[3:]))
+        raise ValueError(f"not a decoder linear layer name: '{name}'")
 
     def kv_cache_bytes(self, tokens: int, bytes_per_value: float = 4.0) -> int:
-        """Bytes of K and V for ``tokens`` positions: layers x kv heads x head dim x 2 x bytes."""
-        return int(self.num_layers * self.num_kv_heads * self.head_dim * 2 * bytes_per_value * tokens)
+        """Bytes of K and V for a context of ``tokens`` (sliding-window layers hold only their window)."""
+        return self.description.kv_cache_bytes(tokens, bytes_per_value)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

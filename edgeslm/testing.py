@@ -26,11 +26,34 @@ CORPUS = [
 ]
 
 
+HF_CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+              "qwen3": "Qwen3ForCausalLM", "phi3": "Phi3ForCausalLM", "gemma2": "Gemma2ForCausalLM",
+              "gemma3": "Gemma3ForCausalLM"}
+
+#: Per family, what makes its tiny config exercise the family's own features: sliding windows
+#: shorter than a test prompt, head_dim != hidden / heads, soft-capping, partial rotary...
+FAMILY_TRAITS = {
+    "llama": {},
+    "mistral": {"sliding_window": 6},
+    "qwen2": {},
+    "qwen3": {"head_dim": 24},
+    "phi3": {"partial_rotary_factor": 0.75, "original_max_position_embeddings": 256, "pad_token_id": 0},
+    "gemma2": {"model_type": "gemma2", "head_dim": 24, "query_pre_attn_scalar": 32, "sliding_window": 5,
+               "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
+               "layer_types": ["sliding_attention", "full_attention"], "hidden_activation": "gelu_pytorch_tanh",
+               "rms_norm_eps": 1e-6},
+    "gemma3": {"model_type": "gemma3_text", "num_hidden_layers": 3, "head_dim": 32, "query_pre_attn_scalar": 32,
+               "sliding_window": 5, "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
+               "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                   "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0}},
+               "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6},
+}
+
+
 def fake_config(architecture: str = "llama", vocab_size: int = 320) -> dict:
-    """A 2-layer Hugging Face config of the given architecture (grouped-query attention)."""
+    """A tiny Hugging Face config.json dict of a family (grouped-query attention, 2-3 layers)."""
     cfg = {
-        "architectures": [{"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                           "mistral": "MistralForCausalLM"}[architecture]],
+        "architectures": [HF_CLASSES[architecture]],
         "model_type": architecture,
         "vocab_size": vocab_size,
         "hidden_size": 64,
@@ -47,6 +70,7 @@ def fake_config(architecture: str = "llama", vocab_size: int = 320) -> dict:
         "eos_token_id": 2,
         "hidden_act": "silu",
     }
+    cfg.update(FAMILY_TRAITS[architecture])
     return cfg
 
 

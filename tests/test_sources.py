@@ -99,7 +99,7 @@ def test_unsupported_architecture(tiny_hf, tmp_path):
     cfg = json.loads((folder / "config.json").read_text())
     cfg["model_type"] = "gpt_neox"
     (folder / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(UnsupportedArchitectureError, match="supported: llama"):
+    with pytest.raises(UnsupportedArchitectureError, match="supported families: gemma2, gemma3, llama"):
         load_source(folder)
 
 

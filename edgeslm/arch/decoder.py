@@ -64,11 +64,11 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first ``cos.shape[-1]`` dims of each head (all of them unless partial)."""
-    rd = cos.shape[-1]
-    if rd == x.shape[-1]:
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int | None = None) -> torch.Tensor:
+    """Rotate each head (or only its first ``rotary_dim`` dims: partial rotary)."""
+    if rotary_dim is None:
         return x * cos + rotate_half(x) * sin
+    rd = rotary_dim
     rot, keep = x[..., :rd], x[..., rd:]
     return torch.cat((rot * cos + rotate_half(rot) * sin, keep), dim=-1)
 
@@ -216,7 +216,9 @@ class CacheStrategy:
 class Decoder(nn.Module):
     """The reference decoder. Build it with :func:`from_state_dict`."""
 
-    def __init__(self, cfg: DecoderConfig, low_rank: dict[str, int] | None = None):
+    def __init__(self, cfg: DecoderConfig, low_rank: dict[str, int] | None = None, context_length: int | None = None):
+        """``context_length``: the longest context this instance will run (an export's); it
+        picks LongRoPE's factors. Default: the model's own maximum."""
         super().__init__()
         self.config = cfg
         self.model = Backbone(cfg)
@@ -232,7 +234,7 @@ class Decoder(nn.Module):
                 self.rope_of_layer.append(None)
                 continue
             if rope not in self.ropes:
-                inv, factor = rope_inv_freq(rope, b.attention.head_dim, cfg.context_length)
+                inv, factor = rope_inv_freq(rope, b.attention.head_dim, context_length or cfg.context_length)
                 idx = len(self.ropes)
                 self.ropes.append(rope)
                 self.register_buffer(f"inv_freq_{idx}", torch.tensor(np.asarray(inv, dtype=np.float32)),
@@ -267,7 +269,8 @@ class Decoder(nn.Module):
             j = self.rope_of_layer[i]
             if j is not None:
                 cos, sin = tables[j]
-                q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+                rd = layer.cfg.attention.rope.rotary_dim
+                q, k = apply_rotary(q, cos, sin, rd), apply_rotary(k, cos, sin, rd)
             keys, values, mask = cache.update(i, layer.cfg, k, v)
             a = attn.o_proj(attn.attend(q, keys, values, mask, cache.attend_style))
             x = x + layer.norm("attn_post", a)
@@ -314,11 +317,12 @@ class Decoder(nn.Module):
         return out
 
 
-def from_state_dict(cfg: DecoderConfig, state_dict: dict[str, Any], low_rank: dict[str, int] | None = None) -> Decoder:
+def from_state_dict(cfg: DecoderConfig, state_dict: dict[str, Any], low_rank: dict[str, int] | None = None,
+                    context_length: int | None = None) -> Decoder:
     """A :class:`Decoder` holding the given Hugging Face-named weights (float32, eval mode)."""
     from ..errors import ModelLoadError
 
-    model = Decoder(cfg, low_rank=low_rank)
+    model = Decoder(cfg, low_rank=low_rank, context_length=context_length)
     sd = {k: v.detach().to(torch.float32) for k, v in state_dict.items() if "rotary_emb" not in k}
     if cfg.tie_word_embeddings:
         sd.pop("lm_head.weight", None)

@@ -85,14 +85,12 @@ def _yarn(rope: RopeConfig, dim: int, context_length: int) -> tuple[np.ndarray, 
 
 def _longrope(rope: RopeConfig, dim: int, context_length: int) -> tuple[np.ndarray, float]:
     """Phi-3/4's LongRoPE. transformers switches factors by the running sequence length; an
-    export has one context length, so the long factors are used when it exceeds the original
-    training length, the short ones otherwise (the same choice transformers makes for a
-    sequence of that length)."""
+    export has one context length (``context_length``: the export's, not the model's maximum),
+    so the long factors are used when it exceeds the original training length, the short ones
+    otherwise (the choice transformers makes for a sequence of that length)."""
     p = rope.params
     original = float(p["original_max_position_embeddings"])
-    factor = float(p.get("factor") or (context_length / original))
-    if p.get("max_position_embeddings"):
-        factor = float(p["max_position_embeddings"]) / original
+    factor = float(p.get("factor") or (p.get("max_position_embeddings") or context_length) / original)
     attention_factor = p.get("attention_factor")
     if attention_factor is None:
         attention_factor = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(original))

@@ -12,13 +12,13 @@ from ._common import emit_json, json_option
 @json_option
 def models_command(as_json):
     """List built-in model names and the installed backend plugins."""
-    from ..arch import SUPPORTED
+    from ..arch import supported_families
     from ..plugins import ENGINES, EXPORTERS, available
     from ..sources.catalog import BUILTINS
 
     data = {
         "builtin_models": {n: m.description for n, m in BUILTINS.items()},
-        "architectures": sorted(SUPPORTED),
+        "architectures": supported_families(),
         "exporters": available(EXPORTERS),
         "engines": available(ENGINES),
     }

@@ -4,9 +4,9 @@ The rank of each chosen layer is the smallest that keeps a given fraction of the
 singular values ("energy"), or the one that leaves a target fraction of the layer's weights.
 A layer is factorized only when the two factors are smaller than the dense matrix.
 
-The factorized model is the same transformers model with :class:`~edgeslm.arch.llama.LowRankLinear`
+The factorized model is the same transformers model with :class:`~edgeslm.arch.lowrank.LowRankLinear`
 in place of the chosen ``nn.Linear`` s; ``spec.extra["low_rank"]`` lists them with their ranks,
-and :class:`~edgeslm.arch.llama.ExportLlama` builds the same pairs from it, so every exporter
+and the decoder (:mod:`edgeslm.arch.decoder`) builds the same pairs from it, so every exporter
 that goes through ``SourceModel.export_module()`` writes the factorized graph (two MatMuls).
 """
 
@@ -56,7 +56,7 @@ def low_rank_factorize(source: SourceModel, config: LowRankConfig = LowRankConfi
     """Factorize the chosen linear layers; returns a model whose spec lists the ranks."""
     import torch
 
-    from ..arch.llama import LowRankLinear
+    from ..arch.lowrank import LowRankLinear
 
     if config.size_ratio is None and not (config.energy and 0 < config.energy <= 1):
         raise ValueError("give energy in (0, 1] or a size_ratio")

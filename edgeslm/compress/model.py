@@ -128,7 +128,7 @@ def _load_low_rank_folder(folder: Path) -> SourceModel:
     from safetensors.torch import load_file
 
     from .._deps import quiet_transformers
-    from ..arch.llama import apply_low_rank
+    from ..arch.lowrank import apply_low_rank
     from ..errors import ModelLoadError
     from ..sources.hf import folder_sha256, load_hf_tokenizer, spec_from_config
 

@@ -225,6 +225,9 @@ def expected_parameters(spec, config: StructuredPruneConfig) -> int:
     if config.multiple_of > 1:
         inter = max(config.multiple_of, round(inter / config.multiple_of) * config.multiple_of)
     inter = min(inter, spec.intermediate_size)
-    return dataclasses.replace(spec, num_heads=heads, num_kv_heads=kv, intermediate_size=inter).num_parameters
+    desc = spec.description
+    blocks = [dataclasses.replace(b, attention=dataclasses.replace(b.attention, num_heads=heads, num_kv_heads=kv),
+                                  mlp=dataclasses.replace(b.mlp, intermediate_size=inter)) for b in desc.blocks]
+    return desc.with_blocks(blocks).num_parameters(spec.extra.get("low_rank") or {})
 
 

@@ -35,11 +35,13 @@ class SourceModel:
     module: Any  # transformers PreTrainedModel, float32, eval mode
     sha256: str  # of the GGUF file, or of the folder's weight files in name order
 
-    def export_module(self):
-        """The export-friendly :class:`~edgeslm.arch.llama.ExportLlama` with these weights."""
-        from ..arch.llama import from_state_dict
+    def export_module(self, context_length: int | None = None):
+        """The export-friendly :class:`~edgeslm.arch.decoder.Decoder` with these weights
+        (``context_length``: the export's, when it differs from the model's maximum)."""
+        from ..arch.decoder import from_state_dict
 
-        return from_state_dict(self.spec, self.module.state_dict())
+        return from_state_dict(self.spec.description, self.module.state_dict(),
+                               low_rank=self.spec.extra.get("low_rank") or None, context_length=context_length)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "path": str(self.path), "kind": self.kind, "sha256": self.sha256,

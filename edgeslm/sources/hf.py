@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from .._deps import quiet_transformers, require
-from ..arch import check_supported
 from ..errors import ModelLoadError
 from ..spec import ModelSpec
 from ..tokenizer import Tokenizer
@@ -16,33 +15,17 @@ from .base import SourceModel, sha256_file
 
 
 def spec_from_config(config: Any, tokenizer: Tokenizer, name: str) -> ModelSpec:
-    """A ModelSpec from a transformers config object (HF folder and GGUF alike)."""
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    rope = getattr(config, "rope_parameters", None) or {}
-    theta = rope.get("rope_theta") if isinstance(rope, dict) else None
-    if theta is None:
-        theta = getattr(config, "rope_theta", 10000.0)
-    if isinstance(rope, dict) and rope.get("rope_type", "default") not in ("default", None):
-        raise ModelLoadError(f"RoPE scaling '{rope.get('rope_type')}' is not supported yet (only default RoPE)")
-    return ModelSpec(
-        architecture=config.model_type,
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        num_layers=config.num_hidden_layers,
-        num_heads=heads,
-        num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-        head_dim=head_dim,
-        intermediate_size=config.intermediate_size,
-        context_length=getattr(config, "max_position_embeddings", 2048),
-        rope_theta=float(theta),
-        rms_norm_eps=float(config.rms_norm_eps),
-        tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_ids=tokenizer.eos_token_ids,
-        chat_template=tokenizer.chat_template,
-        name=name,
-    )
+    """A ModelSpec (with its decoder description) from a transformers config object or a
+    config.json dict, for HF folders and GGUF files alike."""
+    from ..arch.families import decoder_config
+
+    cfg = config if isinstance(config, dict) else config.to_dict()
+    try:
+        desc = decoder_config(cfg)
+    except (KeyError, ValueError) as exc:
+        raise ModelLoadError(f"config of '{name}' cannot be described: {type(exc).__name__}: {exc}") from exc
+    return ModelSpec.from_decoder(desc, bos_token_id=tokenizer.bos_token_id, eos_token_ids=tokenizer.eos_token_ids,
+                                  chat_template=tokenizer.chat_template, name=name)
 
 
 def _read_json(path: Path) -> dict:
@@ -111,7 +94,9 @@ def load_hf_folder(folder: str | Path, name: str | None = None) -> SourceModel:
         from ..compress.model import load_model
 
         return load_model(folder)
-    check_supported(config.get("model_type", "?"))
+    from ..arch.families import decoder_config
+
+    decoder_config(config.get("text_config") or config)  # refuse an unsupported family before reading weights
     if not (list(folder.glob("*.safetensors")) or list(folder.glob("*.bin"))):
         raise ModelLoadError(f"{folder}: no weights (*.safetensors)")
     tokenizer = load_hf_tokenizer(folder)

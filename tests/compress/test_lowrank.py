@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from edgeslm.arch.llama import LowRankLinear
+from edgeslm.arch.lowrank import LowRankLinear
 from edgeslm.compress.lowrank import LowRankConfig, low_rank_factorize
 from edgeslm.compress.model import count_parameters, load_model, save_hf_folder
 

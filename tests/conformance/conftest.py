@@ -61,15 +61,27 @@ def backend(request) -> str:
     return request.param
 
 
+def _families() -> list[str]:
+    from edgeslm.arch.families import supported_names
+
+    return supported_names()
+
+
+@pytest.fixture(scope="session", params=_families())
+def family(request) -> str:
+    """Every model family goes through every check (tiny random configs: edgeslm.testing.fake_config)."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
-def conformance_bundle(backend, bundle_factory):
-    """A tiny fp32 bundle (context 128) in the backend's format."""
+def conformance_bundle(backend, family, bundle_factory):
+    """A tiny fp32 bundle (context 128) of the family in the backend's format."""
     for mod in ("torch", "transformers"):
         if importlib.util.find_spec(mod) is None:
             pytest.skip("needs the export extra to build tiny bundles: pip install 'edgeslm[export]'")
     if backend not in available(EXPORTERS):
         pytest.skip(f"no '{backend}' exporter installed to build a test bundle")
-    return bundle_factory(backend)
+    return bundle_factory(backend, family=family)
 
 
 @pytest.fixture
@@ -81,10 +93,11 @@ def model(conformance_bundle):
 
 
 @pytest.fixture(scope="session")
-def source_greedy(tiny_source):
+def source_greedy(family, family_source):
     """source_greedy(ids, n) -> the tiny source's own greedy continuation (HF torch module)."""
     import torch
 
+    tiny_source = family_source(family)
     cache: dict[tuple, list[int]] = {}
 
     def run(ids, n: int) -> list[int]:

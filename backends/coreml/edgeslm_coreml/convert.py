@@ -2,7 +2,7 @@
 
 ::
 
-    CoreMLLlama (torch, fp32) --jit.trace--> ScriptModule --ct.convert--> MLModel (fp16 compute)
+    CoreMLDecoder (torch, fp32) --jit.trace--> ScriptModule --ct.convert--> MLModel (fp16 compute)
         inputs   input_ids int32 (1, S), causal_mask fp16 (1, 1, S, E)     S, E: RangeDim(1, C)
         states   key_cache, value_cache fp16 (L, 1, kv, C, hd)
         outputs  logits fp16 (1, V)
@@ -69,7 +69,7 @@ def _captured(what: str):
 
 
 def convert(traced, spec, context_length: int):
-    """ct.convert the traced :class:`~edgeslm_coreml.model.CoreMLLlama` to an iOS 18 ML Program."""
+    """ct.convert the traced :class:`~edgeslm_coreml.model.CoreMLDecoder` to an iOS 18 ML Program."""
     ct = quiet_coremltools()
     import numpy as np
 

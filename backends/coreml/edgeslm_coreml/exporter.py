@@ -2,7 +2,7 @@
 
 ::
 
-    source weights --from_source--> CoreMLLlama (fixed-size cache buffers) --jit.trace--> ScriptModule
+    source weights --from_source--> CoreMLDecoder (fixed-size cache buffers) --jit.trace--> ScriptModule
         --ct.convert (StateType caches, RangeDim seq/end, FLOAT16)--> MLModel
         --coremltools.optimize (int8 | int4 | palettized)--> model.mlpackage
         --inspect_package / check_package--> manifest "coreml" section (spec facts, sizes)

@@ -3,7 +3,7 @@
 coremltools 9 cannot convert the stock transformers Llama (``aten::diff``, ``aten::new_ones``,
 an ``int`` op from data-dependent Python ints) and Core ML states need buffers that the graph
 writes in place. This module holds the *same* weights as the source (Hugging Face names, loaded
-from ``source.module.state_dict()``) in the form Apple's on-device Llama guidance uses::
+from ``source.module.state_dict()``), with its cache in the form Apple's on-device Llama guidance uses::
 
     input_ids    int32 (1, S)             S = new tokens, 1..context
     causal_mask  float (1, 1, S, E)       E = P + S, P = tokens already in the cache;
@@ -18,6 +18,10 @@ reads ``cache[l, :, :, :E]``. Rotary cos/sin come from tables sliced at ``[P:E]`
 
 fp16 safety (the package computes in fp16): RMSNorm divides by the row's max |x| before
 squaring (exact in real arithmetic, no overflow past 65504), and q is scaled before q.k.
+
+The decoder is :class:`edgeslm.arch.decoder.Decoder` (every family); this module contributes
+only :class:`StateCache`, its cache strategy, and the module that owns the state buffers. A
+sliding-window layer adds a band mask built from a position table sliced at ``[P:E]``.
 """
 
 from __future__ import annotations
@@ -25,98 +29,65 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgeslm.arch import llama as shared  # same projections, MLP and rotation; attention's cache and norms differ
-from edgeslm.spec import ModelSpec
+from edgeslm.arch.decoder import CacheStrategy
 
 
-class SafeRMSNorm(nn.Module):
-    """RMSNorm that cannot overflow in fp16: x / rms(x) == y / rms(y) with y = x / max|x|."""
+class StateCache(CacheStrategy):
+    """Writes K/V into the owner's (L, 1, kv, C, hd) buffers at [P:E]; attention reads [:E]."""
 
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
+    attend_style = "scaled_q"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = x.abs().amax(-1, keepdim=True).clamp(min=1e-4)  # (1, S, 1)
-        y = x / m
-        var = y.pow(2).mean(-1, keepdim=True) + self.eps / (m * m)
-        return self.weight * (y * torch.rsqrt(var))
+    def __init__(self, owner: "CoreMLDecoder", causal_mask: torch.Tensor, past, end):
+        self.owner, self.causal, self.past, self.end = owner, causal_mask, past, end
+        self._masks: dict[int | None, torch.Tensor] = {None: causal_mask}
 
+    def positions(self, decoder, input_ids):
+        return self.owner.position_table[self.past:self.end]  # (S,), unused: rotary is sliced below
 
-class Attention(shared.Attention):
-    """The shared projections (q/k/v/o, same weight names); forward writes a fixed-size cache."""
+    def rotary(self, decoder, rope_index, positions):
+        cos = getattr(self.owner, f"rope_cos_{rope_index}")[self.past:self.end][None, None]  # (1, 1, S, rd)
+        sin = getattr(self.owner, f"rope_sin_{rope_index}")[self.past:self.end][None, None]
+        return cos, sin
 
-    def forward(self, x, cos, sin, mask, key_cache, value_cache, layer: int, past, end):
-        s = x.shape[1]
-        q = self.q_proj(x).view(1, s, self.h, self.hd).transpose(1, 2)  # (1, h, S, hd)
-        k = self.k_proj(x).view(1, s, self.kv, self.hd).transpose(1, 2)  # (1, kv, S, hd)
-        v = self.v_proj(x).view(1, s, self.kv, self.hd).transpose(1, 2)
-        q = q * cos + shared.rotate_half(q) * sin
-        k = k * cos + shared.rotate_half(k) * sin
-        key_cache[layer, :, :, past:end, :] = k  # in place: becomes a Core ML state write
-        value_cache[layer, :, :, past:end, :] = v
-        keys = key_cache[layer, :, :, :end, :]  # (1, kv, E, hd)
-        values = value_cache[layer, :, :, :end, :]
-        group = self.h // self.kv
-        t = keys.shape[2]
-        keys = keys[:, :, None].expand(1, self.kv, group, t, self.hd).reshape(1, self.h, t, self.hd)  # (1, h, E, hd)
-        values = values[:, :, None].expand(1, self.kv, group, t, self.hd).reshape(1, self.h, t, self.hd)
-        scores = torch.matmul(q * (self.hd ** -0.5), keys.transpose(2, 3)) + mask  # (1, h, S, E)
-        probs = torch.softmax(scores, dim=-1)
-        out = torch.matmul(probs, values).transpose(1, 2).reshape(1, s, self.h * self.hd)  # (1, S, h*hd)
-        return self.o_proj(out)
+    def mask(self, window):
+        if window not in self._masks:
+            table = self.owner.position_table
+            q, k = table[self.past:self.end], table[:self.end]  # (S,), (E,)
+            band = torch.where(k[None, :] > q[:, None] - window, 0.0, float("-inf"))[None, None]  # (1, 1, S, E)
+            self._masks[window] = self.causal + band
+        return self._masks[window]
+
+    def update(self, layer, block, k, v):
+        self.owner.key_cache[layer, :, :, self.past:self.end, :] = k  # in place: becomes a Core ML state write
+        self.owner.value_cache[layer, :, :, self.past:self.end, :] = v
+        keys = self.owner.key_cache[layer, :, :, :self.end, :]  # (1, kv, E, hd)
+        values = self.owner.value_cache[layer, :, :, :self.end, :]
+        return keys, values, self.mask(block.attention.sliding_window)
 
 
-class DecoderLayer(nn.Module):
-    def __init__(self, spec: ModelSpec, bias: bool):
-        super().__init__()
-        self.self_attn = Attention(spec, bias)
-        self.mlp = shared.MLP(spec)
-        self.input_layernorm = SafeRMSNorm(spec.hidden_size, spec.rms_norm_eps)
-        self.post_attention_layernorm = SafeRMSNorm(spec.hidden_size, spec.rms_norm_eps)
-
-
-class Backbone(nn.Module):
-    def __init__(self, spec: ModelSpec, bias: bool):
-        super().__init__()
-        self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(spec, bias) for _ in range(spec.num_layers))
-        self.norm = SafeRMSNorm(spec.hidden_size, spec.rms_norm_eps)
-
-
-class CoreMLLlama(nn.Module):
+class CoreMLDecoder(nn.Module):
     """Stateful decoder for ``ct.convert``; build it with :func:`from_source`."""
 
-    def __init__(self, spec: ModelSpec, context_length: int, bias: bool = False):
+    def __init__(self, decoder, context_length: int):
         super().__init__()
-        self.spec, self.context_length = spec, context_length
-        self.model = Backbone(spec, bias)
-        self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
-        if spec.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
-        cache = (spec.num_layers, 1, spec.num_kv_heads, context_length, spec.head_dim)  # (L, 1, kv, C, hd)
+        cfg = decoder.config
+        self.decoder = decoder.use_fp16_safe_norms()
+        self.spec_config, self.context_length = cfg, context_length
+        kv, hd = cfg.uniform("num_kv_heads"), cfg.uniform("head_dim")
+        cache = (cfg.num_layers, 1, kv, context_length, hd)  # (L, 1, kv, C, hd)
         self.register_buffer("key_cache", torch.zeros(cache))
         self.register_buffer("value_cache", torch.zeros(cache))
-        inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, spec.head_dim, 2).float() / spec.head_dim))
-        freqs = torch.arange(context_length).float()[:, None] * inv_freq[None, :]  # (C, hd/2)
-        emb = torch.cat((freqs, freqs), dim=-1)  # (C, hd)
-        self.register_buffer("rope_cos", emb.cos(), persistent=False)
-        self.register_buffer("rope_sin", emb.sin(), persistent=False)
+        positions = torch.arange(context_length)
+        self.register_buffer("position_table", positions.float(), persistent=False)
+        for j in range(len(decoder.ropes)):
+            cos, sin = decoder.rotary(j, positions)  # (1, 1, C, rd)
+            self.register_buffer(f"rope_cos_{j}", cos[0, 0], persistent=False)
+            self.register_buffer(f"rope_sin_{j}", sin[0, 0], persistent=False)
 
     def forward(self, input_ids: torch.Tensor, causal_mask: torch.Tensor) -> torch.Tensor:
         end = causal_mask.shape[-1]  # E = P + S (a shape op in the trace)
         past = end - input_ids.shape[-1]  # P
-        cos = self.rope_cos[past:end][None, None]  # (1, 1, S, hd)
-        sin = self.rope_sin[past:end][None, None]
-        x = self.model.embed_tokens(input_ids)  # (1, S, hidden)
-        for i, layer in enumerate(self.model.layers):
-            a = layer.self_attn(layer.input_layernorm(x), cos, sin, causal_mask, self.key_cache, self.value_cache,
-                                i, past, end)
-            x = x + a
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        x = self.model.norm(x[:, -1, :])  # (1, hidden): only the last position's logits
-        return self.lm_head(x)  # (1, V)
+        return self.decoder.run(input_ids, StateCache(self, causal_mask, past, end))  # (1, V)
 
 
 def causal_mask(past: int, new: int, dtype=torch.float32) -> torch.Tensor:
@@ -126,28 +97,17 @@ def causal_mask(past: int, new: int, dtype=torch.float32) -> torch.Tensor:
     return torch.where(k <= q, 0.0, float("-inf")).to(dtype)[None, None]
 
 
-def from_source(source, context_length: int) -> CoreMLLlama:
-    """A :class:`CoreMLLlama` holding ``source.module``'s weights (float32, eval mode)."""
-    from edgeslm.arch import check_supported
-    from edgeslm.errors import ModelLoadError
+def from_source(source, context_length: int) -> CoreMLDecoder:
+    """A :class:`CoreMLDecoder` holding ``source.module``'s weights (float32, eval mode)."""
+    from edgeslm.errors import ExportError
 
-    spec = source.spec
-    arch = check_supported(spec.architecture)
-    model = CoreMLLlama(spec, context_length, bias=arch["attention_bias"])
-    sd = {k: v.detach().to(torch.float32) for k, v in source.module.state_dict().items()
-          if not k.endswith("rotary_emb.inv_freq")}
-    if spec.tie_word_embeddings:
-        sd.pop("lm_head.weight", None)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [m for m in missing if m not in ("key_cache", "value_cache")
-               and not (spec.tie_word_embeddings and m == "lm_head.weight")]
-    if missing or unexpected:
-        raise ModelLoadError(f"weights do not match the {spec.architecture} layout: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
-    return model.eval()
+    try:
+        return CoreMLDecoder(source.export_module(context_length), context_length).eval()
+    except ValueError as exc:  # per-layer KV shapes differ: one state tensor cannot hold them
+        raise ExportError(f"Core ML export needs the same KV-cache shape in every layer: {exc}") from exc
 
 
-def trace(model: CoreMLLlama) -> torch.jit.ScriptModule:
+def trace(model: CoreMLDecoder) -> torch.jit.ScriptModule:
     """torch.jit.trace with a 2-token query after 3 cached tokens, so no size is specialized."""
     ids = torch.zeros((1, 2), dtype=torch.int32)
     with torch.no_grad():

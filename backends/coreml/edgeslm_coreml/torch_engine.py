@@ -18,7 +18,7 @@ from edgeslm.runtime.engine import Engine
 
 
 class TorchCoreMLEngine(Engine):
-    """Runs a :class:`~edgeslm_coreml.model.CoreMLLlama` (eager or traced) step by step."""
+    """Runs a :class:`~edgeslm_coreml.model.CoreMLDecoder` (eager or traced) step by step."""
 
     name = "coreml-torch"
 

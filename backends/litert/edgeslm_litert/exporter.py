@@ -2,7 +2,7 @@
 
 ::
 
-    ExportLlama (torch) -> StaticCacheLlama (fixed KV cache of C rows, see static_cache.py)
+    Decoder (torch) + StaticCache strategy (fixed KV cache of C rows, see static_cache.py)
         --litert_torch.signature("prefill", T tokens).signature("decode", 1 token).convert()-->
     model.tflite (fp32)  --ai_edge_quantizer recipe (dynamic_wi8_afp32 | weight_only_wi8_afp32)-->
     model.tflite (int8 weights)
@@ -68,9 +68,9 @@ def convert(source, path: Path, cache_len: int, prefill_len: int) -> None:
     """Write the fp32 two-signature .tflite of ``source`` to ``path``."""
     torch = require("torch", "export", "LiteRT export")
     litert_torch = _litert_torch()
-    from .static_cache import DecodeSignature, PrefillSignature, StaticCacheLlama, cache_names
+    from .static_cache import DecodeSignature, PrefillSignature, StaticCacheModel, cache_names
 
-    core = StaticCacheLlama(source.export_module(), cache_len).eval()
+    core = StaticCacheModel(source.export_module(cache_len), cache_len).eval()
     names = cache_names(core.layers)
 
     def sample(t: int) -> dict[str, Any]:

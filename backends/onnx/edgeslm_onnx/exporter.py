@@ -37,12 +37,12 @@ class OnnxExporter(Exporter):
     def export(self, source, spec: ExportSpec, out_dir: Path, steps) -> dict[str, Any]:
         torch = require("torch", "export", "ONNX export")
         require("onnxscript", "onnx", "ONNX export")
-        from edgeslm.arch.llama import cache_names
+        from edgeslm.arch.concat import cache_names
 
         # Opset 23 has Attention (grouped-query) and RMSNormalization: with the fused forward each
         # layer becomes a few large ops instead of ~40 small ones (decode is op-overhead bound).
         fused = str(spec.options.get("fused_ops", True)).lower() not in ("false", "0", "no")
-        model = source.export_module().use_fused_ops(fused)
+        model = source.export_module(spec.context_length).use_fused_ops(fused)
         opset = OPSET_FUSED if fused else OPSET_PLAIN
         ms = source.spec
         example_ids = torch.zeros((1, 4), dtype=torch.int64)
@@ -57,8 +57,8 @@ class OnnxExporter(Exporter):
             with torch.no_grad(), contextlib.redirect_stdout(log):
                 torch.onnx.export(
                     model, (example_ids, *past), str(path), dynamo=True, dynamic_shapes=dynamic,
-                    input_names=["input_ids", *cache_names(ms, "past")],
-                    output_names=["logits", *cache_names(ms, "present")],
+                    input_names=["input_ids", *cache_names(ms.num_layers, "past")],
+                    output_names=["logits", *cache_names(ms.num_layers, "present")],
                     optimize=True, external_data=True, verbose=False, opset_version=opset)
         except Exception as exc:
             raise ExportError(f"torch.onnx export failed: {type(exc).__name__}: {exc}\n{log.getvalue()[-2000:]}") from exc

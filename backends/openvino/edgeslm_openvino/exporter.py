@@ -2,7 +2,7 @@
 
 ::
 
-    ExportLlama (torch) --ov.convert_model--> ov.Model                    (KV cache as graph IO)
+    Decoder (torch) --ov.convert_model--> ov.Model                    (KV cache as graph IO)
         input_ids       i64 (1, seq)                 logits          f32 (1, vocab)
         past_key_{i}    f32 (1, kv, past, hd)   -->  present_key_{i} f32 (1, kv, past+seq, hd)
                         --apply_make_stateful_transformation(past_* -> present_*)-->
@@ -40,7 +40,7 @@ class OpenVINOExporter(Exporter):
         ov = require("openvino", "openvino", "OpenVINO export")
         stateful = _flag(spec.options.get("stateful", True))
         cfg = CompressionConfig.from_options(spec.options)  # validate before minutes of work
-        model = to_openvino(source)
+        model = to_openvino(source, spec.context_length)
         if stateful:
             make_stateful(model)
         fields: dict[str, Any] = {}
@@ -59,14 +59,14 @@ class OpenVINOExporter(Exporter):
         return fields
 
 
-def to_openvino(source):
+def to_openvino(source, context_length: int | None = None):
     """Convert ``source.export_module()`` with openvino's PyTorch front end; name and shape its IO."""
     torch = require("torch", "export", "OpenVINO export")
     ov = require("openvino", "openvino", "OpenVINO export")
-    from edgeslm.arch.llama import cache_names
+    from edgeslm.arch.concat import cache_names
 
     ms = source.spec
-    module = source.export_module()
+    module = source.export_module(context_length)
     example_ids = torch.zeros((1, 4), dtype=torch.int64)
     past = module.empty_cache(past_len=3)  # non-trivial sizes so neither dim specializes
     try:
@@ -74,8 +74,8 @@ def to_openvino(source):
             model = ov.convert_model(module, example_input=(example_ids, *past))
     except Exception as exc:
         raise ExportError(f"ov.convert_model failed: {type(exc).__name__}: {exc}") from exc
-    in_names = ["input_ids", *cache_names(ms, "past")]
-    out_names = ["logits", *cache_names(ms, "present")]
+    in_names = ["input_ids", *cache_names(ms.num_layers, "past")]
+    out_names = ["logits", *cache_names(ms.num_layers, "present")]
     if len(model.inputs) != len(in_names) or len(model.outputs) != len(out_names):
         raise ExportError(f"converted model has {len(model.inputs)} inputs / {len(model.outputs)} outputs, "
                           f"expected {len(in_names)} / {len(out_names)}")
@@ -83,8 +83,11 @@ def to_openvino(source):
         port.get_tensor().set_names({name})
     for port, name in zip(model.outputs, out_names):
         port.get_tensor().set_names({name})
-    kv = ov.PartialShape([1, ms.num_kv_heads, -1, ms.head_dim])  # (1, kv_heads, past, head_dim)
-    model.reshape({name: ov.PartialShape([1, -1]) if name == "input_ids" else kv for name in in_names})
+    shapes = {"input_ids": ov.PartialShape([1, -1])}
+    for i, block in enumerate(ms.description.blocks):  # (1, kv_heads, past, head_dim), per layer
+        kv = ov.PartialShape([1, block.attention.num_kv_heads, -1, block.attention.head_dim])
+        shapes[f"past_key_{i}"] = shapes[f"past_value_{i}"] = kv
+    model.reshape(shapes)
     return model
 
 
