@@ -105,6 +105,10 @@ def _one(meta: dict[str, Any], name: str, default: Any = KeyError) -> Any:
     return value
 
 
+def has_tensor(meta: dict[str, Any], name: str) -> bool:
+    return name in meta.get("gguf.tensor_shapes", {})
+
+
 def base_config(meta: dict[str, Any], model_type: str) -> dict[str, Any]:
     """The config.json keys every decoder family shares, from llama.cpp's generic keys."""
     shapes = meta.get("gguf.tensor_shapes", {})

@@ -46,15 +46,10 @@ def gguf_family(arch: str):
     try:
         return families.for_gguf_arch(arch)
     except UnsupportedArchitectureError:
-        from ..arch.gguf_pending import PENDING  # TEMPORARY until the family modules carry these
-
-        for fam in PENDING.values():
-            if arch in fam.gguf_archs:
-                return fam
-        supported = sorted({a for f in PENDING.values() for a in f.gguf_archs}
-                           | {a for f in families.families().values() for a in f.gguf_archs})
+        supported = sorted(a for f in families.families().values() for a in f.gguf_archs)
         raise UnsupportedArchitectureError(
-            f"GGUF architecture '{arch}' is not supported; supported: {', '.join(supported)}") from None
+            f"GGUF architecture '{arch}' is not supported; supported: {', '.join(supported)} "
+            f"(families: {', '.join(families.supported_names())})") from None
 
 
 def gguf_config(gf: GGUFFile) -> tuple[Any, dict[str, Any]]:
