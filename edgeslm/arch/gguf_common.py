@@ -141,8 +141,8 @@ def base_config(meta: dict[str, Any], model_type: str) -> dict[str, Any]:
     }
     for name, key in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
                       ("pad_token_id", "padding_token_id")):
-        if meta.get(f"tokenizer.ggml.{key}") is not None:
-            cfg[name] = int(meta[f"tokenizer.ggml.{key}"])
+        value = meta.get(f"tokenizer.ggml.{key}")  # set even when absent: config classes default to
+        cfg[name] = int(value) if value is not None else None  # their checkpoint's ids (Phi-3: 32000)
     scaling = rope_scaling(meta, head_dim=int(arch_key(meta, "rope.dimension_count", head_dim)))
     if scaling:
         cfg["rope_scaling"] = scaling
@@ -216,7 +216,12 @@ def llama3_rope_from_factors(ff: np.ndarray, theta: float, dim: int) -> dict[str
         if a > 0 and b > 0:
             candidates.append({"factor": factor, "low_freq_factor": 1.0, "high_freq_factor": (1 + b) / b,
                                "original_max_position_embeddings": a / b})
-    elif mid.size == 0 and factor > 1:  # no smooth band: any thresholds in the gaps reproduce it
+    if mid.size >= 1 and factor > 1:  # one point fixes a once high/low is Llama 3's 4 (b = 1/3)
+        s0 = (1.0 / ff[mid[0]] - 1.0 / factor) / (1.0 - 1.0 / factor)
+        a = (s0 + 1 / 3) * wavelen[mid[0]]
+        candidates.append({"factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                           "original_max_position_embeddings": 3 * a})
+    if mid.size == 0 and factor > 1:  # no smooth band: any thresholds in the gaps reproduce it
         short = wavelen[np.isclose(ff, 1.0, rtol=1e-6)]
         long_ = wavelen[np.isclose(ff, factor, rtol=1e-6)]
         lo_edge = short.max() if short.size else wavelen.min() / 2
