@@ -272,3 +272,30 @@ def test_metadata_read_skips_the_vocabulary_until_asked(tmp_path):
     assert (f.metadata["test.f64"], f.metadata["test.flag"], f.metadata["test.i64"]) == (2.25, True, -3)
     t = f.tensors["token_embd.weight"]
     assert (t.shape, t.type_name) == ((2, 32), "F16") and f.dequantize(t.name).sum() == 64
+
+
+# -- every family through the CLI: export to ONNX, then run ----------------------------------
+
+@requires_export
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_gguf_exports_to_onnx_and_runs(family, family_gguf, tmp_path, capsys):
+    """``edgeslm export tiny.gguf -f onnx`` at fp32 with 100% greedy parity, then ``edgeslm run``
+    (~20-40 s per family on 2 cores)."""
+    import json
+
+    pytest.importorskip("edgeslm_onnx")
+    from edgeslm.cli import main
+
+    tg = family_gguf(family)
+    out = tmp_path / "bundle"
+    # Phi-3's LongRoPE: an export picks one factor set by its context length (long above the
+    # original 256); transformers switches per sequence and runs the short prompts short.
+    ctx = ["--context-length", "256"] if family == "phi3" else []
+    assert main(["export", str(tg.path), "-f", "onnx", "-o", str(out), *ctx]) == 0, capsys.readouterr().err
+    parity = json.loads((out / "manifest.json").read_text())["parity"]
+    assert parity["passed"] and parity["top1_agreement"] == 1.0, parity
+    capsys.readouterr()
+    code = main(["run", str(out), "--raw", "--prompt", "The capital of France is", "-n", "8", "--json"])
+    res = json.loads(capsys.readouterr().out)
+    assert code == 0 and len(res["token_ids"]) >= 1
