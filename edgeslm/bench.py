@@ -12,7 +12,6 @@ import os
 import platform
 import resource
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable

@@ -28,7 +28,7 @@ CORPUS = [
 
 HF_CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
               "qwen3": "Qwen3ForCausalLM", "phi3": "Phi3ForCausalLM", "gemma2": "Gemma2ForCausalLM",
-              "gemma3": "Gemma3ForCausalLM"}
+              "gemma3": "Gemma3ForCausalLM", "smollm3": "SmolLM3ForCausalLM"}
 
 #: Per family, what makes its tiny config exercise the family's own features: sliding windows
 #: shorter than a test prompt, head_dim != hidden / heads, soft-capping, partial rotary...
@@ -47,6 +47,7 @@ FAMILY_TRAITS = {
                "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                                    "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0}},
                "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6},
+    "smollm3": {"num_hidden_layers": 4, "pad_token_id": 0, "no_rope_layer_interval": 2, "no_rope_layers": [1, 0, 1, 0]},
 }
 
 

@@ -172,3 +172,26 @@ def test_fit_reads_smollm2_from_gguf_metadata():
 def test_fit_cli_unknown_target(capsys):
     code, _, err = run(["fit", "smollm2-135m", "--target", "rasberry-pi-5"], capsys)
     assert code == 1 and "Did you mean: raspberry-pi-5" in err
+
+
+@requires_export
+@pytest.mark.parametrize("family", ["gemma3", "phi3", "qwen3"])
+def test_fit_describes_every_family_as_export_does(family, family_source, tmp_path, capsys):
+    """`fit` reads config.json only (no torch) and gets the same description `export` uses:
+    parameters equal the module's, and sliding-window layers hold only their window of KV."""
+    source = family_source(family)
+    got = read_spec(source.path)
+    assert got.decoder == source.spec.decoder
+    assert got.num_parameters == sum(p.numel() for p in source.module.parameters())
+    desc = got.description
+    full = sum(2 * b.attention.num_kv_heads * b.attention.head_dim * 4 for b in desc.blocks) * 100
+    windowed = [b for b in desc.blocks if b.attention.sliding_window]
+    assert (got.kv_cache_bytes(100) < full) == bool(windowed)
+    code, out, _ = run(["fit", str(source.path), "--target", "raspberry-pi-5", "--json"], capsys)
+    assert code == 0 and json.loads(out)["parameters"] == got.num_parameters
+
+
+def test_fit_refuses_what_export_refuses(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba", "hidden_size": 64}))
+    code, _, err = run(["fit", str(tmp_path), "--target", "raspberry-pi-5"], capsys)
+    assert code != 0 and "'mamba' is not supported" in err and "gemma3" in err and "Traceback" not in err

@@ -16,8 +16,7 @@ from typing import Any
 
 from ..sources import SourceModel, load_source
 
-#: config.json key recording factorized layers: {"model.layers.0.mlp.up_proj": rank, ...}
-LOW_RANK_CONFIG_KEY = "edgeslm_low_rank"
+from ..sources.hf import COMPRESSION_HISTORY, LOW_RANK_CONFIG_KEY  # noqa: F401  (the compression API names them)
 
 
 def state_sha256(module) -> str:
@@ -101,61 +100,11 @@ def save_hf_folder(source: SourceModel, folder: str | Path) -> Path:
            "eos_token": token(eos[0]) if eos else None}
     (folder / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     if spec.extra.get("compression"):
-        (folder / "edgeslm_compression.json").write_text(json.dumps(spec.extra["compression"], indent=2) + "\n")
+        (folder / COMPRESSION_HISTORY).write_text(json.dumps(spec.extra["compression"], indent=2) + "\n")
     return folder
 
 
 def load_model(name_or_path: str | Path) -> SourceModel:
-    """:func:`edgeslm.sources.load_source`, plus folders written from low-rank models.
-
-    transformers does not know factorized layers; such a folder is loaded by building the dense
-    model from config.json, swapping in the factorized layers, and loading the weights strictly.
-    """
-    path = Path(str(name_or_path)).expanduser()
-    cfg_file = path / "config.json"
-    if path.is_dir() and cfg_file.is_file() and json.loads(cfg_file.read_text()).get(LOW_RANK_CONFIG_KEY):
-        return _load_low_rank_folder(path)
-    source = load_source(name_or_path)
-    history = path / "edgeslm_compression.json" if path.is_dir() else None
-    if history is not None and history.is_file():  # keep the model's compression history
-        extra = {**source.spec.extra, "compression": json.loads(history.read_text())}
-        source.spec = dataclasses.replace(source.spec, extra=extra)
-    return source
-
-
-def _load_low_rank_folder(folder: Path) -> SourceModel:
-    import torch
-    from safetensors.torch import load_file
-
-    from .._deps import quiet_transformers
-    from ..arch.lowrank import apply_low_rank
-    from ..errors import ModelLoadError
-    from ..sources.hf import folder_sha256, load_hf_tokenizer, spec_from_config
-
-    transformers = quiet_transformers()
-    config = transformers.AutoConfig.from_pretrained(str(folder))
-    ranks = dict(getattr(config, LOW_RANK_CONFIG_KEY))
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    apply_low_rank(model, ranks)
-    state = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(str(f)))
-    if config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if not (config.tie_word_embeddings and m == "lm_head.weight")]
-    if missing or unexpected:
-        raise ModelLoadError(f"{folder}: low-rank weights do not match config.json: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
-    if config.tie_word_embeddings:
-        model.tie_weights()
-    model.eval()
-    tokenizer = load_hf_tokenizer(folder)
-    spec = spec_from_config(config, tokenizer, name=folder.name)
-    extra = {"low_rank": ranks}
-    history = folder / "edgeslm_compression.json"
-    if history.is_file():
-        extra["compression"] = json.loads(history.read_text())
-    spec = dataclasses.replace(spec, extra=extra)
-    return SourceModel(name=folder.name, path=folder, kind="hf", spec=spec, tokenizer=tokenizer, module=model,
-                       sha256=folder_sha256(folder))
+    """:func:`edgeslm.sources.load_source` (it reads compressed folders too: low-rank layers and
+    the compression history); kept here for the compression API's callers."""
+    return load_source(name_or_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -12,6 +13,11 @@ from ..errors import ModelLoadError
 from ..spec import ModelSpec
 from ..tokenizer import Tokenizer
 from .base import SourceModel, sha256_file
+
+#: config.json key recording factorized layers: {"model.layers.0.mlp.up_proj": rank, ...}
+LOW_RANK_CONFIG_KEY = "edgeslm_low_rank"
+#: written next to a compressed model's weights by edgeslm.compress: the steps that made it
+COMPRESSION_HISTORY = "edgeslm_compression.json"
 
 
 def spec_from_config(config: Any, tokenizer: Tokenizer, name: str) -> ModelSpec:
@@ -90,10 +96,8 @@ def load_hf_folder(folder: str | Path, name: str | None = None) -> SourceModel:
     config = _read_json(folder / "config.json")
     if not config:
         raise ModelLoadError(f"{folder}: not a Hugging Face model folder (no config.json)")
-    if config.get("edgeslm_low_rank"):  # factorized by edgeslm.compress.lowrank: Linear pairs, not dense
-        from ..compress.model import load_model
-
-        return load_model(folder)
+    if config.get(LOW_RANK_CONFIG_KEY):  # factorized by edgeslm.compress.lowrank: Linear pairs, not dense
+        return _load_low_rank_folder(folder)
     from ..arch.families import decoder_config
 
     decoder_config(config.get("text_config") or config)  # refuse an unsupported family before reading weights
@@ -108,5 +112,43 @@ def load_hf_folder(folder: str | Path, name: str | None = None) -> SourceModel:
         raise ModelLoadError(f"{folder}: transformers could not load the model ({exc})") from exc
     model.eval()
     spec = spec_from_config(model.config, tokenizer, name=name or folder.name)
+    history = folder / COMPRESSION_HISTORY
+    if history.is_file():  # written by edgeslm.compress: keep the model's compression history
+        spec = dataclasses.replace(spec, extra={**spec.extra, "compression": json.loads(history.read_text())})
     return SourceModel(name=name or folder.name, path=folder, kind="hf", spec=spec, tokenizer=tokenizer,
                        module=model, sha256=folder_sha256(folder))
+
+
+def _load_low_rank_folder(folder: Path) -> SourceModel:
+    import torch
+    from safetensors.torch import load_file
+
+    from ..arch.lowrank import apply_low_rank
+
+    transformers = quiet_transformers()
+    config = transformers.AutoConfig.from_pretrained(str(folder))
+    ranks = dict(getattr(config, LOW_RANK_CONFIG_KEY))
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    apply_low_rank(model, ranks)
+    state = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not (config.tie_word_embeddings and m == "lm_head.weight")]
+    if missing or unexpected:
+        raise ModelLoadError(f"{folder}: low-rank weights do not match config.json: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    model.eval()
+    tokenizer = load_hf_tokenizer(folder)
+    spec = spec_from_config(config, tokenizer, name=folder.name)
+    extra = {"low_rank": ranks}
+    history = folder / COMPRESSION_HISTORY
+    if history.is_file():
+        extra["compression"] = json.loads(history.read_text())
+    spec = dataclasses.replace(spec, extra=extra)
+    return SourceModel(name=folder.name, path=folder, kind="hf", spec=spec, tokenizer=tokenizer, module=model,
+                       sha256=folder_sha256(folder))

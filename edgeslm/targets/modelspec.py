@@ -32,6 +32,10 @@ def read_spec(model: Any) -> ModelSpec:
 
 
 def _spec_from_config_json(folder: Path, name: str) -> ModelSpec:
+    """The same description `export` builds (edgeslm.arch.families), so `fit` sizes exactly what
+    `export` would produce and refuses what `export` would refuse."""
+    from ..arch.families import decoder_config
+
     cfg_file = folder / "config.json"
     try:
         cfg = json.loads(cfg_file.read_text())
@@ -39,16 +43,10 @@ def _spec_from_config_json(folder: Path, name: str) -> ModelSpec:
         raise ModelLoadError(f"{folder}: not a Hugging Face model folder ({cfg_file}: {exc})") from exc
     cfg = cfg.get("text_config", cfg)  # multimodal configs nest the language model's
     try:
-        heads = cfg["num_attention_heads"]
-        return ModelSpec(
-            architecture=cfg.get("model_type", "?"), vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
-            num_layers=cfg["num_hidden_layers"], num_heads=heads,
-            num_kv_heads=cfg.get("num_key_value_heads") or heads,
-            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
-            intermediate_size=cfg["intermediate_size"], context_length=cfg.get("max_position_embeddings", 2048),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)), name=name)
-    except KeyError as exc:
-        raise ModelLoadError(f"{cfg_file}: missing {exc} needed to size the model") from exc
+        desc = decoder_config(cfg)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{cfg_file}: cannot size the model ({type(exc).__name__}: {exc})") from exc
+    return ModelSpec.from_decoder(desc, name=name)
 
 
 def _spec_from_gguf(path: Path, name: str) -> ModelSpec:
