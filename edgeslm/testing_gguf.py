@@ -29,7 +29,7 @@ from .testing import CHAT_TEMPLATE, FAMILY_TRAITS, SPECIAL_TOKENS, fake_config, 
 
 #: families with a GGUF architecture, and the llama.cpp architecture their files carry
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2",
-             "gemma3": "gemma3", "phi3": "phi3"}
+             "gemma3": "gemma3", "phi3": "phi3", "smollm3": "smollm3"}
 
 #: what makes each tiny model exercise its family's GGUF conventions, beyond fake_config: widths
 #: that hold K-quant blocks, and the features llama.cpp writes in its own way.
@@ -45,6 +45,8 @@ GGUF_TRAITS: dict[str, dict[str, Any]] = {
     "gemma2": {"query_pre_attn_scalar": 24, "attn_logit_softcapping": 5.0, "final_logit_softcapping": 8.0},
     "gemma3": {"final_logit_softcapping": 10.0},
     "phi3": {"max_position_embeddings": 1024, "original_max_position_embeddings": 256, "sliding_window": 7},
+    # llama.cpp's NoPE step is 4, whatever the config said
+    "smollm3": {"no_rope_layer_interval": 4, "no_rope_layers": [1, 1, 1, 0], "rope_theta": 2000000.0},
 }
 WIDE = {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4, "num_key_value_heads": 2,
         "head_dim": 64}
@@ -257,7 +259,7 @@ def make_family_gguf(path: str | Path, family: str, types: dict[str, str] | tupl
                 kind = "Q8_0"
         data, decoded = _encode(arr, kind)
         reference[hf] = decoded
-        if family in ("llama", "mistral") and (".q_proj." in hf or ".k_proj." in hf):
+        if family in ("llama", "mistral", "smollm3") and (".q_proj." in hf or ".k_proj." in hf):
             heads = cfg["num_attention_heads"] if ".q_proj." in hf else cfg["num_key_value_heads"]
             data = _permute(data, heads)  # rows of blocks: the same as encoding permuted rows
         if family.startswith("gemma") and hf.endswith("norm.weight"):
