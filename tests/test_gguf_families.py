@@ -302,3 +302,48 @@ def test_family_gguf_exports_to_onnx_and_runs(family, family_gguf, tmp_path, cap
     code = main(["run", str(out), "--raw", "--prompt", "The capital of France is", "-n", "8", "--json"])
     res = json.loads(capsys.readouterr().out)
     assert code == 0 and len(res["token_ids"]) >= 1
+
+
+# -- sentencepiece vocabularies (Gemma, Phi-3, Llama 2 files) ---------------------------------
+
+@requires_export
+@pytest.mark.parametrize("arch", ["gemma3", "phi3", "llama"])
+def test_sentencepiece_vocabulary_tokenizes_like_transformers_gguf_tokenizer(arch, tmp_path):
+    """A ``tokenizer.ggml.model = llama`` vocabulary (scores, byte tokens, no merges) gives the ids
+    transformers' GGUF tokenizer gives, BOS included (llama.cpp adds it to sentencepiece
+    vocabularies unless told otherwise), and the template's turn end joins EOS."""
+    import gguf
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from edgeslm.sources.gguf import gguf_tokenizer
+    from edgeslm.sources.gguf_file import GGUFFile
+    from edgeslm.testing import CORPUS
+
+    bpe = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace()
+    bpe.train_from_iterator(CORPUS * 4, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"],
+                                                            show_progress=False))
+    learned = [t for t, _ in sorted(bpe.get_vocab().items(), key=lambda kv: kv[1]) if t not in ("<unk>", "<s>", "</s>")]
+    tokens = ["<unk>", "<s>", "</s>", "<start_of_turn>", "<end_of_turn>", *(f"<0x{b:02X}>" for b in range(256)), *learned]
+    path = tmp_path / f"spm-{arch}.gguf"
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores([0.0] * 261 + [-float(i) for i in range(len(learned))])
+    w.add_token_types([2, 3, 3, 3, 3] + [6] * 256 + [1] * len(learned))  # unknown, control, byte, normal
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_chat_template("{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n"
+                        "{% endfor %}")
+    w.add_tensor("token_embd.weight", np.zeros((len(tokens), 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    mine = gguf_tokenizer(GGUFFile(path))
+    theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    for text in ["The capital of France is Paris.", " leading space", "Ünïcödé 🙂 x", "<start_of_turn>user\nhi<end_of_turn>"]:
+        assert mine.encode(text) == theirs.encode(text), text
+    assert mine.add_bos and mine.encode("x")[0] == 1
+    assert mine.eos_token_ids == (2, 4)
