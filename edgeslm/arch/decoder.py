@@ -235,10 +235,15 @@ class Decoder(nn.Module):
                 continue
             if rope not in self.ropes:
                 inv, factor = rope_inv_freq(rope, b.attention.head_dim, context_length or cfg.context_length)
+                inv = torch.tensor(np.asarray(inv, dtype=np.float32))
+                if rope.scaling in ("default", "linear"):  # bit-exact with transformers' float32 arithmetic
+                    dim = rope.rotary_dim or b.attention.head_dim
+                    inv = 1.0 / (rope.theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+                    if rope.scaling == "linear":
+                        inv = inv / float(rope.params["factor"])
                 idx = len(self.ropes)
                 self.ropes.append(rope)
-                self.register_buffer(f"inv_freq_{idx}", torch.tensor(np.asarray(inv, dtype=np.float32)),
-                                     persistent=False)
+                self.register_buffer(f"inv_freq_{idx}", inv, persistent=False)
                 setattr(self, f"rope_factor_{idx}", float(factor))
             self.rope_of_layer.append(self.ropes.index(rope))
         apply_low_rank(self, low_rank or {})
