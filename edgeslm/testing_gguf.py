@@ -194,9 +194,9 @@ def make_family_gguf(path: str | Path, family: str, types: dict[str, str] | tupl
     extra: dict[str, np.ndarray] = {}
     scaling = cfg.get("rope_scaling") or {}
     if scaling.get("rope_type") == "llama3":  # convert_hf_to_gguf.py: factors, no parameters
-        from .arch.gguf_common import _llama3_factors
+        from .arch.gguf_common import llama3_factors
 
-        extra["rope_freqs.weight"] = _llama3_factors(scaling, theta, hd).astype(np.float32)
+        extra["rope_freqs.weight"] = llama3_factors(scaling, theta, hd).astype(np.float32)
     if family == "gemma2":
         w.add_attn_logit_softcapping(cfg["attn_logit_softcapping"])
         w.add_final_logit_softcapping(cfg["final_logit_softcapping"])

@@ -180,7 +180,7 @@ def rope_scaling(meta: dict[str, Any], head_dim: int) -> dict[str, Any] | None:
                          "longrope, Llama 3 frequency factors)")
 
 
-def _llama3_factors(params: dict[str, float], theta: float, dim: int) -> np.ndarray:
+def llama3_factors(params: dict[str, float], theta: float, dim: int) -> np.ndarray:
     """llama.cpp's ``rope_freqs`` for Llama 3 parameters (``convert_hf_to_gguf.py``)."""
     factor, low, high = params["factor"], params["low_freq_factor"], params["high_freq_factor"]
     old = params["original_max_position_embeddings"]
@@ -230,7 +230,7 @@ def llama3_rope_from_factors(ff: np.ndarray, theta: float, dim: int) -> dict[str
         candidates.append({"factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 1.0 + 1e-6,
                            "original_max_position_embeddings": cut})
     for p in candidates:
-        if np.allclose(_llama3_factors(p, theta, dim), ff, rtol=1e-5, atol=1e-6):
+        if np.allclose(llama3_factors(p, theta, dim), ff, rtol=1e-5, atol=1e-6):
             return {"rope_type": "llama3", **p}
     raise ModelLoadError("GGUF rope_freqs do not follow Llama 3's RoPE scaling; edgeslm cannot express them")
 

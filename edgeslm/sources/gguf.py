@@ -28,7 +28,6 @@ from ..tokenizer import Tokenizer
 from .base import SourceModel, sha256_file
 from .gguf_file import GGUFFile, StringArray
 
-GGUF_MAGIC = b"GGUF"
 _CONTROL = 3  # llama.cpp token type of special tokens
 
 
