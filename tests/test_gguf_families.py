@@ -240,6 +240,12 @@ def test_damaged_files_are_one_line(tmp_path):
         with pytest.raises(ModelLoadError) as exc:
             GGUFFile(p)
         assert expect in str(exc.value) and "\n" not in str(exc.value), (expect, exc.value)
+    # arrays of arrays nested deeper than any real file (a crafted file would exhaust the stack)
+    nested = b"GGUF" + (3).to_bytes(4, "little") + (0).to_bytes(8, "little") + (1).to_bytes(8, "little")
+    nested += (1).to_bytes(8, "little") + b"k" + (9).to_bytes(4, "little") + ((9).to_bytes(4, "little") + (1).to_bytes(8, "little")) * 5000
+    p.write_bytes(nested)
+    with pytest.raises(ModelLoadError, match="nests arrays too deep"):
+        GGUFFile(p)
     # a tensor whose ggml type id does not exist
     i = good.index(b"token_embd.weight") + len(b"token_embd.weight") + 4 + 16
     p.write_bytes(good[:i] + (99).to_bytes(4, "little") + good[i + 4:])

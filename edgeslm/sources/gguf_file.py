@@ -121,7 +121,7 @@ class GGUFFile:
             raise _Truncated
         return pos
 
-    def _value(self, vtype: int, pos: int, key: str) -> tuple[Any, int]:
+    def _value(self, vtype: int, pos: int, key: str, depth: int = 0) -> tuple[Any, int]:
         if vtype in _SCALARS:
             fmt, _ = _SCALARS[vtype]
             (v,) = self._unpack(fmt, pos)
@@ -145,9 +145,11 @@ class GGUFFile:
                     return out, pos
                 return StringArray(pos, count), self._skip_strings(pos, count)
             if etype == _ARRAY:
+                if depth >= 4:  # no real key nests arrays; a crafted file could nest them to exhaust the stack
+                    raise ModelLoadError(f"{self.path}: corrupt GGUF metadata: '{key}' nests arrays too deep")
                 out = []
                 for _ in range(count):
-                    v, pos = self._value(_ARRAY, pos, key)
+                    v, pos = self._value(_ARRAY, pos, key, depth + 1)
                     out.append(v)
                 return out, pos
             raise ModelLoadError(f"{self.path}: corrupt GGUF metadata: '{key}' is an array of unknown type {etype}")
