@@ -61,6 +61,8 @@ def gguf_config(gf: GGUFFile) -> tuple[Any, dict[str, Any]]:
     meta["gguf.small_tensors"] = {n: gf.dequantize(n) for n in CONFIG_TENSORS if n in gf.tensors}
     try:
         cfg = family.gguf_config(meta)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{gf.path}: {exc}") from exc
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelLoadError(f"{gf.path}: GGUF metadata does not describe a {family.name} model ({exc})") from exc
     return family, cfg
@@ -173,9 +175,10 @@ def _build_module(cfg: dict[str, Any], state: dict[str, Any], path: Path):
         parts = [f"{what}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
                  for what, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)) if items]
         raise ModelLoadError(f"{path}: GGUF tensors do not fit the {cfg.get('model_type')} model ({'; '.join(parts)})")
-    model.load_state_dict(tensors, strict=False)
+    # assign: the parameters become the dequantized arrays themselves (no second fp32 copy)
+    model.load_state_dict(tensors, strict=False, assign=True)
     if tied:
-        model.tie_weights()
+        model.get_output_embeddings().weight = model.get_input_embeddings().weight
     model.eval()
     return model
 
