@@ -14,6 +14,9 @@ import pytest
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the CLI's closing "✓ step (N s)" lines appear for steps of a second or more: on a busy machine
+# any step may take that long, so in-process CLI tests see none (tests of the lines unset it)
+os.environ.setdefault("EDGESLM_PROGRESS_MIN_S", "1e9")
 
 
 def _has(module: str) -> bool:
@@ -90,7 +93,8 @@ def bundle_factory(family_source, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def onnx_bundle(bundle_factory):
-    pytest.importorskip("onnxruntime")
+    pytest.importorskip("edgeslm_onnx", reason="needs the onnx backend: pip install -e backends/onnx")
+    pytest.importorskip("onnxruntime", reason="needs the onnx backend: pip install -e backends/onnx")
     return bundle_factory("onnx")
 
 

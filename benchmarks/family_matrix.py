@@ -33,6 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--families", default=",".join(supported_names()))
     ap.add_argument("--formats", default=",".join(available(EXPORTERS)))
+    ap.add_argument("--precisions", default="", help="only these (comma-separated); default: every one a backend offers")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "family_matrix.json"))
     args = ap.parse_args()
     rows = []
@@ -41,7 +42,7 @@ def main() -> None:
             source = load_source(make_tiny_hf_folder(Path(tmp) / fam, architecture=fam))
             for fmt in args.formats.split(","):
                 for precision in get_exporter(fmt).precisions:
-                    if precision == "int4-gguf":
+                    if precision == "int4-gguf" or (args.precisions and precision not in args.precisions.split(",")):
                         continue  # needs a GGUF source (tests/test_gguf*.py cover it per family)
                     t0 = time.perf_counter()
                     row = {"family": fam, "format": fmt, "precision": precision}
@@ -55,6 +56,7 @@ def main() -> None:
                     row["seconds"] = round(time.perf_counter() - t0, 1)
                     rows.append(row)
                     print(json.dumps(row), flush=True)
+                    Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
     Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
     print(table(rows))
 

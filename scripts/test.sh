@@ -3,11 +3,15 @@
 # Extra arguments go to pytest, e.g.  bash scripts/test.sh -m "not slow"   (fast tests only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SECONDS=0
 bash scripts/setup.sh
 set +e
-.venv/bin/python -m pytest "$@"
+# --durations=15: the 15 slowest tests close the report, so growth is visible run to run
+# (CI budget: install + every test, slow ones included, under 40 minutes on 2 cores)
+.venv/bin/python -m pytest --durations=15 --durations-min=1.0 "$@"
 code=$?
 set -e
+echo "scripts/test.sh: setup + tests took $((SECONDS / 60)) min $((SECONDS % 60)) s" >&2
 if [ "$code" -eq 5 ]; then
   echo "pytest collected no tests: that is a failure here" >&2
   exit 1

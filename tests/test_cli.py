@@ -1,4 +1,6 @@
-"""The edgeslm command: help, one-line errors with non-zero exits, run/info/verify/export."""
+"""The edgeslm command: help, one-line errors with non-zero exits, run/info/verify/export.
+
+Exports here use the default format, onnx: those tests need the onnx backend and skip without it."""
 
 import json
 import shutil
@@ -7,7 +9,7 @@ import sys
 
 import pytest
 
-from edgeslm.testing import requires_export
+from edgeslm.testing import requires_export, requires_onnx
 from edgeslm.cli import main
 
 
@@ -23,6 +25,7 @@ def test_every_verb_has_help(verb, capsys):
     assert code == 0 and "Usage: edgeslm" in out
 
 
+@requires_onnx  # the default format's exporter is looked up before the model
 def test_unknown_model_is_one_line(capsys, tmp_path):
     code, out, err = run(["export", "smolm2-135m", "-o", str(tmp_path / "o")], capsys)
     assert code == 1
@@ -31,6 +34,7 @@ def test_unknown_model_is_one_line(capsys, tmp_path):
 
 
 @requires_export
+@requires_onnx  # the default export format
 def test_corrupt_gguf_is_one_line(capsys, tmp_path, tiny_gguf):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(tiny_gguf.read_bytes()[:4096])
@@ -70,6 +74,7 @@ def test_info_json(capsys, onnx_bundle):
 
 
 @requires_export
+@requires_onnx  # the default export format
 def test_export_refuses_non_empty_dir(capsys, tmp_path, tiny_hf):
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "x").write_text("keep me")
@@ -89,8 +94,9 @@ def test_console_script_runs():
 
 
 @requires_export
+@requires_onnx  # the default export format
 def test_export_option_and_engine_option(capsys, tmp_path, tiny_hf):
-    import onnx
+    onnx = pytest.importorskip("onnx", reason="needs the onnx backend's export side: pip install -e 'backends/onnx[export]'")
 
     out = tmp_path / "plain"
     code, _, err = run(["export", str(tiny_hf), "-o", str(out), "--option", "fused_ops=false", "--parity-tokens", "4",
@@ -106,6 +112,7 @@ def test_export_option_and_engine_option(capsys, tmp_path, tiny_hf):
 
 
 @requires_export
+@requires_onnx  # the default export format
 def test_export_into_missing_parent_folders(capsys, tmp_path, tiny_hf):
     out = tmp_path / "a" / "b" / "bundle"
     code, _, err = run(["export", str(tiny_hf), "-o", str(out), "--no-parity", "--context-length", "32"], capsys)

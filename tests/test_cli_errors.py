@@ -32,14 +32,22 @@ def assert_one_line(code, err, fragment, exit_code=1):
     (["--prompt", "x\ud800"], None, "lone surrogate U+D800"),
     ([], b"caf\xe9 au lait", "not valid UTF-8: byte 0xe9"),  # stdin, even in a strict UTF-8 locale
     (["--chat", "--prompt", "\udcff", "--system", "hi"], None, "byte 0xff at character 0"),
-    (["--prompt", "hi", "-t", "0.8", "--seed", "-1"], None, "seed must be an integer >= 0"),
-    (["--prompt", "hi", "-t", "nan"], None, "temperature must be a finite number"),
-    (["--prompt", "hi", "-t", "0.8", "--top-k", "-3"], None, "top_k must be >= 0"),
-    (["--prompt", "hi", "-t", "0.8", "--top-p", "nan"], None, "top_p must be in (0, 1]"),
 ])
 def test_run_bad_generation_input(onnx_bundle, capsys, monkeypatch, argv, stdin, fragment):
     code, _, err = run(["run", onnx_bundle, "-n", "2", *argv], capsys, stdin, monkeypatch)
     assert_one_line(code, err, fragment)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["-t", "0.8", "--seed", "-1"], "seed must be an integer >= 0"),
+    (["-t", "nan"], "temperature must be a finite number"),
+    (["-t", "0.8", "--top-k", "-3"], "top_k must be >= 0"),
+    (["-t", "0.8", "--top-p", "nan"], "top_p must be in (0, 1]"),
+])
+def test_run_bad_sampling_values_are_usage_errors(tmp_path, capsys, argv, fragment):
+    """Exit 2 like click's usage errors, before any bundle is opened."""
+    code, _, err = run(["run", tmp_path / "no-bundle", "-p", "hi", "-n", "2", *argv], capsys)
+    assert_one_line(code, err, fragment, exit_code=2)
 
 
 def test_key_without_cryptography_names_the_extra(tmp_path, capsys, monkeypatch):

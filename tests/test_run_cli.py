@@ -53,7 +53,7 @@ def test_stdin_loses_its_trailing_newline(capsys, monkeypatch, onnx_bundle):
     (["--engine-option", "io_binding=maybe"], 1, "io_binding='maybe': expected bool"),
     (["--raw", "--system", "x"], 2, "--system has no effect with --raw"),
     (["--raw", "--chat"], 2, "exclude each other"),
-    (["--seed", "3"], 2, "--seed only apply when sampling"),
+    (["--seed", "3"], 2, "--seed only applies when sampling"),
     (["--top-k", "5", "--top-p", "0.5"], 2, "--top-k, --top-p only apply when sampling"),
     (["--threads", "1", "--engine-option", "threads=2"], 2, "both given"),
     (["--providers", "cuda"], 1, "has no CUDAExecutionProvider (CUDA/TensorRT need the onnxruntime-gpu"),

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
 
-def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+from ._output import emit_json  # noqa: F401  (the verbs import it from here)
 
 
 def json_option(f):
-    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")(f)
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print one JSON document on stdout: the result, or {\"error\": ...} with the "
+                             "exit status.")(f)
 
 
 def read_stdin_text() -> str:

@@ -64,21 +64,32 @@ def generation_options(f):
 
 
 def make_config(max_new_tokens, temperature, top_k, top_p, seed, stop):
-    """A GenerationConfig; sampling flags that greedy decoding would ignore are refused."""
+    """A GenerationConfig; sampling flags that greedy decoding would ignore, and values it refuses
+    (a NaN temperature, a negative seed ...), are usage errors (exit 2), found before the bundle opens."""
+    from ..errors import GenerationError
     from ..runtime.generator import GenerationConfig
 
     if temperature == 0:
         idle = [flag for flag, given in (("--top-k", top_k != 0), ("--top-p", top_p != 1.0),
                                          ("--seed", seed is not None)) if given]
         if idle:
-            raise click.UsageError(f"{', '.join(idle)} only apply when sampling; add --temperature "
+            raise click.UsageError(f"{', '.join(idle)} only appl{'y' if len(idle) > 1 else 'ies'} when sampling; "
+                                   f"add --temperature "
                                    f"(e.g. -t 0.8) or drop {'them' if len(idle) > 1 else 'it'}")
-    return GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                            seed=seed, stop=tuple(stop))
+    try:
+        return GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                seed=seed, stop=tuple(stop))
+    except GenerationError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def open_model(bundle, engine_options, keys, reuse_cache: bool = True):
+    """The bundle opened for generation: files hashed, signature checked, engine started (one
+    progress step on stderr: seconds for a large bundle)."""
     import edgeslm
 
-    return edgeslm.load(bundle, engine_options=engine_options, trusted_keys=list(keys) or None,
-                        reuse_cache=reuse_cache)
+    from ._output import current
+
+    with current().steps().step(f"Opening {bundle}"):
+        return edgeslm.load(bundle, engine_options=engine_options, trusted_keys=list(keys) or None,
+                            reuse_cache=reuse_cache)

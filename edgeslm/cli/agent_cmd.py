@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from . import cli
+from ._output import current
 from ..telemetry.cliopts import broker_options
 
 
@@ -101,8 +102,8 @@ def agent_command(bundle, fleet_id, device, interval, buffer_path, buffer_max, h
     agent.start()
     if deployer is not None:
         deployer.start()
-    click.echo(f"agent {fleet_id}/{device} -> {broker.url}; buffer {buffer_path}"
-               + (f"; requests on http://{http_addr}" if server else ""), err=True)
+    current().note(f"agent {fleet_id}/{device} -> {broker.url}; buffer {buffer_path}"
+               + (f"; requests on http://{http_addr}" if server else ""))
     try:
         if openai:
             _serve_openai(model, agent, openai, api_key)  # returns on SIGTERM / Ctrl-C
@@ -118,8 +119,8 @@ def agent_command(bundle, fleet_id, device, interval, buffer_path, buffer_max, h
         agent.stop()
         agent.model.close()
         s = agent.stats()
-        click.echo(f"agent stopped: {s['delivered']} messages confirmed by a collector, {s['acked']} by the broker, "
-                   f"{s['buffered']} still buffered, {s['dropped']} dropped", err=True)
+        current().note(f"agent stopped: {s['delivered']} messages confirmed by a collector, {s['acked']} by the broker, "
+                   f"{s['buffered']} still buffered, {s['dropped']} dropped")
 
 
 def _host_port(addr: str, flag: str) -> tuple[str, int]:
@@ -138,5 +139,5 @@ def _serve_openai(model, agent, addr: tuple[str, int], api_key) -> None:
     from .serve_cmd import serve_config
 
     config = serve_config(model, None, api_key, 8, 1024, None, 1 << 20)
-    click.echo(f"OpenAI-compatible API on http://{addr[0]}:{addr[1]}/v1", err=True)
+    current().note(f"OpenAI-compatible API on http://{addr[0]}:{addr[1]}/v1")
     run_server(model, config, host=addr[0], port=addr[1], telemetry=agent, lock=agent.model_lock)

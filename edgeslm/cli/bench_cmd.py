@@ -8,6 +8,7 @@ import click
 
 from . import cli
 from ._common import emit_json, human_bytes, json_option
+from ._output import current
 
 
 @cli.command("bench")
@@ -28,13 +29,15 @@ def bench_command(bundle, prompt_tokens, new_tokens, runs, warmup, threads, as_j
     Timings are noisy on a shared machine; compare bundles in one session (benchmarks/run.py
     interleaves runs for that).
     """
+    from rich.console import Console
     from rich.progress import Progress
 
     from ..bench import BenchConfig, bench_bundle
 
     config = BenchConfig(prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs, warmup=warmup,
                          threads=threads)
-    with Progress(transient=True, disable=as_json) as progress:
+    # the bar is progress, not the result: stderr, off with -q
+    with Progress(console=Console(stderr=True), transient=True, disable=current().quiet) as progress:
         task = progress.add_task("benchmarking", total=runs + warmup)
         result = bench_bundle(bundle, config, on_run=lambda i: progress.advance(task))
     if as_json:

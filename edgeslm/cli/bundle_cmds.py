@@ -8,6 +8,7 @@ import click
 
 from . import cli
 from ._common import emit_json, human_bytes, json_option
+from ._output import current
 
 
 def print_summary(bundle) -> None:
@@ -91,18 +92,20 @@ def verify_command(bundle, keys, rerun, source, on_device, min_agreement, as_jso
         raise click.UsageError("--min-agreement applies to --on-device only")
     # One read of the manifest: the signature (with --key) is checked over the bytes that are then
     # parsed, and with keys the engine runs a private copy made while hashing the files.
-    b = Bundle.open(bundle, verify=True, trusted_keys=list(keys) or None)
+    steps = current().steps()
+    with steps.step(f"Checking {bundle}: every file's sha256" + (", the signature" if keys else "")):
+        b = Bundle.open(bundle, verify=True, trusted_keys=list(keys) or None)
     try:
         result = {"bundle": str(b.source), "files": len(b.manifest["files"]), "hashes": "ok"}
         if keys:
             result["signature"] = "ok"
-        _check_engine(b, result, rerun, source, as_json, on_device, min_agreement)
+        _check_engine(b, result, rerun, source, steps, on_device, min_agreement)
     finally:
         b.close()
     _report_verify(b, result, keys, rerun, as_json)
 
 
-def _check_engine(b, result: dict, rerun: bool, source, as_json: bool, on_device: bool = False,
+def _check_engine(b, result: dict, rerun: bool, source, steps, on_device: bool = False,
                   min_agreement: float | None = None) -> None:
     """Open the engine on the (verified) bundle, check one prefill, optionally re-run parity
     against the source (``rerun``) or against the bundle's stored reference (``on_device``)."""
@@ -111,7 +114,8 @@ def _check_engine(b, result: dict, rerun: bool, source, as_json: bool, on_device
     from ..errors import BundleError
     from ..plugins import get_engine
 
-    engine = get_engine(b.format)(b)
+    with steps.step(f"Opening the {b.format} engine and running one prefill"):
+        engine = get_engine(b.format)(b)
     try:
         tok = b.load_tokenizer()
         logits = engine.prefill(tok.encode("Hello") or [0])
@@ -120,24 +124,25 @@ def _check_engine(b, result: dict, rerun: bool, source, as_json: bool, on_device
         result["engine"] = "ok"
         if rerun:
             from ..exporting import check_parity
-            from ..progress import Steps
             from ..sources import load_source
 
             model = b.manifest.get("model") or {}
             if not (source or model.get("name")):
                 raise BundleError(f"{b.source}: the manifest names no source model; pass --source MODEL")
-            src = load_source(source or model["name"])
+            with steps.step(f"Loading the source {source or model['name']}"):
+                src = load_source(source or model["name"])
             if src.sha256 != model.get("source_sha256"):
                 click.echo("warning: the source's sha256 differs from the one the bundle was exported from", err=True)
             report = check_parity(src, b.path, (b.manifest.get("parity") or {}).get("min_top1_agreement"),
-                                  32, Steps(enabled=not as_json))
+                                  32, steps)
             result["parity"] = report.to_dict()
             if not report.passed:
                 raise BundleError(f"{b.source}: parity failed: top-1 agreement {report.top1_agreement:.1%}")
         if on_device:
             from ..verify.reference import check_on_device
 
-            result["on_device"] = check_on_device(b, engine, min_agreement).to_dict()
+            with steps.step("Replaying the parity reference through this machine's engine"):
+                result["on_device"] = check_on_device(b, engine, min_agreement).to_dict()
     finally:
         engine.close()
 

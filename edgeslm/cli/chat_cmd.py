@@ -10,6 +10,7 @@ import click
 from . import cli
 from ..errors import EdgeSLMError
 from ._model_opts import engine_options, generation_options, open_model
+from ._output import current
 
 HELP = """commands: /reset (forget the conversation)  /system TEXT (set the system message; /system alone clears it)
           /history  /exit (or Ctrl-D)   Ctrl-C stops a reply"""
@@ -53,7 +54,7 @@ def chat_command(bundle, system, config, engine_options, keys, no_cache_reuse, s
         if interactive:
             _enable_line_editing()
             name = model.bundle.manifest.get("name") or Path(bundle).name
-            click.echo(f"chatting with {name} ({model.bundle.format}); /help for commands, Ctrl-D to leave", err=True)
+            current().note(f"chatting with {name} ({model.bundle.format}); /help for commands, Ctrl-D to leave")
         Repl(session, interactive, stats).loop()
 
 

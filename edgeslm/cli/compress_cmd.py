@@ -13,6 +13,7 @@ import click
 
 from . import cli
 from ._common import OutputDir, emit_json, json_option
+from ._output import current
 
 
 def _report_option(f):
@@ -25,7 +26,7 @@ def _export_options(f):
     f = click.option("--bundle", "bundle_dir", type=OutputDir("bundle folder"), default=None,
                      help="Bundle directory for --export [default: OUT-FORMAT-PRECISION].")(f)
     f = click.option("--precision", default="fp32", show_default=True,
-                     help="Export precision (quantization preset the exporter maps: int8, int4, int4-gguf ...).")(f)
+                     help="Export precision, one the exporter writes (onnx: fp32, int8, int4, int4-gguf ...).")(f)
     f = click.option("--export", "export_format", default=None, metavar="FORMAT",
                      help="Also export the result to this bundle format (onnx, openvino ...).")(f)
     return f
@@ -107,9 +108,7 @@ def compress_command(model, out_dir, prune_heads, prune_mlp, heads_mode, calibra
       edgeslm compress smollm2-135m --low-rank-energy 0.5 -o out/lowrank --export onnx
       edgeslm compress out/pruned --sparsity 0.5 -o out/sparse --report
     """
-    from ..progress import Steps
-
-    steps = Steps(enabled=not as_json)
+    steps = current().steps()
     source = _load(model, steps)
     result = source
     if prune_heads or prune_mlp:
@@ -172,9 +171,8 @@ def distill_command(teacher, out_dir, layers, intermediate, hidden, heads, text_
     """
     from ..compress.data import SEED_PROMPTS, read_text
     from ..compress.distill import DistillConfig, StudentConfig, distill, make_student, teacher_text
-    from ..progress import Steps
 
-    steps = Steps(enabled=not as_json)
+    steps = current().steps()
     source = _load(teacher, steps)
     with steps.step("Building the student from the teacher's weights"):
         student = make_student(source, StudentConfig(layers, intermediate, hidden, heads))
@@ -185,7 +183,7 @@ def distill_command(teacher, out_dir, layers, intermediate, hidden, heads, text_
             data = teacher_text(source, SEED_PROMPTS, new_tokens=generate_tokens, samples=samples)
     cfg = DistillConfig(steps=n_steps, seq_len=seq_len, batch_size=batch_size, lr=lr, temperature=temperature,
                         hard_weight=hard_weight, checkpoint_every=checkpoint_every)
-    result = distill(source, student, data, cfg, out_dir=out_dir, resume=resume, progress=not as_json)
+    result = distill(source, student, data, cfg, out_dir=out_dir, resume=resume, progress=not current().quiet)
     _finish(source, result, out_dir, export_format, precision, bundle_dir, report, as_json, steps)
 
 
@@ -214,13 +212,12 @@ def finetune_command(model, data_file, out_dir, rank, alpha, n_steps, batch_size
     """
     from ..compress.data import read_chat_jsonl
     from ..compress.lora import LoraConfig, lora_finetune
-    from ..progress import Steps
 
-    steps = Steps(enabled=not as_json)
+    steps = current().steps()
     source = _load(model, steps)
     examples = read_chat_jsonl(data_file)
     cfg = LoraConfig(rank=rank, alpha=alpha, steps=n_steps, batch_size=batch_size, lr=lr, max_len=max_len)
-    result = lora_finetune(source, examples, cfg, progress=not as_json)
+    result = lora_finetune(source, examples, cfg, progress=not current().quiet)
     _finish(source, result, out_dir, export_format, precision, bundle_dir, report, as_json, steps)
 
 
@@ -247,9 +244,10 @@ def eval_command(model, reference, text_file, max_text_tokens, prompts, new_toke
     from ..compress.evaluate import evaluate
     from ..verify.parity import DEFAULT_PROMPTS
 
-    res = evaluate(model, reference, prompts=prompts or DEFAULT_PROMPTS, new_tokens=new_tokens,
-                   text=read_text(text_file) if text_file else None, max_text_tokens=max_text_tokens,
-                   speed_tokens=speed_tokens)
+    with current().steps().step(f"Evaluating {model} against {reference}"):
+        res = evaluate(model, reference, prompts=prompts or DEFAULT_PROMPTS, new_tokens=new_tokens,
+                       text=read_text(text_file) if text_file else None, max_text_tokens=max_text_tokens,
+                       speed_tokens=speed_tokens)
     if as_json:
         res.pop("per_prompt", None)
         emit_json(res)

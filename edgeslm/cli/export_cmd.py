@@ -8,6 +8,7 @@ import click
 
 from . import cli
 from ._common import OutputDir, emit_json, json_option, parse_options
+from ._output import current
 
 
 @cli.command("export")
@@ -61,9 +62,7 @@ def export_command(model, out_dir, target, fmt, precision, context_length, allow
       edgeslm export smollm2-135m --target x86-64-generic --sign release.key -o out/smollm2-x86
       edgeslm export smollm2-135m --format onnx -o out/smollm2-onnx
     """
-    from ..progress import Steps
-
-    steps = Steps(enabled=True)
+    steps = current().steps()
     options = parse_options(options)
     if target is not None:
         from ..targets.plan import export_for_target
@@ -72,7 +71,7 @@ def export_command(model, out_dir, target, fmt, precision, context_length, allow
         bundle, _ = export_for_target(model, out_dir, target, format=fmt, precision=precision,
                                       context_length=context_length, allow_fallback=allow_fallback,
                                       sign_key=sign_key, parity=not no_parity, parity_tokens=parity_tokens,
-                                      overwrite=overwrite, steps=steps, echo=lambda s: click.echo(s, err=True),
+                                      overwrite=overwrite, steps=steps, echo=current().note,
                                       options=options)
     else:
         if allow_fallback:
@@ -89,7 +88,7 @@ def export_command(model, out_dir, target, fmt, precision, context_length, allow
             key = load_private_key(sign_key)
             kid = sign_bundle(bundle.path, key)
             verify_bundle_signature(bundle.path, [key.public_key()])
-            click.echo(f"signed with key {kid}", err=True)
+            current().note(f"signed with key {kid}")
             bundle = Bundle.open(bundle.path, verify=False)
     if as_json:
         emit_json(bundle.manifest)

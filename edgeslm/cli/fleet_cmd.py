@@ -12,6 +12,7 @@ import click
 
 from . import cli
 from ._common import emit_json, json_option
+from ._output import current
 from ..telemetry.cliopts import broker_options
 
 DEFAULT_DB = "sqlite:///fleet.db"
@@ -47,10 +48,11 @@ def _live_store(broker, fleet_id, seconds):
                                     client_id=f"edgeslm-status-{uuid.uuid4().hex[:12]}"), store)
     col.start()
     try:
-        if not col.wait_connected(min(10.0, seconds + 5)):
-            raise TelemetryError(col.connect_error or f"cannot reach the MQTT broker at {broker.url}")
-        time.sleep(seconds)
-        col.check()
+        with current().steps().step(f"Listening to {broker.url} for {seconds:g} s"):
+            if not col.wait_connected(min(10.0, seconds + 5)):
+                raise TelemetryError(col.connect_error or f"cannot reach the MQTT broker at {broker.url}")
+            time.sleep(seconds)
+            col.check()
     finally:
         col.stop()
     return store
@@ -227,7 +229,7 @@ def collect_command(db, fleet_id, group, client_id, batch_size, offline_after, s
             raise TelemetryError("--http-port needs prometheus-client: pip install 'edgeslm[fleet]'") from None
     store = open_store(db)
     col = Collector(cfg, store, on_alert=lambda a: click.echo(f"ALERT {a.name} [{a.severity}] {a.message}"))
-    click.echo(f"collecting {fleet_id or 'all fleets'} from {broker.url} into {db} (group {group})", err=True)
+    current().note(f"collecting {fleet_id or 'all fleets'} from {broker.url} into {db} (group {group})")
     previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops like Ctrl-C
     web = None
     try:
@@ -255,8 +257,8 @@ def collect_command(db, fleet_id, group, client_id, batch_size, offline_after, s
         col.stop()
         store.close()
     s = col.stats
-    click.echo(f"stopped: {s.received} received, {s.stored} stored, {s.duplicates} duplicates, "
-               f"dead letters {dict(s.dead) or 0}", err=True)
+    current().note(f"stopped: {s.received} received, {s.stored} stored, {s.duplicates} duplicates, "
+               f"dead letters {dict(s.dead) or 0}")
     col.check()  # a collector that stopped working exits non-zero
 
 
@@ -275,8 +277,8 @@ def _collect_loop(col, duration, report_every) -> None:
             rate = (s.received - prev) / (time.monotonic() - last)
             prev, last = s.received, time.monotonic()
             dead = sum(s.dead.values())
-            click.echo(f"{s.received} received ({rate:.0f}/s), {s.stored} stored, {s.duplicates} duplicates, "
-                       f"{dead} dead letters, {s.alerts} alerts", err=True)
+            current().note(f"{s.received} received ({rate:.0f}/s), {s.stored} stored, {s.duplicates} duplicates, "
+                       f"{dead} dead letters, {s.alerts} alerts")
 
 
 @fleet.command("simulate")
@@ -310,8 +312,8 @@ def simulate_command(fleet_id, devices, rate, duration, messages, connections, p
                     duration_s=None if messages else duration, messages=messages, connections=connections,
                     processes=processes, status=not no_status)
     if not as_json:
-        click.echo(f"simulating {devices} devices in fleet {fleet_id} on {broker.url} "
-                   f"({'max' if rate == 0 else f'{rate:g}/s each'}); Ctrl-C stops", err=True)
+        current().note(f"simulating {devices} devices in fleet {fleet_id} on {broker.url} "
+                   f"({'max' if rate == 0 else f'{rate:g}/s each'}); Ctrl-C stops")
     res = simulate(cfg)
     out = {"sent": res.sent, "acked": res.acked, "refused": res.refused, "unrouted": res.unrouted,
            "elapsed_s": round(res.elapsed_s, 3),

@@ -50,17 +50,22 @@ def keys_generate(name, encrypt, as_json):
 @keys_group.command("sign")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--key", "key", required=True, type=click.Path(path_type=Path), help="Private key (.key PEM).")
-def keys_sign(bundle, key):
+@json_option
+def keys_sign(bundle, key, as_json):
     """Sign an existing BUNDLE (its files are checked against the manifest first)."""
     from ..bundle.signing import sign_bundle
 
     kid = sign_bundle(bundle, key)
-    click.echo(f"signed {bundle} with key {kid}")
+    if as_json:
+        emit_json({"bundle": str(bundle), "key_id": kid})
+    else:
+        click.echo(f"signed {bundle} with key {kid}")
 
 
 @keys_group.command("id")
 @click.argument("key", type=click.Path(path_type=Path))
-def keys_id(key):
+@json_option
+def keys_id(key, as_json):
     """Print the key id of a public or private KEY file (what manifest.json.sig records)."""
     from ..bundle.signing import key_id, load_private_key, load_public_key
     from ..errors import SignatureError
@@ -71,4 +76,7 @@ def keys_id(key):
         pub = load_public_key(key)
     except SignatureError:
         pub = load_private_key(key).public_key()
-    click.echo(key_id(pub))
+    if as_json:
+        emit_json({"key": str(key), "key_id": key_id(pub)})
+    else:
+        click.echo(key_id(pub))

@@ -8,7 +8,8 @@ import click
 
 from ..outputs import make_dir
 from . import cli
-from ._common import OutputDir
+from ._common import OutputDir, emit_json, json_option
+from ._output import current
 
 
 TEACHER_FILE = "teacher_text.txt"
@@ -26,7 +27,8 @@ TEACHER_FILE = "teacher_text.txt"
 @click.option("--hidden", default=384, show_default=True, help="Hidden width (size grows ~ context*32*hidden).")
 @click.option("--min-agreement", default=0.95, show_default=True,
               help="Required TFLite Micro int8 vs float top-1 agreement.")
-def micro(text_files, teacher, teacher_chars, output, steps, context, hidden, min_agreement):
+@json_option
+def micro(text_files, teacher, teacher_chars, output, steps, context, hidden, min_agreement, as_json):
     """Build a character-level micro model where a 135M model cannot go (ESP32-S3, Cortex-M).
 
     \b
@@ -46,7 +48,6 @@ def micro(text_files, teacher, teacher_chars, output, steps, context, hidden, mi
       edgeslm micro --teacher out/smollm2-litert --text corpus.txt -o out/micro --steps 5000
     """
     from ..errors import ExportError
-    from ..progress import Steps
 
     try:
         from edgeslm_litert.micro import MicroConfig, build_micro_model
@@ -61,7 +62,10 @@ def micro(text_files, teacher, teacher_chars, output, steps, context, hidden, mi
     if not text:
         raise click.UsageError("give --text FILE and/or --teacher BUNDLE")
     cfg = MicroConfig(steps=steps, context=context, hidden=hidden, min_agreement=min_agreement)
-    r = build_micro_model(text, output, cfg, steps=Steps())
+    r = build_micro_model(text, output, cfg, steps=current().steps())
+    if as_json:
+        emit_json(r)
+        return
     click.echo(f"model      {r['model']['parameters']} parameters, vocab {r['model']['vocab']}, "
                f"context {r['model']['context']}")
     click.echo(f"int8       {r['int8']['bytes']} bytes ({', '.join(r['int8']['ops'])})")
@@ -82,7 +86,8 @@ def _teacher_text(teacher: str, chars: int) -> str:
     prompts = ["Once upon a time", "The", "In a small town", "Q: What is", "Here is", "A"]
     parts: list[str] = []
     done = 0
-    with edgeslm.load(teacher) as model, Progress(console=Console(stderr=True), transient=True) as progress:
+    with edgeslm.load(teacher) as model, Progress(console=Console(stderr=True), transient=True,
+                                                  disable=current().quiet) as progress:
         task = progress.add_task(f"generating text with {teacher}", total=chars)
         i = 0
         while done < chars:

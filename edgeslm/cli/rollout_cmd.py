@@ -9,15 +9,16 @@ from pathlib import Path
 import click
 
 from ._common import emit_json, json_option
+from ._output import GROUP_FLAGS, VerbGroup, current
 from .fleet_cmd import DEFAULT_DB, fleet
 from ..telemetry.cliopts import broker_options
 
 
-class _DefaultToStart(click.Group):
+class _DefaultToStart(VerbGroup):
     """``rollout BUNDLE ...`` starts one; ``rollout status|pause|resume|abort ID`` manage it."""
 
     def parse_args(self, ctx, args):
-        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help", *GROUP_FLAGS):
             args = ["start", *args]
         return super().parse_args(ctx, args)
 
@@ -109,10 +110,10 @@ def rollout_start(bundle, fleet_id, key, artifact_url, artifact_ca_file, canary,
             ids = [d.strip() for d in devices.split(",") if d.strip()] if devices else \
                 [r.device for r in store.devices(fleet_id)]
             _controller(store, broker, key).create(rid, spec, ids)
-            click.echo(f"rollout {rid}: {bundle.name} to {len(ids)} devices of {fleet_id} in "
-                       f"{len(shares)} stages", err=True)
+            current().note(f"rollout {rid}: {bundle.name} to {len(ids)} devices of {fleet_id} in "
+                           f"{len(shares)} stages")
         else:
-            click.echo(f"rollout {rid} exists: resuming it", err=True)
+            current().note(f"rollout {rid} exists: resuming it")
         _drive(store, broker, key, rid, detach, as_json)
 
 
@@ -134,8 +135,8 @@ def _drive(store, broker, key, rid, detach, as_json) -> None:
             counts[d["state"]] = counts.get(d["state"], 0) + 1
         line = f"{r['state']} stage {r['stage'] + 1}/{len(r['spec']['stages'])}: " + \
             ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-        if not as_json and seen.get("line") != line:
-            click.echo(line, err=True)
+        if seen.get("line") != line:
+            current().note(line)
             seen["line"] = line
 
     r = ctl.step(rid) if detach else ctl.run(rid, poll_s=0.5, on_change=show)
@@ -206,6 +207,7 @@ def rollout_status(rollout_id, db, fleet_id, as_json):
             rows = store.rollouts(fleet_id)
             if as_json:
                 emit_json(rows)
+                return
             for r in rows:
                 click.echo(f"{r['id']:<32} {r['state']:<10} {r['spec']['bundle']['id']:<24} "
                            f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(r['created_at']))}  {r['detail']}")
@@ -216,14 +218,16 @@ def rollout_status(rollout_id, db, fleet_id, as_json):
         _print(store, r, as_json)
 
 
-def _request(rollout_id, db, broker, key, state, drive, detach):
+def _request(rollout_id, db, broker, key, state, drive, detach, as_json):
     with _store(db) as store:
         from ..telemetry.ota.controller import Controller
 
         r = Controller(store, lambda t, p: None, key).request(rollout_id, state)
-        click.echo(f"rollout {rollout_id}: {r['state']}", err=True)
+        current().note(f"rollout {rollout_id}: {r['state']}")
         if drive:
-            _drive(store, broker, key, rollout_id, detach, False)
+            _drive(store, broker, key, rollout_id, detach, as_json)
+        else:
+            _print(store, r, as_json)
 
 
 def _manage(name, state, drive, doc):
@@ -234,10 +238,11 @@ def _manage(name, state, drive, doc):
                   help="Signing key (needed to publish: resume and abort).")
     @click.option("--detach", is_flag=True, help="Publish what is due and return instead of following the rollout.")
     @broker_options
-    def command(rollout_id, db, key, detach, broker):
+    @json_option
+    def command(rollout_id, db, key, detach, broker, as_json):
         if drive and key is None:
             raise click.UsageError(f"{name} publishes commands: give --key")
-        _request(rollout_id, db, broker, key, state, drive, detach)
+        _request(rollout_id, db, broker, key, state, drive, detach, as_json)
 
     return command
 
@@ -266,7 +271,7 @@ def serve_artifacts_command(directory, host, port, cert_file, key_file):
     from ..telemetry.ota.artifacts import url_of
 
     server = serve_artifacts(directory, host, port, cert_file, key_file)
-    click.echo(f"serving {directory} on {url_of(server)} (Ctrl-C stops)", err=True)
+    current().note(f"serving {directory} on {url_of(server)} (Ctrl-C stops)")
     try:
         while True:
             time.sleep(1)

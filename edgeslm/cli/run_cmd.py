@@ -11,6 +11,7 @@ from . import cli
 from ..errors import GenerationError
 from ._common import emit_json, json_option, read_stdin_text
 from ._model_opts import engine_options, generation_options, open_model
+from ._output import current
 
 
 @cli.command("run")
@@ -67,7 +68,7 @@ def run_command(bundle, prompt, chat, raw, system, config, engine_options, keys,
                    "chat": use_chat, "metrics": result.metrics.to_dict()})
         return
     click.echo()
-    click.echo(summary_line(result), err=True)
+    current().note(summary_line(result))
 
 
 def summary_line(result) -> str:

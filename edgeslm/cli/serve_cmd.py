@@ -8,6 +8,7 @@ import click
 
 from . import cli
 from ._model_opts import engine_options, open_model
+from ._output import current
 
 
 def serve_options(f):
@@ -76,7 +77,7 @@ def serve_command(bundle, host, port, api_key, model_name, max_queue, max_tokens
     with open_model(bundle, engine_options, keys, reuse_cache=not no_cache_reuse) as model:
         config = serve_config(model, model_name, api_key, max_queue, max_tokens_limit, max_prompt_tokens,
                               max_body_bytes)
-        click.echo(f"serving {config.model_id} ({model.bundle.format}) on http://{host}:{port}/v1"
-                   f"{' (API key required)' if config.api_key else ''}; Ctrl-C to stop", err=True)
+        current().note(f"serving {config.model_id} ({model.bundle.format}) on http://{host}:{port}/v1"
+                   f"{' (API key required)' if config.api_key else ''}; Ctrl-C to stop")
         run_server(model, config, host=host, port=port)
-    click.echo("server stopped", err=True)
+    current().note("server stopped")

@@ -1,8 +1,6 @@
 """Compression techniques; each takes a SourceModel and returns a new SourceModel.
 
 ============================  ==========================================================
-:mod:`.quant`                 QuantSpec + presets ("int8", "int4", "int4-gguf") that each
-                              backend maps to its native quantizer at export time
 :mod:`.prune`                 magnitude (unstructured) and structured (heads, MLP channels)
 :mod:`.lowrank`               SVD factorization of chosen linear layers
 :mod:`.distill`               smaller student trained on the teacher's logits
@@ -15,9 +13,7 @@
 Results are standard transformers models (smaller Llamas, or Llamas with factorized linears
 listed in ``spec.extra["low_rank"]``), so ``export_model(result, ...)`` works unchanged and
 techniques compose: prune, then factorize, then fine-tune, then quantize at export.
+Quantization is the exporters' work: each backend declares the precisions it writes
+(``Exporter.precisions``) and runs its runtime's own quantizer (docs/compression.md).
 Heavy imports (torch, peft) happen inside the functions.
 """
-
-from .quant import PRESETS, QuantSpec
-
-__all__ = ["PRESETS", "QuantSpec"]

@@ -50,6 +50,10 @@ class LiteRTEngine(Engine):
             kw["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         try:
             self.interpreter = Interpreter(**kw)
+            from edgeslm.quiet import native_stderr
+
+            with native_stderr(drop=("INFO: Created TensorFlow Lite",)):
+                self.interpreter.allocate_tensors()  # the delegate's one-time INFO line, not the user's business
             sigs = self.interpreter.get_signature_list()
             self._prefill = self.interpreter.get_signature_runner("prefill")
             self._decode = self.interpreter.get_signature_runner("decode")

@@ -49,6 +49,7 @@ class CompressionConfig:
 def compress(model, precision: str, cfg: CompressionConfig):
     """Compress ``model`` (an openvino.Model) in place for ``precision``; return (model, record)."""
     from edgeslm._deps import require
+    from edgeslm.quiet import library_stdout
 
     nncf = require("nncf", "export", "OpenVINO int8/int4 weight compression")
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
@@ -59,7 +60,8 @@ def compress(model, precision: str, cfg: CompressionConfig):
             mode = nncf.CompressWeightsMode(cfg.int8_mode)
             embedding = _embedding_ops(model) if cfg.int8_embedding == "fp16" else None
             scope = nncf.IgnoredScope(names=embedding[1]) if embedding else None
-            out = nncf.compress_weights(model, mode=mode, ignored_scope=scope)
+            with library_stdout():  # NNCF's progress bar: not on the user's stdout
+                out = nncf.compress_weights(model, mode=mode, ignored_scope=scope)
             asked = {"mode": cfg.int8_mode, "int8_embedding": cfg.int8_embedding}
             if embedding:
                 _store_fp16(embedding[0])
@@ -67,9 +69,10 @@ def compress(model, precision: str, cfg: CompressionConfig):
         elif precision == "int4":
             mode = nncf.CompressWeightsMode(cfg.int4_mode)
             adv = AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode(cfg.group_size_fallback))
-            out = nncf.compress_weights(model, mode=mode, group_size=cfg.group_size, ratio=cfg.ratio,
-                                        all_layers=cfg.all_layers, backup_mode=nncf.BackupMode(cfg.backup_mode),
-                                        advanced_parameters=adv)
+            with library_stdout():
+                out = nncf.compress_weights(model, mode=mode, group_size=cfg.group_size, ratio=cfg.ratio,
+                                            all_layers=cfg.all_layers, backup_mode=nncf.BackupMode(cfg.backup_mode),
+                                            advanced_parameters=adv)
             asked = {k: v for k, v in asdict(cfg).items() if k not in ("int8_mode", "int8_embedding")}
             asked["mode"] = asked.pop("int4_mode")
         else:
