@@ -1,7 +1,7 @@
 """A ModelSpec without loading the model: from GGUF metadata, config.json, or a bundle manifest.
 
 `edgeslm fit` needs only shapes, so it never imports torch: a GGUF header is read with the
-``gguf`` package (the vocabulary arrays are skipped), a Hugging Face folder's config.json is
+numpy-only reader (the vocabulary arrays are skipped), a Hugging Face folder's config.json is
 plain JSON, and a bundle's manifest already holds its spec.
 """
 
@@ -50,26 +50,16 @@ def _spec_from_config_json(folder: Path, name: str) -> ModelSpec:
 
 
 def _spec_from_gguf(path: Path, name: str) -> ModelSpec:
-    from ..sources.gguf import read_gguf_metadata
+    """The description `export` builds from the same file (the family's ``gguf_config``, then
+    ``from_hf``), from the header alone: an unsupported architecture is refused here too."""
+    from ..arch.families import decoder_config
+    from ..sources.gguf import gguf_config
+    from ..sources.gguf_file import GGUFFile
 
-    meta, reader = read_gguf_metadata(path)
-    arch = meta.get("general.architecture", "?")
-
-    def field(key: str, default: Any = None) -> Any:
-        value = meta.get(f"{arch}.{key}", default)
-        if value is None:
-            raise ModelLoadError(f"{path}: GGUF metadata lacks '{arch}.{key}', needed to size the model")
-        return value
-
-    heads = int(field("attention.head_count"))
-    hidden = int(field("embedding_length"))
-    vocab = meta.get(f"{arch}.vocab_size") or meta.get("tokenizer.ggml.tokens")
-    tensor_names = {t.name for t in reader.tensors}
-    return ModelSpec(
-        architecture=arch, vocab_size=int(field("vocab_size", vocab)), hidden_size=hidden,
-        num_layers=int(field("block_count")), num_heads=heads,
-        num_kv_heads=int(field("attention.head_count_kv", heads)),
-        head_dim=int(field("attention.key_length", hidden // heads)),
-        intermediate_size=int(field("feed_forward_length")), context_length=int(field("context_length", 2048)),
-        tie_word_embeddings="output.weight" not in tensor_names,  # llama.cpp omits the head when tied
-        name=name)
+    gf = GGUFFile(path)
+    _, cfg = gguf_config(gf)
+    try:
+        desc = decoder_config(cfg)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: cannot size the model ({type(exc).__name__}: {exc})") from exc
+    return ModelSpec.from_decoder(desc, name=name)

@@ -196,16 +196,21 @@ def _row_perm(name: str, rows: int, n_head: int, n_kv: int) -> np.ndarray | None
 
 def gguf_blocks(gguf_path: str, n_head: int, n_kv: int):
     """Yield (name, type, codes (N, blocks, 32) uint8, scales (N, blocks), zero points (N, blocks),
-    dequantized (N, K) float32) for every Q4_1 / Q8_0 matrix, rows in Hugging Face order."""
-    import gguf
+    dequantized (N, K) float32) for every Q4_1 / Q8_0 matrix, rows in Hugging Face order (Q/K
+    rows un-permuted where llama.cpp permuted them: the families whose ``gguf_fix`` undoes it)."""
+    from edgeslm.arch.gguf_common import unpermute_qk
+    from edgeslm.sources.gguf import gguf_family
+    from edgeslm.sources.gguf_file import GGUFFile
+    from edgeslm.sources.gguf_quants import dequantize
 
-    reader = gguf.GGUFReader(gguf_path)
-    for t in reader.tensors:
-        qtype = t.tensor_type.name
-        if qtype not in ("Q4_1", "Q8_0"):
+    reader = GGUFFile(gguf_path)
+    permuted = gguf_family(reader.architecture).gguf_fix is unpermute_qk
+    for t in reader.tensors.values():
+        qtype = t.type_name
+        if qtype not in ("Q4_1", "Q8_0") or len(t.shape) != 2:
             continue
-        raw = np.asarray(t.data)  # (N, bytes per row)
-        n = raw.shape[0]
+        n = t.shape[0]
+        raw = reader.raw(t.name).reshape(n, -1)  # (N, bytes per row)
         if qtype == "Q4_1":
             blk = raw.reshape(n, -1, 20)
             d = blk[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
@@ -220,8 +225,8 @@ def gguf_blocks(gguf_path: str, n_head: int, n_kv: int):
             scales = blk[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
             codes = (blk[..., 2:34].copy().view(np.int8).astype(np.int16) + 128).astype(np.uint8)
             zp = np.full(scales.shape, 128.0, np.float32)
-        deq = gguf.quants.dequantize(raw, t.tensor_type).astype(np.float32)  # (N, K)
-        perm = _row_perm(t.name, n, n_head, n_kv)
+        deq = dequantize(raw, qtype, t.shape)  # (N, K) float32, bit-identical to gguf-py's
+        perm = _row_perm(t.name, n, n_head, n_kv) if permuted else None
         if perm is not None:
             codes, scales, zp, deq = codes[perm], scales[perm], zp[perm], deq[perm]
         yield t.name, qtype, codes, scales, zp, deq

@@ -55,6 +55,20 @@ def test_transcoded_gguf_is_the_gguf(gguf_q4_source, tmp_path):
     assert ops["MatMulNBits"] == 15 and ops["ReduceSum"] == 2 * 4  # block sums: 4 distinct inputs per layer
 
 
+def test_transcoding_follows_the_family_conventions(tmp_path):
+    """A Qwen2 GGUF has no Q/K row permutation (only llama.cpp's llama files do): every matrix,
+    q/k included, is still found and transcoded."""
+    from edgeslm.sources import load_source
+    from edgeslm.testing_gguf import make_family_gguf
+
+    tg = make_family_gguf(tmp_path / "qwen2-q4_1.gguf", "qwen2", types=("Q4_1",))
+    b = export_model(load_source(tg.path), tmp_path / "t", format="onnx", precision="int4-gguf", context_length=64,
+                     parity_tokens=4, options={"accuracy_level": 0})
+    q = b.manifest["quantization"]
+    assert q["details"]["gguf_tensors_mapped"] == {"Q4_1": 15} and q["matmuls_kept_float"] == 0
+    assert b.manifest["parity"]["top1_agreement"] == 1.0
+
+
 def test_transcoded_matmul_matches_dequantized_gguf(gguf_q4_source, tmp_path):
     """Run one transcoded MatMulNBits node in onnxruntime against gguf's own dequantization."""
     import gguf

@@ -1,8 +1,9 @@
 """Gemma 3 (text): Gemma 2's layout plus q/k norms, a local RoPE base on sliding layers and a
 global one (with linear scaling on 4B+) on full-attention layers, five sliding layers per global."""
 
+from .. import gguf_common as gguf
 from . import Family, register
-from .gemma2 import gemma_like
+from .gemma2 import GGUF_TENSORS, gemma_gguf, gemma_like
 
 
 def from_hf(cfg: dict):
@@ -18,4 +19,13 @@ def from_hf(cfg: dict):
     return gemma_like(cfg, "gemma3", qk_norm=True)
 
 
-register(Family(name="gemma3", model_types=("gemma3_text", "gemma3"), from_hf=from_hf, hf_class="Gemma3ForCausalLM"))
+def from_gguf(meta: dict) -> dict:
+    cfg = gemma_gguf(meta, "gemma3_text", pattern=6, big_layers=62)
+    # the local layers' base: llama.cpp hard-codes 10000 unless the file says otherwise
+    cfg["rope_local_base_freq"] = float(gguf.arch_key(meta, "rope.freq_base_swa", 10000.0))
+    return cfg  # rope_scaling (linear 8 on 4B+) applies to the global layers only, as in llama.cpp
+
+
+register(Family(name="gemma3", model_types=("gemma3_text", "gemma3"), from_hf=from_hf,
+                gguf_archs=("gemma3",), gguf_config=from_gguf, gguf_tensors={**GGUF_TENSORS, **gguf.QK_NORM_TENSORS},
+                gguf_fix=gguf.gemma_norms, hf_class="Gemma3ForCausalLM"))

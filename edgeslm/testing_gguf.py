@@ -1,0 +1,274 @@
+"""Tiny GGUF files of every family, written in-process the way llama.cpp's converter writes them.
+
+``make_family_gguf(path, "gemma3")`` draws a random model from the family's tiny Hugging Face
+config (:func:`edgeslm.testing.fake_config`, widened so rows are whole 256-value K-quant
+blocks), then writes it with llama.cpp's tensor names and conventions (Q/K rows permuted for
+Llama, Gemma norms stored as ``1 + w``, Llama 3 ``rope_freqs``, Phi-3 LongRoPE factor tensors),
+its metadata keys, a BPE vocabulary, special tokens and a chat template, and each weight in a
+chosen ggml type: K-quants (Q4_K/Q5_K/Q6_K, :mod:`edgeslm.testing_kquants`), legacy blocks
+(Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, gguf-py's quantizer), F16, BF16, F32.
+
+It returns a :class:`TinyGGUF` holding, next to the file, the Hugging Face config and the
+weights *as the file's blocks decode*, in Hugging Face layout: a transformers model built from
+those is what loading the file must reproduce. That reference is computed on the writer's side
+without inverting anything the loader undoes: quantization is row-wise, so permuting the rows
+of the encoded blocks equals encoding permuted rows, and Gemma norms are drawn on a 1/256 grid
+where ``(w + 1) - 1 == w`` exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .testing import CHAT_TEMPLATE, FAMILY_TRAITS, SPECIAL_TOKENS, fake_config, make_tiny_tokenizer
+
+#: families with a GGUF architecture, and the llama.cpp architecture their files carry
+GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2",
+             "gemma3": "gemma3", "phi3": "phi3", "smollm3": "smollm3"}
+
+#: what makes each tiny model exercise its family's GGUF conventions, beyond fake_config: widths
+#: that hold K-quant blocks, and the features llama.cpp writes in its own way.
+GGUF_TRAITS: dict[str, dict[str, Any]] = {
+    "llama": {"max_position_embeddings": 1024,
+              "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                               "high_freq_factor": 4.0, "original_max_position_embeddings": 256}},
+    # llama.cpp runs Mistral files as "llama" and has no key for the window: none here either
+    "mistral": {"sliding_window": None},
+    "qwen2": {"tie_word_embeddings": False},
+    "qwen3": {},
+    # llama.cpp scales queries by 1/sqrt(head_dim) (below 27B): query_pre_attn_scalar = head_dim
+    "gemma2": {"query_pre_attn_scalar": 24, "attn_logit_softcapping": 5.0, "final_logit_softcapping": 8.0},
+    "gemma3": {"final_logit_softcapping": 10.0},
+    "phi3": {"max_position_embeddings": 1024, "original_max_position_embeddings": 256, "sliding_window": 7},
+    # llama.cpp's NoPE step is 4, whatever the config said
+    "smollm3": {"no_rope_layer_interval": 4, "no_rope_layers": [1, 1, 1, 0], "rope_theta": 2000000.0},
+}
+WIDE = {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "head_dim": 64}
+
+#: the default type plan: the 2-D weights take these types in turn, so every family's file mixes
+#: K-quant and legacy blocks (a K-quant on a row that is not whole 256-blocks falls back to Q8_0)
+MIXED = ("Q4_K", "Q5_0", "Q6_K", "Q4_1", "Q5_K", "Q8_0", "Q4_0", "Q5_1", "F16", "BF16")
+K_TYPES = ("Q4_K", "Q5_K", "Q6_K")
+LEGACY_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+
+# Hugging Face leaf -> llama.cpp leaf, per family (the writer's side of the name tables)
+_LLAMA = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+          "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+          "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+          "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
+_GEMMA = {**_LLAMA, "post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
+          "post_feedforward_layernorm": "post_ffw_norm"}
+_PHI3 = {**_LLAMA, "self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up"}
+_LEAVES = {"gemma2": _GEMMA, "gemma3": _GEMMA, "phi3": _PHI3}
+_GLOBAL = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+           "lm_head.weight": "output.weight"}
+
+
+@dataclass
+class TinyGGUF:
+    path: Path
+    family: str
+    hf_config: dict[str, Any]  # config.json dict of the model the file holds
+    weights: dict[str, np.ndarray]  # Hugging Face names -> float32, as the file's blocks decode
+    types: dict[str, str] = field(default_factory=dict)  # gguf tensor name -> ggml type name
+    eos_token_ids: tuple[int, ...] = ()  # what the loader must find: metadata ids, then the turn end
+
+    def reference_model(self):
+        """The transformers model of ``hf_config`` holding ``weights``."""
+        import torch
+        import transformers
+
+        config = transformers.AutoConfig.for_model(**self.hf_config)
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+        state = {k: torch.from_numpy(v) for k, v in self.weights.items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+        if "lm_head.weight" in missing:
+            model.tie_weights()
+        return model
+
+
+def gguf_hf_config(family: str, vocab_size: int) -> dict[str, Any]:
+    cfg = fake_config(family, vocab_size=vocab_size)
+    cfg.update(WIDE)
+    cfg.update({k: v for k, v in FAMILY_TRAITS[family].items() if k == "head_dim"})  # families' own head sizes
+    cfg.update(GGUF_TRAITS[family])
+    if family == "phi3":
+        rd = int(cfg["head_dim"] * cfg["partial_rotary_factor"]) // 2
+        rng = np.random.default_rng(7)
+        cfg["rope_scaling"] = {"rope_type": "longrope", "short_factor": np.round(rng.uniform(1, 2, rd), 3).tolist(),
+                               "long_factor": np.round(rng.uniform(2, 8, rd), 3).tolist()}
+    return cfg
+
+
+def _gguf_name(family: str, hf: str) -> str:
+    if hf in _GLOBAL:
+        return _GLOBAL[hf]
+    _, _, layer, rest = hf.split(".", 3)  # model.layers.{i}.{leaf}.{weight|bias}
+    leaf, suffix = rest.rsplit(".", 1)
+    return f"blk.{layer}.{_LEAVES.get(family, _LLAMA)[leaf]}.{suffix}"
+
+
+def _permute(w: np.ndarray, heads: int) -> np.ndarray:
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _encode(w: np.ndarray, type_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes or values to write, float32 as the file will decode) for one tensor."""
+    import gguf
+
+    from .testing_kquants import ENCODERS
+
+    if type_name == "F32":
+        return w.astype(np.float32), w.astype(np.float32)
+    if type_name == "F16":
+        return w.astype(np.float16), w.astype(np.float16).astype(np.float32)
+    qtype = gguf.GGMLQuantizationType[type_name]
+    raw = ENCODERS[type_name](w) if type_name in ENCODERS else gguf.quants.quantize(w.astype(np.float32), qtype)
+    return raw, gguf.quants.dequantize(raw, qtype).astype(np.float32).reshape(w.shape)
+
+
+def _random_weights(cfg: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
+    import torch
+    import transformers
+
+    config = transformers.AutoConfig.for_model(**cfg)
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    rng = np.random.default_rng(seed)
+    gemma = cfg["model_type"].startswith("gemma")
+    out = {}
+    for name, p in model.state_dict().items():
+        if name == "lm_head.weight" and cfg.get("tie_word_embeddings"):
+            continue
+        if p.dim() == 2:
+            out[name] = rng.normal(0.0, 0.2, tuple(p.shape)).astype(np.float32)
+        elif name.endswith("norm.weight"):  # on a 1/256 grid: (w + 1) - 1 == w in float32
+            centre = 0.0 if gemma else 1.0
+            out[name] = (centre + np.round(rng.uniform(-0.5, 0.5, tuple(p.shape)) * 256) / 256).astype(np.float32)
+        else:  # biases
+            out[name] = rng.normal(0.0, 0.1, tuple(p.shape)).astype(np.float32)
+    return out
+
+
+def make_family_gguf(path: str | Path, family: str, types: dict[str, str] | tuple[str, ...] = MIXED,
+                     seed: int = 0) -> TinyGGUF:
+    """Write a tiny random ``family`` model as a GGUF file. ``types``: a cycle of ggml type names
+    for the 2-D weights in file order (default :data:`MIXED`), or ``{gguf tensor name: type}``
+    (unlisted 2-D weights F32). 1-D tensors (norms, biases) are F32, as llama.cpp writes them."""
+    import gguf
+
+    path = Path(path)
+    arch = GGUF_ARCH[family]
+    tok = make_tiny_tokenizer()
+    tok_json = json.loads(tok.to_str())
+    cfg = gguf_hf_config(family, tok.get_vocab_size())
+    hd, n_layers = cfg["head_dim"], cfg["num_hidden_layers"]
+    hf_weights = _random_weights(cfg, seed)
+
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name(f"tiny-{family}")
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_block_count(n_layers)
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_vocab_size(cfg["vocab_size"])
+    rope = cfg.get("rope_parameters") or {}
+    theta = (rope.get("full_attention") or rope).get("rope_theta", cfg.get("rope_theta", 10000.0))
+    w.add_rope_freq_base(theta)
+    rotary = int(hd * cfg.get("partial_rotary_factor", 1.0))
+    w.add_rope_dimension_count(rotary)
+    extra: dict[str, np.ndarray] = {}
+    scaling = cfg.get("rope_scaling") or {}
+    if scaling.get("rope_type") == "llama3":  # convert_hf_to_gguf.py: factors, no parameters
+        from .arch.gguf_common import llama3_factors
+
+        extra["rope_freqs.weight"] = llama3_factors(scaling, theta, hd).astype(np.float32)
+    if family == "gemma2":
+        w.add_attn_logit_softcapping(cfg["attn_logit_softcapping"])
+        w.add_final_logit_softcapping(cfg["final_logit_softcapping"])
+        w.add_sliding_window(cfg["sliding_window"])
+    if family == "gemma3":
+        glob = rope["full_attention"]
+        if glob.get("rope_type") == "linear":
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(glob["factor"])
+        w.add_sliding_window(cfg["sliding_window"])
+        w.add_sliding_window_pattern([t == "sliding_attention" for t in cfg["layer_types"]])
+        if cfg.get("final_logit_softcapping"):
+            w.add_final_logit_softcapping(cfg["final_logit_softcapping"])
+    if family == "phi3":
+        import math
+
+        w.add_rope_scaling_orig_ctx_len(cfg["original_max_position_embeddings"])
+        w.add_sliding_window(cfg.get("sliding_window") or 0)
+        scale = cfg["max_position_embeddings"] / cfg["original_max_position_embeddings"]
+        w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(cfg["original_max_position_embeddings"])))
+        extra["rope_factors_long.weight"] = np.asarray(scaling["long_factor"], np.float32)
+        extra["rope_factors_short.weight"] = np.asarray(scaling["short_factor"], np.float32)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M)
+
+    # tokenizer: byte-level BPE; the end-of-turn token reaches the loader through the template
+    # (gemma3: eos is <|endoftext|>) or through eot_token_id (qwen3)
+    vocab = tok_json["model"]["vocab"]
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.CONTROL if t in SPECIAL_TOKENS else gguf.TokenType.NORMAL for t in tokens])
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok_json["model"]["merges"]])
+    w.add_bos_token_id(1)
+    eos = {"gemma3": 0, "qwen3": 0}.get(family, 2)
+    w.add_eos_token_id(eos)
+    eos_ids = (eos,) if eos == 2 else (eos, 2)
+    if family == "qwen3":
+        w.add_eot_token_id(2)
+    w.add_add_bos_token(False)
+    w.add_chat_template(CHAT_TEMPLATE)
+
+    # tensors, in llama.cpp's order: embedding, output norm, output, then the layers
+    order = sorted(hf_weights, key=lambda n: (0 if n in _GLOBAL else 1,
+                                              int(n.split(".")[2]) if n.startswith("model.layers.") else -1, n))
+    plan_dict = types if isinstance(types, dict) else None
+    cycle = iter(types * 1000) if not isinstance(types, dict) else None
+    reference, written = {}, {}
+    for name in extra:
+        w.add_tensor(name, extra[name])
+        written[name] = "F32"
+    for hf in order:
+        arr = hf_weights[hf]
+        name = _gguf_name(family, hf)
+        if arr.ndim == 1:
+            kind = "F32"
+        else:
+            kind = plan_dict.get(name, "F32") if plan_dict is not None else next(cycle)
+            if kind in K_TYPES and arr.shape[-1] % 256:
+                kind = "Q8_0"
+        data, decoded = _encode(arr, kind)
+        reference[hf] = decoded
+        if family in ("llama", "mistral", "smollm3") and (".q_proj." in hf or ".k_proj." in hf):
+            heads = cfg["num_attention_heads"] if ".q_proj." in hf else cfg["num_key_value_heads"]
+            data = _permute(data, heads)  # rows of blocks: the same as encoding permuted rows
+        if family.startswith("gemma") and hf.endswith("norm.weight"):
+            data = data + np.float32(1.0)
+        qtype = gguf.GGMLQuantizationType[kind]
+        w.add_tensor(name, data, raw_dtype=qtype if data.dtype == np.uint8 else None)
+        written[name] = kind
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return TinyGGUF(path=path, family=family, hf_config=cfg, weights=reference, types=written, eos_token_ids=eos_ids)
