@@ -76,7 +76,8 @@ class ModelSpec:
         raise ValueError(f"not a decoder linear layer name: '{name}'")
 
     def kv_cache_bytes(self, tokens: int, bytes_per_value: float = 4.0) -> int:
-        """Bytes of K and V for a context of ``tokens`` (sliding-window layers hold only their window)."""
+        """Bytes of K and V for a context of ``tokens`` as the exported bundle holds them (see
+        :meth:`~edgeslm.arch.config.DecoderConfig.kv_cache_bytes`)."""
         return self.description.kv_cache_bytes(tokens, bytes_per_value)
 
     def to_dict(self) -> dict[str, Any]:

@@ -178,7 +178,8 @@ def test_fit_cli_unknown_target(capsys):
 @pytest.mark.parametrize("family", ["gemma3", "phi3", "qwen3"])
 def test_fit_describes_every_family_as_export_does(family, family_source, tmp_path, capsys):
     """`fit` reads config.json only (no torch) and gets the same description `export` uses:
-    parameters equal the module's, and sliding-window layers hold only their window of KV."""
+    parameters equal the module's; KV is sized as the bundles hold it (every layer the whole
+    context), and the windowed minimum is smaller exactly when the family has sliding layers."""
     source = family_source(family)
     got = read_spec(source.path)
     assert got.decoder == source.spec.decoder
@@ -186,7 +187,8 @@ def test_fit_describes_every_family_as_export_does(family, family_source, tmp_pa
     desc = got.description
     full = sum(2 * b.attention.num_kv_heads * b.attention.head_dim * 4 for b in desc.blocks) * 100
     windowed = [b for b in desc.blocks if b.attention.sliding_window]
-    assert (got.kv_cache_bytes(100) < full) == bool(windowed)
+    assert got.kv_cache_bytes(100) == full
+    assert (desc.kv_cache_bytes(100, windowed=True) < full) == bool(windowed)
     code, out, _ = run(["fit", str(source.path), "--target", "raspberry-pi-5", "--json"], capsys)
     assert code == 0 and json.loads(out)["parameters"] == got.num_parameters
 

@@ -145,12 +145,15 @@ class DecoderConfig:
             total += len(b.norms) * hs + (2 * a.head_dim if a.qk_norm else 0)
         return total
 
-    def kv_cache_bytes(self, tokens: int, bytes_per_value: float = 4.0) -> int:
-        """K and V bytes for a context of ``tokens``; a sliding-window layer needs only its window."""
+    def kv_cache_bytes(self, tokens: int, bytes_per_value: float = 4.0, windowed: bool = False) -> int:
+        """K and V bytes for a context of ``tokens``, as edgeslm's exports hold them: every layer
+        keeps the whole context (one past length for the ONNX/OpenVINO engines, fixed slots in
+        LiteRT, one state tensor in Core ML; sliding layers mask what is outside their window).
+        ``windowed``: the least a runtime needs that keeps only each sliding layer's window."""
         total = 0.0
         for b in self.blocks:
             a = b.attention
-            held = min(tokens, a.sliding_window) if a.sliding_window else tokens
+            held = min(tokens, a.sliding_window) if (windowed and a.sliding_window) else tokens
             total += 2 * a.num_kv_heads * a.head_dim * held * bytes_per_value
         return int(total)
 
