@@ -54,6 +54,7 @@ class StateCache(CacheStrategy):
             table = self.owner.position_table
             q, k = table[self.past:self.end], table[:self.end]  # (S,), (E,)
             band = torch.where(k[None, :] > q[:, None] - window, 0.0, float("-inf"))[None, None]  # (1, 1, S, E)
+            band = band.to(self.causal.dtype)  # the mask input is fp16 in the package
             self._masks[window] = self.causal + band
         return self._masks[window]
 

@@ -140,3 +140,23 @@ def test_prediction_on_macos(coreml_bundle, tiny_source):
         assert logits.shape == (tiny_source.spec.vocab_size,) and logits.dtype == np.float32
     assert res.metrics.output_tokens == 8
     assert res.token_ids[0] == int(logits.argmax())
+
+
+def _families():
+    from edgeslm.arch.families import supported_names
+
+    return supported_names()
+
+
+@pytest.mark.parametrize("family", _families())
+def test_every_family_converts_with_traced_parity_and_spec_checks(bundle_factory, family_source, family):
+    """Every family through ct.convert: the traced graph (fp32, source weights) agrees 100% with the
+    transformers source, and the package passes the spec checks (states, IO, fp16 compute)."""
+    m = _manifest(bundle_factory("coreml", "fp16", family=family))
+    p, cm = m["parity"], m["coreml"]
+    assert p["passed"] and p["top1_agreement"] == 1.0, p
+    assert cm["checks"] == "passed" and cm["model_type"] == "mlProgram"
+    s = family_source(family).spec
+    assert {st["name"]: st["shape"] for st in cm["states"]}["key_cache"] == [s.num_layers, 1, s.num_kv_heads, CTX,
+                                                                             s.head_dim]
+    assert cm["op_counts"]["softmax"] == s.num_layers
