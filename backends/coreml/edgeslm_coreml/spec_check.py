@@ -93,11 +93,17 @@ def inspect_package(path: str | Path) -> dict[str, Any]:
 
 def expected_weights(model_spec, weight_threshold: int = 0) -> int:
     """Weights the compression passes cover: the linear and embedding matrices larger than
-    ``weight_threshold`` elements (7 per layer, the embedding, the head if untied)."""
-    s = model_spec
-    hs, q, kv = s.hidden_size, s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
-    layer = [q * hs, kv * hs, kv * hs, hs * q] + [s.intermediate_size * hs] * 3
-    sizes = layer * s.num_layers + [s.vocab_size * hs] * (1 if s.tie_word_embeddings else 2)
+    ``weight_threshold`` elements (every linear of every layer as the description lists them,
+    fused or not, low-rank factors as their two matrices; the embedding; the head if untied)."""
+    desc = model_spec.description
+    ranks = model_spec.extra.get("low_rank") or {}
+    sizes = []
+    for i in range(desc.num_layers):
+        for name in desc.linear_names(i):
+            fan_in, fan_out = desc.linear_shape(i, name)
+            rank = ranks.get(f"model.layers.{i}.{name}")
+            sizes += [int(rank) * fan_in, int(rank) * fan_out] if rank else [fan_in * fan_out]
+    sizes += [desc.vocab_size * desc.hidden_size] * (1 if desc.tie_word_embeddings else 2)
     return sum(n > weight_threshold for n in sizes)
 
 
