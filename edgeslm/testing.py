@@ -248,6 +248,21 @@ class ScriptedEngine:
         return _Scripted()
 
 
+def engine_greedy(engine, prompt_ids, new_tokens: int) -> list[int]:
+    """Greedy continuation through an Engine (argmax of every step's logits, no stop token): the
+    reference that vendor-runtime interop tests compare their runtime's greedy tokens with."""
+    import numpy as np
+
+    engine.reset()
+    logits = engine.prefill(list(prompt_ids))
+    out: list[int] = []
+    for _ in range(new_tokens):
+        out.append(int(np.argmax(logits)))
+        if len(out) < new_tokens:
+            logits = engine.decode(out[-1])
+    return out
+
+
 def _has(module: str) -> bool:
     import importlib.util
 
