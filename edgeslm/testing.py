@@ -251,16 +251,9 @@ class ScriptedEngine:
 def engine_greedy(engine, prompt_ids, new_tokens: int) -> list[int]:
     """Greedy continuation through an Engine (argmax of every step's logits, no stop token): the
     reference that vendor-runtime interop tests compare their runtime's greedy tokens with."""
-    import numpy as np
+    from .runtime.engine import greedy_tokens
 
-    engine.reset()
-    logits = engine.prefill(list(prompt_ids))
-    out: list[int] = []
-    for _ in range(new_tokens):
-        out.append(int(np.argmax(logits)))
-        if len(out) < new_tokens:
-            logits = engine.decode(out[-1])
-    return out
+    return greedy_tokens(engine, prompt_ids, new_tokens)
 
 
 def _has(module: str) -> bool:

@@ -103,3 +103,22 @@ def tokenizer_config(tok) -> dict[str, Any]:
     if tok.chat_template:
         cfg["chat_template"] = tok.chat_template
     return cfg
+
+
+def vendor_check(bundle, prompt_ids: list[int], ours: list[int]) -> dict[str, Any]:
+    """onnxruntime-genai on the bundle: its greedy tokens vs ``ours`` (genai stops at EOS: ours are cut there)."""
+    import numpy as np
+    import onnxruntime_genai as og  # ImportError: not installed
+
+    model = og.Model(str(bundle.path))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt_ids) + len(ours), do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens(np.array([prompt_ids], dtype=np.int32))
+    theirs: list[int] = []
+    while not gen.is_done() and len(theirs) < len(ours):
+        gen.generate_next_token()
+        theirs.append(int(gen.get_next_tokens()[0]))
+    eos = set(bundle.load_tokenizer().eos_token_ids)  # what genai_config.json names
+    cut = next((i + 1 for i, t in enumerate(ours) if t in eos), len(ours))
+    return {"passed": theirs == list(ours[:cut]), "tokens": cut, "theirs": theirs}

@@ -88,3 +88,15 @@ def test_smollm2_in_onnxruntime_genai(smollm2_source, tmp_path_factory):
     eos = set(m.tokenizer.eos_token_ids)
     cut = next((i + 1 for i, t in enumerate(ours) if t in eos), len(ours))
     assert theirs == ours[:cut]
+
+
+def test_verify_vendor_runs_onnxruntime_genai(bundle_factory, capsys):
+    """`edgeslm verify --vendor` opens the bundle in onnxruntime-genai and finds the same greedy tokens."""
+    from edgeslm.cli import main
+
+    bundle = bundle_factory("onnx")
+    capsys.readouterr()
+    assert main(["verify", str(bundle), "--vendor", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["vendor"]["onnxruntime-genai"]["passed"] is True, result["vendor"]
+    assert sorted(p.name for p in bundle.iterdir()) == sorted([*json.loads((bundle / "manifest.json").read_text())["files"], "manifest.json"])

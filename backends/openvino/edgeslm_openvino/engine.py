@@ -115,6 +115,16 @@ class OpenVINOEngine(Engine):
     def decode(self, token_id: int) -> np.ndarray:
         return self._run(self.check_tokens([token_id]))
 
+    def vendor_runtimes(self):
+        """OpenVINO GenAI's LLMPipeline, when the export wrote its files (genai.py)."""
+        if not ((self.bundle.manifest.get("interop") or {}).get("openvino-genai") or {}).get("written"):
+            return {}
+        from functools import partial
+
+        from .genai import vendor_check
+
+        return {"openvino-genai": partial(vendor_check, self.bundle)}
+
     def close(self) -> None:
         self.request = None
         self.compiled = None

@@ -113,3 +113,15 @@ def to_transformers(tokenizer) -> Any:
     if tokenizer.chat_template:
         hf.chat_template = tokenizer.chat_template
     return hf
+
+
+def vendor_check(bundle, prompt_ids: list[int], ours: list[int]) -> dict[str, Any]:
+    """LLMPipeline on the bundle with EXACT_PROPERTIES: its greedy tokens vs ``ours`` (no EOS stop)."""
+    import openvino as ov
+    import openvino_genai as og  # ImportError: not installed
+
+    pipe = og.LLMPipeline(str(bundle.path), "CPU", **EXACT_PROPERTIES)
+    cfg = og.GenerationConfig()
+    cfg.max_new_tokens, cfg.do_sample, cfg.ignore_eos = len(ours), False, True
+    theirs = [int(t) for t in pipe.generate(ov.Tensor(np.array([prompt_ids], dtype=np.int64)), cfg).tokens[0]]
+    return {"passed": theirs == list(ours), "tokens": len(ours), "theirs": theirs}
