@@ -5,11 +5,12 @@ layer that goes in and comes back out of every call (the engine hands it back ne
 
     tokens         int32   (1, T)            T = the signature's length (prefill T, decode 1)
     input_pos      int32   (T,)              absolute positions of those tokens
-    kv_k_{i}       float32 (1, kv, C, hd)    i = 0..layers-1, also kv_v_{i}; C = context length
- -> kv_k_{i}       float32 (1, kv, C, hd)    the same buffers with rows input_pos overwritten
-    logits         float32 (1, V)            decode only: after the (single) token
+    kv_cache_k_{i} float32 (1, kv, C, hd)    i = 0..layers-1, also kv_cache_v_{i}; C = context length
+ -> kv_cache_k_{i} float32 (1, kv, C, hd)    the same buffers with rows input_pos overwritten
+    logits         float32 (1, 1, V)         decode only: after the (single) token
 
-Rows are written with a one-hot matmul (no scatter op), and attention sees key slot ``c`` from
+Rows are written with a one-hot matmul (no scatter op) to slots ``input_pos[0] + t`` (callers
+pass consecutive positions; LiteRT-LM pads with 0s after them), and attention sees key slot ``c`` from
 query position ``p`` only when ``c <= p`` (and ``p - c`` is inside a sliding layer's window):
 slots past the current position may hold garbage (prefill padding) and are overwritten before
 any query can see them.
@@ -41,7 +42,11 @@ class StaticCache(CacheStrategy):
         cache_len = self.kv[0].shape[2]
         slots = torch.arange(cache_len, dtype=torch.int64)  # (C,)
         self.slots = slots
-        self.write = (slots[:, None] == self.pos[None, :]).float()  # (C, T) one-hot rows to overwrite
+        # Token t is written to slot input_pos[0] + t (a contiguous block, as litert-torch's own
+        # caches do): LiteRT-LM pads a short prefill with input_pos 0, and those pad rows must
+        # land past the real ones (masked, overwritten later), never on slot 0.
+        rows = self.pos[:1] + torch.arange(self.pos.shape[0], dtype=torch.int64)  # (T,)
+        self.write = (slots[:, None] == rows[None, :]).float()  # (C, T) one-hot rows to overwrite
         self.keep = 1.0 - self.write.sum(dim=1)[None, None, :, None]  # (1, 1, C, 1)
         return self.pos
 
@@ -86,7 +91,7 @@ class StaticCacheModel(nn.Module):
 
 
 class PrefillSignature(nn.Module):
-    """``prefill(tokens, input_pos, kv_k_0, kv_v_0, ...) -> {kv_k_0: ..., ...}`` (no logits)."""
+    """``prefill(tokens, input_pos, kv_cache_k_0, kv_cache_v_0, ...) -> {kv_cache_k_0: ..., ...}`` (no logits)."""
 
     def __init__(self, core: StaticCacheModel):
         super().__init__()
@@ -99,7 +104,7 @@ class PrefillSignature(nn.Module):
 
 
 class DecodeSignature(nn.Module):
-    """``decode(tokens, input_pos, kv...) -> {logits, kv_k_0, ...}`` for one token."""
+    """``decode(tokens, input_pos, kv...) -> {logits (1, 1, V), kv_cache_k_0, ...}`` for one token."""
 
     def __init__(self, core: StaticCacheModel):
         super().__init__()
@@ -108,9 +113,12 @@ class DecodeSignature(nn.Module):
     def forward(self, tokens, input_pos, **kv):
         names = cache_names(self.core.layers)
         out = self.core(tokens, input_pos, [kv[n] for n in names], with_logits=True)
-        return {"logits": out[0], **dict(zip(names, out[1:]))}
+        logits = out[0][:, None, :]  # (1, V) -> (1, 1, V): LiteRT-LM wants (batch, seq, vocab)
+        return {"logits": logits, **dict(zip(names, out[1:]))}
 
 
 def cache_names(layers: int) -> list[str]:
-    """``[kv_k_0, kv_v_0, kv_k_1, ...]``: the order the signatures take and return the cache."""
-    return [f"kv_{kind}_{i}" for i in range(layers) for kind in ("k", "v")]
+    """``[kv_cache_k_0, kv_cache_v_0, kv_cache_k_1, ...]``: the order the signatures take and return
+    the cache. These are LiteRT-LM's names (its executor binds ``kv_cache_k_%d``), so the same
+    .tflite runs in LiteRT-LM too (litert_lm.py)."""
+    return [f"kv_cache_{kind}_{i}" for i in range(layers) for kind in ("k", "v")]
