@@ -4,7 +4,8 @@ LiteRT-LM (``litert_lm.Engine(path)`` in Python on Linux, Kotlin on Android, Swi
 one ``.litertlm`` file: ``litert-lm-builder`` packs these sections::
 
     LlmMetadataProto   start token (only when the model adds BOS), stop tokens (every EOS id),
-                       the Jinja chat template, max_num_tokens = the bundle's context length
+                       the Jinja chat template (+ a prologue for LiteRT-LM's list-of-parts
+                       message contents), max_num_tokens = the bundle's context length
     TFLiteModel        model.tflite as is (prefill + decode signatures), type prefill_decode,
                        preferred activation fp32 (LiteRT-LM's default for text decoders is fp16)
     HF_Tokenizer       tokenizer.json, with a post-processor that adds nothing (BOS comes from
@@ -30,6 +31,17 @@ from typing import Any
 from edgeslm._deps import require
 
 LITERTLM_FILE = "model.litertlm"
+#: LiteRT-LM's Conversation API hands the template each message's content as a list of parts
+#: ([{"type": "text", "text": ...}]); Hugging Face templates such as SmolLM2's concatenate it as a
+#: string ("tried to use + operator on unsupported types string and sequence"). This prologue
+#: rewrites list contents to their joined text before the model's own template runs.
+CONTENT_AS_TEXT = (
+    "{%- set ns = namespace(msgs=[]) -%}"
+    "{%- for m in messages -%}"
+    "{%- if m['content'] is string -%}{%- set ns.msgs = ns.msgs + [m] -%}"
+    "{%- else -%}{%- set ns.msgs = ns.msgs + [{'role': m['role'], "
+    "'content': m['content'] | map(attribute='text') | join('')}] -%}"
+    "{%- endif -%}{%- endfor -%}{%- set messages = ns.msgs -%}")
 
 
 def write_litertlm(tflite: Path, tokenizer, context_length: int, out: Path) -> dict[str, Any]:
@@ -44,7 +56,7 @@ def write_litertlm(tflite: Path, tokenizer, context_length: int, out: Path) -> d
         meta.stop_tokens.add().token_ids.ids.append(int(eos))
     meta.max_num_tokens = int(context_length)
     if tokenizer.chat_template:
-        meta.jinja_prompt_template = tokenizer.chat_template
+        meta.jinja_prompt_template = CONTENT_AS_TEXT + tokenizer.chat_template
     meta.llm_model_type.generic_model.SetInParent()
     with tempfile.TemporaryDirectory(prefix="edgeslm-litertlm-") as tmp:
         meta_path = Path(tmp) / "llm_metadata.pb"

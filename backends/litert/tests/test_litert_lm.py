@@ -74,6 +74,32 @@ def test_litertlm_metadata(bundle_factory):
     assert lm["max_num_tokens"] == 128 and lm["activation"] == "fp32"
 
 
+def test_conversation_uses_the_chat_template(bundle_factory, tmp_path):
+    """LiteRT-LM's Conversation API renders our chat template (list-of-parts contents handled):
+    its greedy reply equals our engine's greedy tokens on our rendering of the same messages."""
+    import litert_lm
+    from litert_lm import interfaces
+
+    import edgeslm
+    from edgeslm.testing import engine_greedy
+
+    bundle = bundle_factory("litert")
+    with edgeslm.load(bundle) as m:
+        prompt = m.tokenizer.encode(m.tokenizer.apply_chat_template([{"role": "user", "content": "the quick fox"}]))
+        ours = engine_greedy(m.engine, prompt, 10)
+        eos = set(m.tokenizer.eos_token_ids)
+    ours = ours[:next((i for i, t in enumerate(ours) if t in eos), len(ours))]
+    engine = litert_lm.Engine(str(bundle / "model.litertlm"), backend=interfaces.Backend.CPU(thread_count=1),
+                              cache_dir=str(tmp_path))
+    try:
+        conv = engine.create_conversation(sampler_config=interfaces.SamplerConfig(top_k=1), max_output_tokens=10)
+        reply = conv.send_message("the quick fox")
+        assert reply.contents[0].text == engine.detokenize(ours)
+        conv.close()
+    finally:
+        engine.close()
+
+
 @pytest.mark.slow
 def test_smollm2_in_litert_lm(smollm2_source, tmp_path_factory, tmp_path):
     """SmolLM2 fp32 (cache 256): LiteRT-LM's greedy answer to a chat prompt equals our engine's."""
