@@ -248,6 +248,14 @@ class ScriptedEngine(Engine):
         return True
 
 
+def engine_greedy(engine, prompt_ids, new_tokens: int) -> list[int]:
+    """Greedy continuation through an Engine (argmax of every step's logits, no stop token): the
+    reference that vendor-runtime interop tests compare their runtime's greedy tokens with."""
+    from .runtime.engine import greedy_tokens
+
+    return greedy_tokens(engine, prompt_ids, new_tokens)
+
+
 def _has(module: str) -> bool:
     import importlib.util
 

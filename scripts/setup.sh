@@ -47,7 +47,9 @@ $PIP install -q ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "torch==${TORCH_VERSI
 echo "==> installing edgeslm, backends and tools"
 args=(-e ".[export,sign,postgres,serve,fleet,test,compress]")
 for b in backends/*/; do
-  [ -f "$b/pyproject.toml" ] && args+=(-e "${b%/}[export]")
+  # vendor: each format's own LLM runtime (onnxruntime-genai, openvino-genai, litert-lm-api), used by
+  # the interop tests and benchmarks/vendor_runtimes.py
+  [ -f "$b/pyproject.toml" ] && args+=(-e "${b%/}[export,vendor]")
 done
 $PIP install -q "${args[@]}"
 

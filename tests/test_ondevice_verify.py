@@ -46,17 +46,22 @@ def rehash(bundle_dir):
 
 
 def tamper_embedding(bundle_dir, hf_folder) -> str:
-    """Add noise to the token embedding wherever a model file stores it verbatim (float32)."""
+    """Add noise to the token embedding wherever model files store it verbatim (float32): every
+    such file (a LiteRT bundle's model.litertlm holds a copy of model.tflite); returns the first
+    name in sorted order, the one the hash check reports."""
     from safetensors.numpy import load_file
 
     emb = load_file(hf_folder / "model.safetensors")["model.embed_tokens.weight"].astype(np.float32)
     noisy = emb + np.random.default_rng(0).normal(0.0, 0.2, emb.shape).astype(np.float32)
-    for f in bundle_dir.iterdir():
+    names = []
+    for f in sorted(bundle_dir.iterdir()):
         data = f.read_bytes()
         if f.suffix not in (".json", ".npz") and emb.tobytes() in data:
             f.write_bytes(data.replace(emb.tobytes(), noisy.tobytes()))
-            return f.name
-    raise AssertionError(f"the embedding is not stored verbatim in {bundle_dir}")
+            names.append(f.name)
+    if not names:
+        raise AssertionError(f"the embedding is not stored verbatim in {bundle_dir}")
+    return names[0]
 
 
 @requires_export

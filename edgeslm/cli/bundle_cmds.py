@@ -71,8 +71,11 @@ def info_command(bundle, as_json):
 @click.option("--min-agreement", type=click.FloatRange(0.0, 1.0), default=None,
               help="With --on-device: the top-1 agreement required [default: the exporter's threshold for the "
                    "bundle's precision, else the agreement measured at export less 0.05].")
+@click.option("--vendor", "vendor", is_flag=True,
+              help="Also open the bundle in the format's own LLM runtime (onnxruntime-genai, OpenVINO GenAI, "
+                   "LiteRT-LM; those installed) and check its greedy tokens equal this engine's (8 tokens).")
 @json_option
-def verify_command(bundle, keys, rerun, source, on_device, min_agreement, as_json):
+def verify_command(bundle, keys, rerun, source, on_device, min_agreement, as_json, vendor=False):
     """Check BUNDLE: every file's sha256, the signature (with --key), that the engine opens it
     and produces finite logits, and optionally parity against the source model (--parity, on
     the workstation) or against the reference the bundle carries (--on-device, on the device).
@@ -82,6 +85,7 @@ def verify_command(bundle, keys, rerun, source, on_device, min_agreement, as_jso
       edgeslm verify out/smollm2-onnx
       edgeslm verify out/smollm2-onnx --on-device        # on the Pi: are this CPU's kernels still right?
       edgeslm verify out/smollm2-onnx --parity           # on the workstation, against the source model
+      edgeslm verify out/smollm2-onnx --vendor           # onnxruntime-genai gives the same greedy tokens
 
     Exits non-zero, naming the file, when anything does not match, and when --on-device or
     --parity agreement is below the threshold.
@@ -99,14 +103,14 @@ def verify_command(bundle, keys, rerun, source, on_device, min_agreement, as_jso
         result = {"bundle": str(b.source), "files": len(b.manifest["files"]), "hashes": "ok"}
         if keys:
             result["signature"] = "ok"
-        _check_engine(b, result, rerun, source, steps, on_device, min_agreement)
+        _check_engine(b, result, rerun, source, steps, on_device, min_agreement, vendor)
     finally:
         b.close()
     _report_verify(b, result, keys, rerun, as_json)
 
 
 def _check_engine(b, result: dict, rerun: bool, source, steps, on_device: bool = False,
-                  min_agreement: float | None = None) -> None:
+                  min_agreement: float | None = None, vendor: bool = False) -> None:
     """Open the engine on the (verified) bundle, check one prefill, optionally re-run parity
     against the source (``rerun``) or against the bundle's stored reference (``on_device``)."""
     import numpy as np
@@ -143,8 +147,43 @@ def _check_engine(b, result: dict, rerun: bool, source, steps, on_device: bool =
 
             with steps.step("Replaying the parity reference through this machine's engine"):
                 result["on_device"] = check_on_device(b, engine, min_agreement).to_dict()
+        if vendor:
+            with steps.step("Running the vendor runtimes on the first parity prompt"):
+                result["vendor"] = _check_vendor(b, engine, tok)
     finally:
         engine.close()
+
+
+def _check_vendor(b, engine, tok) -> dict:
+    """Each vendor runtime the engine names: greedy tokens on the first parity prompt vs ours."""
+    from ..errors import BundleError
+    from ..runtime.engine import greedy_tokens
+
+    checks = engine.vendor_runtimes()
+    if not checks:
+        return {}
+    try:
+        from ..verify.reference import load_reference
+
+        ref = load_reference(b)
+        prompt = [int(t) for t in ref["prompt_ids"][:int(ref["prompt_lengths"][0])]]
+    except Exception:  # no reference in the bundle: a short fixed prompt
+        prompt = tok.encode("Hello, how are you?") or [0]
+    ours = greedy_tokens(engine, prompt, 8)
+    engine.reset()
+    out: dict = {}
+    for name, check in checks.items():
+        try:
+            out[name] = check(prompt, ours)
+        except ImportError as exc:
+            out[name] = {"passed": None, "reason": f"not installed ({exc.name or exc})"}
+        except Exception as exc:
+            out[name] = {"passed": False, "reason": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
+    failed = [n for n, r in out.items() if r.get("passed") is False]
+    if failed:
+        raise BundleError(f"{b.source}: the vendor runtime {', '.join(failed)} disagrees with this engine: "
+                          + "; ".join(f"{n}: {out[n]}" for n in failed)[:600])
+    return out
 
 
 def _report_verify(b, result, keys, rerun, as_json) -> None:
@@ -157,7 +196,9 @@ def _report_verify(b, result, keys, rerun, as_json) -> None:
     else:
         click.echo(f"{'ok' if not dev or dev['passed'] else 'FAILED'}: {b.source} — {result['files']} files match "
                    "the manifest" + (", signature valid" if keys else "") + ", engine runs"
-                   + (f", parity {result['parity']['top1_agreement']:.1%}" if rerun else ""))
+                   + (f", parity {result['parity']['top1_agreement']:.1%}" if rerun else "")
+                   + "".join(f", {n} {'same greedy tokens' if r.get('passed') else 'skipped: ' + str(r.get('reason'))}"
+                             for n, r in (result.get("vendor") or {}).items()))
         if dev:
             click.echo(describe(OnDeviceReport(**dev)))
     if dev and not dev["passed"]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -121,6 +121,17 @@ class Engine(ABC):
     def close(self) -> None:
         """Release the runtime's resources (sessions, compiled models)."""
 
+    def vendor_runtimes(self) -> dict[str, Callable[[list[int], list[int]], dict]]:
+        """The format's own LLM runtimes that open this bundle through the interop files its
+        exporter wrote (onnxruntime-genai, OpenVINO GenAI, LiteRT-LM), by name.
+
+        Each callable takes prompt ids and this engine's greedy tokens for them, runs the vendor
+        runtime greedily on the same bundle and returns ``{"passed": bool, ...}``; it raises
+        ImportError when that runtime is not installed. ``edgeslm verify --vendor`` runs them.
+        Default: none.
+        """
+        return {}
+
     # -- shared input checks, so every backend refuses bad input the same way ------------
     def check_tokens(self, token_ids: Sequence[int]) -> np.ndarray:
         ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
@@ -140,3 +151,15 @@ class Engine(ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+def greedy_tokens(engine: Engine, prompt_ids: Sequence[int], new_tokens: int) -> list[int]:
+    """Greedy continuation through ``engine`` (argmax of every step, no stop token), from a reset."""
+    engine.reset()
+    logits = engine.prefill(list(prompt_ids))
+    out: list[int] = []
+    for _ in range(new_tokens):
+        out.append(int(np.argmax(logits)))
+        if len(out) < new_tokens:
+            logits = engine.decode(out[-1])
+    return out

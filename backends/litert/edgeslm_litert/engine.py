@@ -107,6 +107,16 @@ class LiteRTEngine(Engine):
         self.position = length
         return True
 
+    def vendor_runtimes(self):
+        """LiteRT-LM on model.litertlm, when the export wrote it (litertlm_file.py)."""
+        if not ((self.bundle.manifest.get("interop") or {}).get("litert-lm") or {}).get("written"):
+            return {}
+        from functools import partial
+
+        from .litertlm_file import vendor_check
+
+        return {"litert-lm": partial(vendor_check, self.bundle)}
+
     def close(self) -> None:
         self._prefill = self._decode = self.interpreter = None
 
@@ -131,7 +141,8 @@ class LiteRTEngine(Engine):
         out = self._run(self._decode, [token], np.array([self.position], dtype=np.int32))
         self.tokens.append(token)
         self.position += 1
-        return np.asarray(out["logits"][0], dtype=np.float32)  # (vocab,)
+        logits = np.asarray(out["logits"], dtype=np.float32)  # (1, 1, V); (1, V) in bundles before LiteRT-LM
+        return logits.reshape(-1, logits.shape[-1])[-1]  # (vocab,)
 
     def _run(self, runner, tokens: list[int], pos: np.ndarray) -> dict[str, np.ndarray]:
         out = runner(tokens=np.asarray([tokens], dtype=np.int32), input_pos=pos, **self.cache)

@@ -8,11 +8,12 @@
     model.tflite (int8 weights)
 
 Both signatures take ``tokens`` int32 (1, T), ``input_pos`` int32 (T,) and the cache
-``kv_k_{i}`` / ``kv_v_{i}`` float32 (1, kv, C, hd); both return the updated cache, and ``decode``
-also ``logits`` float32 (1, V). ``prefill`` returns no logits: the engine prefills all prompt
+``kv_cache_k_{i}`` / ``kv_cache_v_{i}`` float32 (1, kv, C, hd); both return the updated cache, and ``decode``
+also ``logits`` float32 (1, 1, V). ``prefill`` returns no logits: the engine prefills all prompt
 tokens but the last and decodes that one.
 
-Options (``ExportSpec.options``): ``prefill_len`` (default 64, at most the context length).
+Options (``ExportSpec.options``): ``prefill_len`` (default 64, at most the context length);
+``litert_lm`` (default true): also pack ``model.litertlm`` for LiteRT-LM (litertlm_file.py).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class LiteRTExporter(Exporter):
         if spec.precision != "fp32":
             with steps.step(f"Quantizing with ai-edge-quantizer ({spec.precision})"):
                 fields["quantization"] = quantize(path, spec.precision)
+        if _flag(spec.options.get("litert_lm", True)):
+            fields["interop"] = {"litert-lm": _litertlm(path, source, spec, steps)}
         from importlib.metadata import version
 
         fields["artifacts"] = {
@@ -61,6 +64,24 @@ class LiteRTExporter(Exporter):
             "converter": f"litert-torch {version('litert-torch')}",
         }
         return fields
+
+
+def _litertlm(path: Path, source, spec: ExportSpec, steps) -> dict[str, Any]:
+    """model.litertlm for LiteRT-LM (litertlm_file.py); a failure is recorded, not fatal."""
+    from .litertlm_file import LITERTLM_FILE, write_litertlm
+
+    try:
+        with steps.step("Packing model.litertlm for LiteRT-LM"):
+            record = write_litertlm(path, source.tokenizer, spec.context_length, path.parent / LITERTLM_FILE)
+    except Exception as exc:
+        (path.parent / LITERTLM_FILE).unlink(missing_ok=True)
+        return {"written": False, "reason": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
+    return {"written": True, "files": [LITERTLM_FILE], "open_with": "litert_lm.Engine(bundle_dir / 'model.litertlm', "
+            "cache_dir=<outside the bundle>)", **record}
+
+
+def _flag(value) -> bool:
+    return value.lower() in ("1", "true", "yes") if isinstance(value, str) else bool(value)
 
 
 def convert(source, path: Path, cache_len: int, prefill_len: int) -> None:

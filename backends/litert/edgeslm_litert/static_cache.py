@@ -5,11 +5,12 @@ layer that goes in and comes back out of every call (the engine hands it back ne
 
     tokens         int32   (1, T)            T = the signature's length (prefill T, decode 1)
     input_pos      int32   (T,)              absolute positions of those tokens
-    kv_k_{i}       float32 (1, kv, C, hd)    i = 0..layers-1, also kv_v_{i}; C = context length
- -> kv_k_{i}       float32 (1, kv, C, hd)    the same buffers with rows input_pos overwritten
-    logits         float32 (1, V)            decode only: after the (single) token
+    kv_cache_k_{i} float32 (1, kv, C, hd)    i = 0..layers-1, also kv_cache_v_{i}; C = context length
+ -> kv_cache_k_{i} float32 (1, kv, C, hd)    the same buffers with rows input_pos overwritten
+    logits         float32 (1, 1, V)         decode only: after the (single) token
 
-Rows are written with a one-hot matmul (no scatter op), and attention sees key slot ``c`` from
+Rows are written with a one-hot matmul (no scatter op) to slots ``input_pos[0] + t`` (callers
+pass consecutive positions; LiteRT-LM pads with 0s after them), and attention sees key slot ``c`` from
 query position ``p`` only when ``c <= p`` (and ``p - c`` is inside a sliding layer's window):
 slots past the current position may hold garbage (prefill padding) and are overwritten before
 any query can see them.
@@ -41,7 +42,11 @@ class StaticCache(CacheStrategy):
         cache_len = self.kv[0].shape[2]
         slots = torch.arange(cache_len, dtype=torch.int64)  # (C,)
         self.slots = slots
-        self.write = (slots[:, None] == self.pos[None, :]).float()  # (C, T) one-hot rows to overwrite
+        # Token t is written to slot input_pos[0] + t (a contiguous block, as litert-torch's own
+        # caches do): LiteRT-LM pads a short prefill with input_pos 0, and those pad rows must
+        # land past the real ones (masked, overwritten later), never on slot 0.
+        rows = self.pos[:1] + torch.arange(self.pos.shape[0], dtype=torch.int64)  # (T,)
+        self.write = (slots[:, None] == rows[None, :]).float()  # (C, T) one-hot rows to overwrite
         self.keep = 1.0 - self.write.sum(dim=1)[None, None, :, None]  # (1, 1, C, 1)
         return self.pos
 
@@ -86,8 +91,8 @@ class StaticCacheModel(nn.Module):
 
 
 class _Signature(nn.Module):
-    """One LiteRT signature over the shared core: ``(tokens, input_pos, kv_k_0, kv_v_0, ...)``
-    -> ``{[logits,] kv_k_0, ...}``."""
+    """One LiteRT signature over the shared core: ``(tokens, input_pos, kv_cache_k_0, ...)``
+    -> ``{[logits (1, 1, V),] kv_cache_k_0, ...}`` (LiteRT-LM wants logits as (batch, seq, vocab))."""
 
     with_logits = False
 
@@ -98,21 +103,23 @@ class _Signature(nn.Module):
     def forward(self, tokens, input_pos, **kv):
         names = signature_cache_names(self.core.layers)
         out = list(self.core(tokens, input_pos, [kv[n] for n in names], with_logits=self.with_logits))
-        logits = {"logits": out.pop(0)} if self.with_logits else {}
+        logits = {"logits": out.pop(0)[:, None, :]} if self.with_logits else {}
         return {**logits, **dict(zip(names, out))}
 
 
 class PrefillSignature(_Signature):
-    """``prefill(tokens, input_pos, kv_k_0, kv_v_0, ...) -> {kv_k_0: ..., ...}`` (no logits)."""
+    """``prefill(tokens, input_pos, kv_cache_k_0, kv_cache_v_0, ...) -> {kv_cache_k_0: ..., ...}`` (no logits)."""
 
 
 class DecodeSignature(_Signature):
-    """``decode(tokens, input_pos, kv...) -> {logits, kv_k_0, ...}`` for one token."""
+    """``decode(tokens, input_pos, kv...) -> {logits (1, 1, V), kv_cache_k_0, ...}`` for one token."""
 
     with_logits = True
 
 
 def signature_cache_names(layers: int) -> list[str]:
-    """``[kv_k_0, kv_v_0, kv_k_1, ...]``: the LiteRT signatures' cache arguments, in the order
-    they take and return them (the concat graphs' IO names are ``edgeslm.arch.concat.cache_names``)."""
-    return [f"kv_{kind}_{i}" for i in range(layers) for kind in ("k", "v")]
+    """``[kv_cache_k_0, kv_cache_v_0, kv_cache_k_1, ...]``: the LiteRT signatures' cache arguments,
+    in the order they take and return them. These are LiteRT-LM's names (its executor binds
+    ``kv_cache_k_%d``), so the same .tflite runs in LiteRT-LM too (litertlm_file.py). The concat
+    graphs' IO names are ``edgeslm.arch.concat.cache_names``."""
+    return [f"kv_cache_{kind}_{i}" for i in range(layers) for kind in ("k", "v")]

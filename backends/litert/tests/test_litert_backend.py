@@ -55,14 +55,14 @@ def test_engine_hands_the_cache_back_and_takes_threads(fp32_bundle):
         assert eng.max_context == 128 and eng.prefill_len == 64
         ids = m.tokenizer.encode("The capital of France is")
         eng.prefill(ids)
-        k0 = eng.cache["kv_k_0"]
+        k0 = eng.cache["kv_cache_k_0"]
         assert k0.shape == (1, eng.spec.num_kv_heads, 128, eng.spec.head_dim)
         # a short prompt runs as one padded prefill window: rows past it stay empty; pad rows
         # (len(ids) .. window) hold values no query sees until they are overwritten
         assert np.abs(k0[0, :, :len(ids)]).sum() > 0 and not np.abs(k0[0, :, eng.prefill_len:]).any()
         pad_row = k0[0, :, len(ids)].copy()
         eng.decode(5)
-        k1 = eng.cache["kv_k_0"]
+        k1 = eng.cache["kv_cache_k_0"]
         assert not np.array_equal(k1[0, :, len(ids)], pad_row) and eng.position == len(ids) + 1
         np.testing.assert_array_equal(k1[0, :, :len(ids)], k0[0, :, :len(ids)])
     with edgeslm.load(fp32_bundle, engine_options={"xnnpack": False}) as m:  # builtin kernels agree

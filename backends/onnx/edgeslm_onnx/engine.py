@@ -147,6 +147,16 @@ class OnnxEngine(Engine):
     def decode(self, token_id: int) -> np.ndarray:
         return self._run(self.check_tokens([token_id]))
 
+    def vendor_runtimes(self):
+        """onnxruntime-genai, when the export wrote its files (genai.py)."""
+        if not ((self.bundle.manifest.get("interop") or {}).get("onnxruntime-genai") or {}).get("written"):
+            return {}
+        from functools import partial
+
+        from .genai import vendor_check
+
+        return {"onnxruntime-genai": partial(vendor_check, self.bundle)}
+
     def close(self) -> None:
         self.session = None
         self.cache = []

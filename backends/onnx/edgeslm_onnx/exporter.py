@@ -8,6 +8,7 @@ Graph IO (names fixed; the engine relies on them)::
     present_key_{i}  float32 (1, kv_heads, past + seq, head_dim)
 
 Weights go to ``model.onnx.data`` (external data) so the graph file stays small.
+``model_genai.onnx`` + ``genai_config.json`` (``genai.py``) let onnxruntime-genai open the bundle too.
 """
 
 from __future__ import annotations
@@ -65,7 +66,19 @@ class OnnxExporter(Exporter):
         if spec.precision != "fp32":
             with steps.step(f"Quantizing weights ({spec.precision})"):
                 fields["quantization"] = _quantize(path, source, spec)
+        fields["interop"] = {"onnxruntime-genai": _genai(path, source, spec)}
         return {"artifacts": {"model": MODEL_FILE, "opset": _opset(path)}, **fields}
+
+
+def _genai(path: Path, source, spec: ExportSpec) -> dict[str, Any]:
+    """The files onnxruntime_genai.Model(bundle_dir) reads (genai.py); a failure is recorded, not fatal."""
+    from .genai import write_genai_files
+
+    try:
+        files = write_genai_files(path, source, spec.context_length)
+    except Exception as exc:
+        return {"written": False, "reason": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
+    return {"written": True, "files": files, "open_with": "onnxruntime_genai.Model(bundle_dir)"}
 
 
 def _quantize(path: Path, source, spec: ExportSpec) -> dict[str, Any]:

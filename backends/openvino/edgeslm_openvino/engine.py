@@ -26,6 +26,8 @@ import numpy as np
 from edgeslm.errors import BundleError, GenerationError
 from edgeslm.runtime.engine import Engine, EngineOption
 
+from .genai import GENAI_INPUTS, extra_inputs
+
 
 class OpenVINOEngine(Engine):
     name = "openvino"
@@ -68,6 +70,7 @@ class OpenVINOEngine(Engine):
         if self.stateful and not self.request.query_state():
             raise BundleError(f"{path.name} has neither cache inputs nor state variables")
         self.present_names = ["present_" + n[len("past_"):] for n in self.past_names]
+        self.genai_inputs = set(names) & set(GENAI_INPUTS)  # an IR LLMPipeline opens too (genai.py)
         s = self.spec
         self._empty = np.zeros((1, s.num_kv_heads, 0, s.head_dim), dtype=np.float32)  # (1, kv, 0, hd)
         self.cache: list[np.ndarray] = []
@@ -112,6 +115,16 @@ class OpenVINOEngine(Engine):
     def decode(self, token_id: int) -> np.ndarray:
         return self._run(self.check_tokens([token_id]))
 
+    def vendor_runtimes(self):
+        """OpenVINO GenAI's LLMPipeline, when the export wrote its files (genai.py)."""
+        if not ((self.bundle.manifest.get("interop") or {}).get("openvino-genai") or {}).get("written"):
+            return {}
+        from functools import partial
+
+        from .genai import vendor_check
+
+        return {"openvino-genai": partial(vendor_check, self.bundle)}
+
     def close(self) -> None:
         self.request = None
         self.compiled = None
@@ -121,6 +134,8 @@ class OpenVINOEngine(Engine):
         if self.request is None:
             raise GenerationError("the engine is closed")
         feed = {"input_ids": ids.reshape(1, -1)}  # (1, S) int64
+        if self.genai_inputs:
+            feed.update(extra_inputs(self.genai_inputs, self.position, ids.size))
         if self.stateful:  # the cache never leaves the runtime
             out = self.request.infer(feed)
             logits = out["logits"]
@@ -130,7 +145,7 @@ class OpenVINOEngine(Engine):
             self.cache = [out[n] for n in self.present_names]
             logits = out["logits"]
         self.position += ids.size
-        return np.asarray(logits[0], dtype=np.float32)  # (vocab,)
+        return np.asarray(logits, dtype=np.float32).reshape(-1, logits.shape[-1])[-1]  # (1, [1,] V) -> (V,)
 
 
 def _config(inference_precision, kv_cache_precision, threads, performance_hint) -> dict[str, Any]:

@@ -9,6 +9,9 @@
     ov.Model: input_ids -> logits, with one ReadValue/Assign variable per past/present pair
                         --nncf.compress_weights (int8 | int4)--> ov.save_model
 
+A stateful export is also an OpenVINO GenAI model folder: the IR takes GenAI's extra inputs and
+the tokenizer/detokenizer IRs are written next to it (``genai.py``; manifest ``interop``).
+
 The stateful model keeps the cache inside the runtime (the way OpenVINO's own LLM pipelines
 do), so a decode step moves one token id in and one logits row out. ``options={"stateful":
 False}`` writes the plain IO model instead (the engine runs both; benchmarks compare them).
@@ -27,6 +30,7 @@ from edgeslm.exporting import Exporter, ExportSpec
 from edgeslm.options import flag
 
 from .compress import CompressionConfig, compress
+from .genai import EXACT_PROPERTIES, add_genai_io, write_tokenizers
 
 MODEL_FILE = "openvino_model.xml"
 WEIGHTS_FILE = "openvino_model.bin"
@@ -44,6 +48,7 @@ class OpenVINOExporter(Exporter):
         model = to_openvino(source, spec.context_length)
         if stateful:
             make_stateful(model)
+            add_genai_io(model)  # the IO openvino_genai.LLMPipeline feeds (genai.py)
         fields: dict[str, Any] = {}
         if spec.precision != "fp32":
             with steps.step(f"Compressing weights with NNCF ({spec.precision})"):
@@ -54,6 +59,8 @@ class OpenVINOExporter(Exporter):
             ov.save_model(model, str(out_dir / MODEL_FILE), compress_to_fp16=False)
         except Exception as exc:
             raise ExportError(f"openvino could not save the IR: {exc}") from exc
+        if stateful:
+            fields["interop"] = {"openvino-genai": _genai_files(source, out_dir, steps)}
         fields["artifacts"] = {"model": MODEL_FILE, "weights": WEIGHTS_FILE, "stateful": stateful,
                                "openvino_version": ov.get_version()}
         return fields
@@ -101,3 +108,13 @@ def make_stateful(model) -> None:
     if [p.get_any_name() for p in model.inputs] != ["input_ids"]:
         raise ExportError("making the KV cache stateful left cache inputs behind")
 
+
+def _genai_files(source, out_dir: Path, steps) -> dict[str, Any]:
+    """Write the tokenizer IRs LLMPipeline needs; a missing openvino-tokenizers is recorded, not fatal."""
+    try:
+        with steps.step("Writing the OpenVINO GenAI tokenizer IRs"):
+            files = write_tokenizers(source.tokenizer, out_dir)
+    except Exception as exc:  # openvino-tokenizers absent or a tokenizer it cannot convert
+        return {"written": False, "reason": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
+    return {"written": True, "files": files, "open_with": "openvino_genai.LLMPipeline(bundle_dir, 'CPU')",
+            "exact_properties": EXACT_PROPERTIES}

@@ -43,8 +43,10 @@ def test_ir_is_stateful(fp32_bundle, tiny_source):
     import openvino as ov
 
     model = ov.Core().read_model(str(fp32_bundle / "openvino_model.xml"))
-    assert [p.get_any_name() for p in model.inputs] == ["input_ids"]
+    # input_ids is the graph's only real input; the others are OpenVINO GenAI's (genai.py, unused)
+    assert [p.get_any_name() for p in model.inputs] == ["input_ids", "attention_mask", "position_ids", "beam_idx"]
     assert [p.get_any_name() for p in model.outputs] == ["logits"]
+    assert str(model.output("logits").get_partial_shape()) == f"[1,1,{tiny_source.spec.vocab_size}]"
     assert len(model.get_variables()) == 2 * tiny_source.spec.num_layers
     assert str(model.input("input_ids").get_partial_shape()) == "[1,?]"
 
