@@ -30,7 +30,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-DEFAULT_PRECISIONS = {"onnx": ["fp32", "int8", "int4", "int4-gguf"], "openvino": ["fp32", "int8", "int4"]}
+DEFAULT_PRECISIONS = {"onnx": ["fp32", "int8", "int4", "int4-gguf", "int4-gguf@torch"], "openvino": ["fp32", "int8", "int4"]}
+# "precision@graph": the same precision exported with --option graph=... (onnx: writer | torch)
 
 
 def measure_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
@@ -56,23 +57,25 @@ def export_all(source, combos, cache: Path):
     from edgeslm.progress import Steps
 
     bundles = {}
-    for fmt, prec in combos:
-        out = cache / f"{fmt}-{prec}"
+    for fmt, label in combos:
+        prec, _, graph = label.partition("@")
+        out = cache / f"{fmt}-{label.replace('@', '-')}"
         try:
             b = Bundle.open(out)
             if b.manifest["model"]["source_sha256"] == source.sha256 and b.manifest.get("parity"):
-                bundles[(fmt, prec)] = b
+                bundles[(fmt, label)] = b
                 continue
         except Exception:
             pass
-        print(f"== exporting {fmt}/{prec}", flush=True)
+        print(f"== exporting {fmt}/{label}", flush=True)
         try:
-            bundles[(fmt, prec)] = export_model(source, out, format=fmt, precision=prec, context_length=512,
-                                                overwrite=True, steps=Steps())
+            bundles[(fmt, label)] = export_model(source, out, format=fmt, precision=prec, context_length=512,
+                                                 overwrite=True, steps=Steps(),
+                                                 options={"graph": graph} if graph else None)
         except Exception as exc:  # a failed parity still leaves a bundle worth measuring
-            print(f"   {fmt}/{prec}: {exc}", flush=True)
+            print(f"   {fmt}/{label}: {exc}", flush=True)
             try:
-                bundles[(fmt, prec)] = Bundle.open(out)
+                bundles[(fmt, label)] = Bundle.open(out)
             except Exception:
                 pass
     return bundles
@@ -100,7 +103,7 @@ def main(argv=None) -> int:
     combos = []
     for fmt in available(EXPORTERS):
         for prec in DEFAULT_PRECISIONS.get(fmt, []):
-            if prec in get_exporter(fmt).precisions and (not only or f"{fmt}:{prec}" in only):
+            if prec.partition("@")[0] in get_exporter(fmt).precisions and (not only or f"{fmt}:{prec}" in only):
                 combos.append((fmt, prec))
     bundles = export_all(source, combos, Path(args.cache))
     tokenizer = next(iter(bundles.values())).load_tokenizer() if bundles else source.tokenizer
