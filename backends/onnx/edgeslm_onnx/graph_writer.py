@@ -83,8 +83,18 @@ class Graph:
 class DecoderWriter:
     """Emit one decoder: ``DecoderWriter(cfg, weights, max_len, accuracy_level).model()``."""
 
-    def __init__(self, cfg: DecoderConfig, weights, max_len: int, accuracy_level: int = 4):
+    #: how the exact Q4_1 offset ``blocksum(x) @ (m + 8d).T`` is computed (docs/performance.md):
+    #: "reduce" Reshape + ReduceSum of x, then MatMul + Add; "matmul" x @ block-indicator (one
+    #: MatMul) instead of Reshape + ReduceSum; "rows" the block sums as nb extra output rows of
+    #: the projection's own MatMulNBits (code 1 in block b), then Split + MatMul + Add;
+    #: "none" drops the offset (NOT exact: a speed reference only).
+    OFFSETS = ("reduce", "matmul", "rows", "none")
+
+    def __init__(self, cfg: DecoderConfig, weights, max_len: int, accuracy_level: int = 4, offsets: str = "reduce"):
         self.cfg, self.w, self.max_len, self.accuracy_level = cfg, weights, int(max_len), int(accuracy_level)
+        if offsets not in self.OFFSETS:
+            raise ValueError(f"offsets={offsets!r}: expected one of {', '.join(self.OFFSETS)}")
+        self.offsets = offsets
         self.g = Graph()
         self._blocksums: dict[tuple[str, int], str] = {}
         self.counts: dict[str, int] = {}
@@ -199,14 +209,25 @@ class DecoderWriter:
             y = g.op("MatMul", [x, g.const(base + ".weightT", np.ascontiguousarray(lin.w.T))], base)
             self._count_kind("MatMul fp32")
         else:
-            ins = [x, g.const(base + ".qweight", lin.codes if lin.bits == 8 else _pack4(lin.codes)),
-                   g.const(base + ".scales", lin.scales.reshape(-1))]
+            codes, scales = lin.codes, lin.scales
+            rows = lin.offset is not None and self.offsets == "rows" and (x, k_dim) not in self._blocksums
+            if rows:  # nb extra rows computing the block sums of x: code 9 (= 1 after zero point 8) in block b
+                nb = k_dim // BLOCK
+                extra = np.full((nb, nb, BLOCK), 8, np.uint8)
+                extra[np.arange(nb), np.arange(nb)] = 9
+                codes, scales = np.concatenate([codes, extra]), np.concatenate([scales, np.ones((nb, nb), np.float32)])
+            ins = [x, g.const(base + ".qweight", codes if lin.bits == 8 else _pack4(codes)),
+                   g.const(base + ".scales", scales.reshape(-1))]
             if lin.bits == 8:
-                ins.append(g.const(base + ".zp", np.full(lin.scales.size, 128, np.uint8)))
-            y = g.op("MatMulNBits", ins, base, domain=MS, K=k_dim, N=n, bits=lin.bits, block_size=BLOCK,
+                ins.append(g.const(base + ".zp", np.full(scales.size, 128, np.uint8)))
+            y = g.op("MatMulNBits", ins, base, domain=MS, K=k_dim, N=codes.shape[0], bits=lin.bits, block_size=BLOCK,
                      accuracy_level=self.accuracy_level)
             self._count_kind(f"MatMulNBits {lin.bits}-bit ({lin.qtype})")
-            if lin.offset is not None:  # exact Q4_1: + blocksum(x) @ (m + 8d).T
+            if rows:
+                y, self._blocksums[(x, k_dim)] = g.op(
+                    "Split", [y, g.shared(("split", n, k_dim // BLOCK), np.array([n, k_dim // BLOCK], np.int64))],
+                    base + ".split_blocksums", outputs=2, axis=-1)  # (..., N), (..., K/32)
+            if lin.offset is not None and self.offsets != "none":  # exact Q4_1: + blocksum(x) @ (m + 8d).T
                 off = g.op("MatMul", [self.blocksum(x, k_dim), g.const(base + ".offsetT", np.ascontiguousarray(lin.offset.T))],
                            base + ".offset")  # (..., N)
                 y = g.op("Add", [y, off], base + ".add_offset")
@@ -217,6 +238,10 @@ class DecoderWriter:
     def blocksum(self, x: str, k_dim: int) -> str:
         """Sum of ``x`` over each block of 32 input features, computed once per input: (..., K/32)."""
         key = (x, k_dim)
+        if key not in self._blocksums and self.offsets == "matmul":
+            nb = k_dim // BLOCK
+            indicator = np.repeat(np.eye(nb, dtype=np.float32), BLOCK, axis=0)  # (K, K/32)
+            self._blocksums[key] = self.g.op("MatMul", [x, self.g.shared(("blockind", k_dim), indicator)], "blocksum")
         if key not in self._blocksums:
             g = self.g
             blocks = g.op("Reshape", [x, g.shared(("blocks", k_dim), np.array([0, -1, k_dim // BLOCK, BLOCK], np.int64))],

@@ -46,7 +46,10 @@ def write_graph(source, spec, out_dir: Path, steps) -> dict[str, Any]:
 
         weights = FloatWeights(state)
     with steps.step("Writing the ONNX graph (graph writer)"):
-        writer = DecoderWriter(cfg, weights, spec.context_length, accuracy_level)
+        offsets = str(spec.options.get("q4_1_offsets", "reduce"))
+        if offsets not in DecoderWriter.OFFSETS:
+            raise ExportError(f"option q4_1_offsets={offsets!r}: expected one of {', '.join(DecoderWriter.OFFSETS)}")
+        writer = DecoderWriter(cfg, weights, spec.context_length, accuracy_level, offsets)
         try:
             model = writer.model()
         except KeyError as exc:  # a weight the description promises is missing

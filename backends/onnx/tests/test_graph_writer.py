@@ -114,3 +114,50 @@ def test_unknown_graph_option(tmp_path_factory):
     source = tiny_source(tmp_path_factory, "llama")
     with pytest.raises(ExportError, match="graph='x'"):
         export_model(source, tmp_path_factory.mktemp("x"), format="onnx", parity=False, options={"graph": "x"})
+
+
+@pytest.mark.parametrize("offsets", ["reduce", "matmul", "rows"])
+def test_q4_1_offset_forms_are_exact(tiny_gguf_q4, tmp_path, offsets):
+    """Every exact form of the Q4_1 offset computes the GGUF's own weights: with fp32 compute
+    (accuracy_level 0) the writer's logits equal the torch reference on the dequantized GGUF."""
+    import onnx
+
+    from edgeslm.sources import load_source
+    from edgeslm_onnx.graph_writer import DecoderWriter
+    from edgeslm_onnx.weights import GgufWeights
+
+    source = load_source(tiny_gguf_q4)
+    state = {k: v.detach().float().numpy() for k, v in source.module.state_dict().items()}
+    weights = GgufWeights(state, str(source.path), source.spec.num_heads, source.spec.num_kv_heads)
+    assert weights.kinds == {"Q4_1": 14, "Q8_0": 1} and weights.max_abs_error < 1e-5
+    onnx.save_model(DecoderWriter(source.spec.description, weights, CTX, 0, offsets).model(), str(tmp_path / "m.onnx"))
+    ids = list(range(5, 21))
+    ref, _ = reference(source, ids)
+    run = _Runner(tmp_path / "m.onnx", source.spec.vocab_size)
+    got = [run.step(ids[:12])] + [run.step([t]) for t in ids[12:]]
+    np.testing.assert_allclose(np.stack(got), ref[11:], atol=1e-3 * max(1.0, float(np.abs(ref).max())))
+
+
+class _Runner:
+    """The engine's binding, without a bundle: shared KV buffers, lengths updated in place."""
+
+    def __init__(self, path, vocab):
+        import onnxruntime as ort
+
+        self.sess = ort.InferenceSession(str(path))
+        self.io = self.sess.io_binding()
+        self.io.bind_output("logits")  # first: get_outputs() follows the binding order
+        for i in self.sess.get_inputs():
+            if i.name.startswith("past_"):
+                v = ort.OrtValue.ortvalue_from_numpy(np.zeros(i.shape, np.float32))
+                self.io.bind_ortvalue_input(i.name, v)
+                self.io.bind_ortvalue_output("present_" + i.name[5:], v)
+        self.pos = 0
+
+    def step(self, ids):
+        self.pos += len(ids)
+        self.io.bind_cpu_input("input_ids", np.asarray([ids], np.int64))
+        self.io.bind_cpu_input("seqlens_k", np.array([self.pos - 1], np.int32))
+        self.io.bind_cpu_input("total_sequence_length", np.array(self.pos, np.int32))
+        self.sess.run_with_iobinding(self.io)
+        return self.io.get_outputs()[0].numpy()[0].copy()
