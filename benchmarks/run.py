@@ -81,6 +81,38 @@ def export_all(source, combos, cache: Path):
     return bundles
 
 
+def decode_steps(eng, prompt, steps: int) -> tuple[float, float]:
+    """Engine-level decode (no Generator): wall and process CPU seconds per step after a prefill.
+    CPU time counts this process's threads only, so it is less disturbed by other jobs on a
+    shared machine than wall time (cache and memory contention still show)."""
+    eng.reset()
+    logits = eng.prefill(prompt)
+    w, c = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        logits = eng.decode(int(np.argmax(logits)))
+    return (time.perf_counter() - w) / steps, (time.process_time() - c) / steps
+
+
+def greedy_tokens(eng, prompt, n: int) -> list[int]:
+    eng.reset()
+    logits, out = eng.prefill(prompt), []
+    for _ in range(n):
+        out.append(int(np.argmax(logits)))
+        logits = eng.decode(out[-1])
+    return out
+
+
+def teacher_forced(eng, prompt, tokens: list[int]) -> float:
+    """Share of positions where the engine's argmax is the reference's next token, each step
+    fed the reference's token (so one disagreement does not derail the rest)."""
+    eng.reset()
+    logits, hits = eng.prefill(prompt), 0
+    for t in tokens:
+        hits += int(np.argmax(logits)) == t
+        logits = eng.decode(t)
+    return hits / len(tokens)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", default="1,2")
@@ -129,12 +161,16 @@ def main(argv=None) -> int:
             from llamacpp_engine import LlamaCppEngine
 
             engines["llama.cpp/Q4_1"] = (LlamaCppEngine(str(gguf_path), spec, threads), gguf_path.stat().st_size)
-        samples = {k: {"decode": [], "prefill": [], "ttft": [], "overhead": []} for k in engines}
+        samples = {k: {"decode": [], "prefill": [], "ttft": [], "overhead": [], "step_wall": [], "step_cpu": []}
+                   for k in engines}
+        ref_tokens = greedy_tokens(engines["llama.cpp/Q4_1"][0], prompt, 128) if have_llamacpp else None
         for name, (eng, _) in engines.items():  # warm-up + agreement (teacher-forced vs torch fp32)
             Generator(eng, tokenizer).generate(prompt, max_new_tokens=8, stop_on_eos=False)
             if name not in results.get("agreement", {}):
                 rep = run_parity(eng, refs)
                 results.setdefault("agreement", {})[name] = {"top1": rep.top1_agreement, "kl_mean": rep.kl_mean}
+                if ref_tokens:  # teacher-forced on llama.cpp's own greedy tokens (same GGUF), 128 tokens
+                    results["agreement"][name]["vs_llamacpp_greedy"] = teacher_forced(eng, prompt, ref_tokens)
         for r in range(args.rounds):
             for name, (eng, _) in engines.items():
                 m = Generator(eng, tokenizer).generate(prompt, max_new_tokens=args.new_tokens, stop_on_eos=False).metrics
@@ -143,6 +179,9 @@ def main(argv=None) -> int:
                 s["prefill"].append(m.prefill_tokens_per_s)
                 s["ttft"].append(m.time_to_first_token_s)
                 s["overhead"].append(m.generator_overhead)
+                wall, cpu = decode_steps(eng, prompt, args.new_tokens)
+                s["step_wall"].append(wall)
+                s["step_cpu"].append(cpu)
             print(f"threads {threads} round {r + 1}/{args.rounds} done", flush=True)
         rows = {}
         for name, (eng, nbytes) in engines.items():
@@ -151,6 +190,8 @@ def main(argv=None) -> int:
             rows[name] = {"decode_tok_s": dec, "decode_min": min(s["decode"]), "decode_max": max(s["decode"]),
                           "prefill_tok_s": statistics.median(s["prefill"]), "ttft_ms": statistics.median(s["ttft"]) * 1000,
                           "generator_overhead": statistics.median(s["overhead"]), "weight_bytes": nbytes,
+                          "step_wall_ms": statistics.median(s["step_wall"]) * 1000,
+                          "step_cpu_ms": statistics.median(s["step_cpu"]) * 1000,
                           "bound_tok_s": bw / nbytes, "fraction_of_bound": dec / (bw / nbytes)}
             eng.close()
         ref = rows.get("llama.cpp/Q4_1", {}).get("decode_tok_s")
@@ -179,17 +220,20 @@ def markdown(results) -> str:
              f"read bandwidth {meta['bandwidth_gb_s']:.1f} GB/s; {meta['date']}.", ""]
     for key in sorted(k for k in results if k.startswith("threads_")):
         lines += [f"**{key.replace('_', ' ')}**", "",
-                  "| engine | decode tok/s (min-max) | x llama.cpp | prefill tok/s | TTFT ms | weights MB | % of bound | top-1 vs torch fp32 | generator overhead |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| engine | decode tok/s (min-max) | x llama.cpp | decode step ms (wall / CPU) | prefill tok/s | TTFT ms | weights MB | % of bound | top-1 vs torch fp32 | vs llama.cpp greedy (128, teacher-forced) | generator overhead |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, r in sorted(results[key].items(), key=lambda kv: -kv[1]["decode_tok_s"]):
             agree = results.get("agreement", {}).get(name, {}).get("top1")
+            vs_llama = results.get("agreement", {}).get(name, {}).get("vs_llamacpp_greedy")
             ratio = f"{r['ratio_to_llamacpp']:.2f}" if r.get("ratio_to_llamacpp") else "-"
+            ratio += f" | {r.get('step_wall_ms', 0):.1f} / {r.get('step_cpu_ms', 0):.1f}"
             lines.append(f"| {name} | {r['decode_tok_s']:.1f} ({r['decode_min']:.0f}-{r['decode_max']:.0f}) | {ratio} | "
                          f"{r['prefill_tok_s']:.0f} | {r['ttft_ms']:.0f} | {r['weight_bytes'] / 1e6:.0f} | "
-                         f"{r['fraction_of_bound']:.0%} | {agree:.1%} | {r['generator_overhead']:.1%} |"
+                         f"{r['fraction_of_bound']:.0%} | {agree:.1%} | "
+                         f"{'-' if vs_llama is None else f'{vs_llama:.1%}'} | {r['generator_overhead']:.1%} |"
                          if agree is not None else
                          f"| {name} | {r['decode_tok_s']:.1f} | {ratio} | {r['prefill_tok_s']:.0f} | {r['ttft_ms']:.0f} | "
-                         f"{r['weight_bytes'] / 1e6:.0f} | {r['fraction_of_bound']:.0%} | - | {r['generator_overhead']:.1%} |")
+                         f"{r['weight_bytes'] / 1e6:.0f} | {r['fraction_of_bound']:.0%} | - | - | {r['generator_overhead']:.1%} |")
         lines.append("")
     return "\n".join(lines)
 
