@@ -65,24 +65,31 @@ def _short(names: Sequence[str]) -> str:
 class OnnxEngine(Engine):
     """Options: ``threads`` (intra-op threads, default: onnxruntime's choice),
     ``providers`` (default ``["CPUExecutionProvider"]``), ``io_binding`` (default True;
-    False hands the cache through numpy each step, kept for comparison in benchmarks)."""
+    False hands the cache through numpy each step, kept for comparison in benchmarks),
+    ``spinning`` (default False: worker threads block instead of busy-waiting between ops)."""
 
     name = "onnx"
     known_options = {
         "threads": EngineOption("int", "intra-op threads (default: onnxruntime's choice)"),
         "providers": EngineOption("list", "execution providers in priority order: cuda,cpu (default cpu)"),
         "io_binding": EngineOption("bool", "keep the KV cache in onnxruntime buffers (default true)"),
+        "spinning": EngineOption("bool", "intra-op threads busy-wait between ops (default false: on a shared "
+                                         "CPU spinning threads steal the time slices the work needs)"),
     }
 
     def __init__(self, bundle, threads: int | None = None, providers: Sequence[str] | None = None,
-                 io_binding: bool = True, **options):
-        super().__init__(bundle, threads=threads, providers=providers, io_binding=io_binding, **options)
+                 io_binding: bool = True, spinning: bool = False, **options):
+        super().__init__(bundle, threads=threads, providers=providers, io_binding=io_binding, spinning=spinning,
+                         **options)
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
+        # Measured (docs/performance.md): with 2 threads on a loaded machine, spinning made a
+        # decode step ~3x slower; a decode step is hundreds of short ops, each a thread hand-off.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         model = bundle.artifact("model")
         wanted = resolve_providers(providers)
