@@ -31,6 +31,7 @@ class Runner:
 
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the engine does
         self.sess = ort.InferenceSession(str(path), so)
         self.io = self.sess.io_binding()
         self.kv = []

@@ -161,3 +161,11 @@ class _Runner:
         self.io.bind_cpu_input("total_sequence_length", np.array(self.pos, np.int32))
         self.sess.run_with_iobinding(self.io)
         return self.io.get_outputs()[0].numpy()[0].copy()
+
+
+def test_auto_falls_back_to_torch_with_the_reason(tmp_path_factory):
+    source = tiny_source(tmp_path_factory, "qwen3")  # head_dim 24: not for GroupQueryAttention's rotary
+    b = export_model(source, tmp_path_factory.mktemp("q3auto"), format="onnx", context_length=CTX, parity_tokens=4)
+    g = b.manifest["artifacts"]["graph"]
+    assert g["kind"] == "torch" and "multiples of 16" in g["writer_unsupported"]
+    assert b.manifest["parity"]["passed"]
