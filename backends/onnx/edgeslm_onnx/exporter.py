@@ -49,6 +49,8 @@ class OnnxExporter(Exporter):
         if graph not in ("auto", "writer", "torch"):
             raise ExportError(f"option graph={graph!r}: expected auto, writer or torch")
         reason = None
+        if graph == "auto" and "fused_ops" in spec.options:  # an option of the torch export: the user means it
+            graph, reason = "torch", "option fused_ops selects the torch export"
         if graph != "torch":
             from .writer_export import write_graph
 
