@@ -46,7 +46,7 @@ def write_graph(source, spec, out_dir: Path, steps) -> dict[str, Any]:
 
         weights = FloatWeights(state)
     with steps.step("Writing the ONNX graph (graph writer)"):
-        offsets = str(spec.options.get("q4_1_offsets", "reduce"))
+        offsets = str(spec.options.get("q4_1_offsets", "matmul"))
         if offsets not in DecoderWriter.OFFSETS:
             raise ExportError(f"option q4_1_offsets={offsets!r}: expected one of {', '.join(DecoderWriter.OFFSETS)}")
         writer = DecoderWriter(cfg, weights, spec.context_length, accuracy_level, offsets)
