@@ -40,6 +40,8 @@ def main(argv=None) -> int:
     so.enable_profiling = True
     so.profile_file_prefix = os.path.join(tmp, "prof")
     engine.session = ort.InferenceSession(str(bundle.file(bundle.manifest["artifacts"]["model"])), so)
+    if engine.shared_buffer:  # graph-writer bundle: bind the KV buffers to the profiling session
+        engine._bind_buffers(ort)
     ids = prompt_ids(bundle.load_tokenizer(), 128)
     logits = engine.prefill(ids)
     t = time.perf_counter()

@@ -30,7 +30,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-DEFAULT_PRECISIONS = {"onnx": ["fp32", "int8", "int4", "int4-gguf"], "openvino": ["fp32", "int8", "int4"]}
+DEFAULT_PRECISIONS = {"onnx": ["fp32", "int8", "int4", "int4-gguf", "int4-gguf@torch"], "openvino": ["fp32", "int8", "int4"]}
+# "precision@graph": the same precision exported with --option graph=... (onnx: writer | torch)
 
 
 def measure_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
@@ -56,26 +57,60 @@ def export_all(source, combos, cache: Path):
     from edgeslm.progress import Steps
 
     bundles = {}
-    for fmt, prec in combos:
-        out = cache / f"{fmt}-{prec}"
+    for fmt, label in combos:
+        prec, _, graph = label.partition("@")
+        out = cache / f"{fmt}-{label.replace('@', '-')}"
         try:
             b = Bundle.open(out)
             if b.manifest["model"]["source_sha256"] == source.sha256 and b.manifest.get("parity"):
-                bundles[(fmt, prec)] = b
+                bundles[(fmt, label)] = b
                 continue
         except Exception:
             pass
-        print(f"== exporting {fmt}/{prec}", flush=True)
+        print(f"== exporting {fmt}/{label}", flush=True)
         try:
-            bundles[(fmt, prec)] = export_model(source, out, format=fmt, precision=prec, context_length=512,
-                                                overwrite=True, steps=Steps())
+            bundles[(fmt, label)] = export_model(source, out, format=fmt, precision=prec, context_length=512,
+                                                 overwrite=True, steps=Steps(),
+                                                 options={"graph": graph} if graph else None)
         except Exception as exc:  # a failed parity still leaves a bundle worth measuring
-            print(f"   {fmt}/{prec}: {exc}", flush=True)
+            print(f"   {fmt}/{label}: {exc}", flush=True)
             try:
-                bundles[(fmt, prec)] = Bundle.open(out)
+                bundles[(fmt, label)] = Bundle.open(out)
             except Exception:
                 pass
     return bundles
+
+
+def decode_steps(eng, prompt, steps: int) -> tuple[float, float]:
+    """Engine-level decode (no Generator): wall and process CPU seconds per step after a prefill.
+    CPU time counts this process's threads only, so it is less disturbed by other jobs on a
+    shared machine than wall time (cache and memory contention still show)."""
+    eng.reset()
+    logits = eng.prefill(prompt)
+    w, c = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        logits = eng.decode(int(np.argmax(logits)))
+    return (time.perf_counter() - w) / steps, (time.process_time() - c) / steps
+
+
+def greedy_tokens(eng, prompt, n: int) -> list[int]:
+    eng.reset()
+    logits, out = eng.prefill(prompt), []
+    for _ in range(n):
+        out.append(int(np.argmax(logits)))
+        logits = eng.decode(out[-1])
+    return out
+
+
+def teacher_forced(eng, prompt, tokens: list[int]) -> float:
+    """Share of positions where the engine's argmax is the reference's next token, each step
+    fed the reference's token (so one disagreement does not derail the rest)."""
+    eng.reset()
+    logits, hits = eng.prefill(prompt), 0
+    for t in tokens:
+        hits += int(np.argmax(logits)) == t
+        logits = eng.decode(t)
+    return hits / len(tokens)
 
 
 def main(argv=None) -> int:
@@ -86,6 +121,7 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--only", default="", help="comma list of format:precision (and/or llama.cpp)")
     ap.add_argument("--cache", default="out/bench")
+    ap.add_argument("--spin-variant", action="store_true", help="also onnx int4-gguf with spinning threads (2+ threads)")
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args(argv)
 
@@ -100,7 +136,7 @@ def main(argv=None) -> int:
     combos = []
     for fmt in available(EXPORTERS):
         for prec in DEFAULT_PRECISIONS.get(fmt, []):
-            if prec in get_exporter(fmt).precisions and (not only or f"{fmt}:{prec}" in only):
+            if prec.partition("@")[0] in get_exporter(fmt).precisions and (not only or f"{fmt}:{prec}" in only):
                 combos.append((fmt, prec))
     bundles = export_all(source, combos, Path(args.cache))
     tokenizer = next(iter(bundles.values())).load_tokenizer() if bundles else source.tokenizer
@@ -122,16 +158,22 @@ def main(argv=None) -> int:
         engines = {}
         for (fmt, prec), b in bundles.items():
             engines[f"{fmt}/{prec}"] = (get_engine(fmt)(b, threads=threads), weight_bytes(b))
+            if fmt == "onnx" and args.spin_variant and threads > 1 and prec == "int4-gguf":  # the engine's default is off
+                engines[f"{fmt}/{prec}+spinning"] = (get_engine(fmt)(b, threads=threads, spinning=True), weight_bytes(b))
         if have_llamacpp:
             from llamacpp_engine import LlamaCppEngine
 
             engines["llama.cpp/Q4_1"] = (LlamaCppEngine(str(gguf_path), spec, threads), gguf_path.stat().st_size)
-        samples = {k: {"decode": [], "prefill": [], "ttft": [], "overhead": []} for k in engines}
+        samples = {k: {"decode": [], "prefill": [], "ttft": [], "overhead": [], "step_wall": [], "step_cpu": []}
+                   for k in engines}
+        ref_tokens = greedy_tokens(engines["llama.cpp/Q4_1"][0], prompt, 128) if have_llamacpp else None
         for name, (eng, _) in engines.items():  # warm-up + agreement (teacher-forced vs torch fp32)
             Generator(eng, tokenizer).generate(prompt, max_new_tokens=8, stop_on_eos=False)
             if name not in results.get("agreement", {}):
                 rep = run_parity(eng, refs)
                 results.setdefault("agreement", {})[name] = {"top1": rep.top1_agreement, "kl_mean": rep.kl_mean}
+                if ref_tokens:  # teacher-forced on llama.cpp's own greedy tokens (same GGUF), 128 tokens
+                    results["agreement"][name]["vs_llamacpp_greedy"] = teacher_forced(eng, prompt, ref_tokens)
         for r in range(args.rounds):
             for name, (eng, _) in engines.items():
                 m = Generator(eng, tokenizer).generate(prompt, max_new_tokens=args.new_tokens, stop_on_eos=False).metrics
@@ -140,6 +182,9 @@ def main(argv=None) -> int:
                 s["prefill"].append(m.prefill_tokens_per_s)
                 s["ttft"].append(m.time_to_first_token_s)
                 s["overhead"].append(m.generator_overhead)
+                wall, cpu = decode_steps(eng, prompt, args.new_tokens)
+                s["step_wall"].append(wall)
+                s["step_cpu"].append(cpu)
             print(f"threads {threads} round {r + 1}/{args.rounds} done", flush=True)
         rows = {}
         for name, (eng, nbytes) in engines.items():
@@ -148,6 +193,8 @@ def main(argv=None) -> int:
             rows[name] = {"decode_tok_s": dec, "decode_min": min(s["decode"]), "decode_max": max(s["decode"]),
                           "prefill_tok_s": statistics.median(s["prefill"]), "ttft_ms": statistics.median(s["ttft"]) * 1000,
                           "generator_overhead": statistics.median(s["overhead"]), "weight_bytes": nbytes,
+                          "step_wall_ms": statistics.median(s["step_wall"]) * 1000,
+                          "step_cpu_ms": statistics.median(s["step_cpu"]) * 1000,
                           "bound_tok_s": bw / nbytes, "fraction_of_bound": dec / (bw / nbytes)}
             eng.close()
         ref = rows.get("llama.cpp/Q4_1", {}).get("decode_tok_s")
@@ -176,17 +223,20 @@ def markdown(results) -> str:
              f"read bandwidth {meta['bandwidth_gb_s']:.1f} GB/s; {meta['date']}.", ""]
     for key in sorted(k for k in results if k.startswith("threads_")):
         lines += [f"**{key.replace('_', ' ')}**", "",
-                  "| engine | decode tok/s (min-max) | x llama.cpp | prefill tok/s | TTFT ms | weights MB | % of bound | top-1 vs torch fp32 | generator overhead |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| engine | decode tok/s (min-max) | x llama.cpp | decode step ms (wall / CPU) | prefill tok/s | TTFT ms | weights MB | % of bound | top-1 vs torch fp32 | vs llama.cpp greedy (128, teacher-forced) | generator overhead |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, r in sorted(results[key].items(), key=lambda kv: -kv[1]["decode_tok_s"]):
             agree = results.get("agreement", {}).get(name, {}).get("top1")
+            vs_llama = results.get("agreement", {}).get(name, {}).get("vs_llamacpp_greedy")
             ratio = f"{r['ratio_to_llamacpp']:.2f}" if r.get("ratio_to_llamacpp") else "-"
+            ratio += f" | {r.get('step_wall_ms', 0):.1f} / {r.get('step_cpu_ms', 0):.1f}"
             lines.append(f"| {name} | {r['decode_tok_s']:.1f} ({r['decode_min']:.0f}-{r['decode_max']:.0f}) | {ratio} | "
                          f"{r['prefill_tok_s']:.0f} | {r['ttft_ms']:.0f} | {r['weight_bytes'] / 1e6:.0f} | "
-                         f"{r['fraction_of_bound']:.0%} | {agree:.1%} | {r['generator_overhead']:.1%} |"
+                         f"{r['fraction_of_bound']:.0%} | {agree:.1%} | "
+                         f"{'-' if vs_llama is None else f'{vs_llama:.1%}'} | {r['generator_overhead']:.1%} |"
                          if agree is not None else
                          f"| {name} | {r['decode_tok_s']:.1f} | {ratio} | {r['prefill_tok_s']:.0f} | {r['ttft_ms']:.0f} | "
-                         f"{r['weight_bytes'] / 1e6:.0f} | {r['fraction_of_bound']:.0%} | - | {r['generator_overhead']:.1%} |")
+                         f"{r['weight_bytes'] / 1e6:.0f} | {r['fraction_of_bound']:.0%} | - | - | {r['generator_overhead']:.1%} |")
         lines.append("")
     return "\n".join(lines)
 

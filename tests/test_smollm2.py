@@ -37,3 +37,21 @@ def test_chat_answer(smollm2_onnx_bundle):
     assert "Paris" in res.text
     assert res.finish_reason == "eos"  # the model ends its turn with <|im_end|>
     assert streamed == res.text
+
+
+def test_int4_gguf_graph_writer_export(smollm2_source, tmp_path):
+    """The default int4-gguf export of the real model: written directly (no torch.onnx), the
+    GGUF's own blocks, the KV cache as an in-place buffer, and greedy agreement with the source."""
+    from edgeslm.exporting import export_model
+
+    b = export_model(smollm2_source, tmp_path / "w", format="onnx", precision="int4-gguf", context_length=256,
+                     parity_tokens=16)
+    g = b.manifest["artifacts"]["graph"]
+    assert g["kind"] == "writer" and g["ops"]["GroupQueryAttention"] == 30 and g["ops"].get("Concat", 0) == 0
+    q = b.manifest["quantization"]
+    assert q["details"]["gguf_tensors_mapped"] == {"Q8_0": 1, "Q4_1": 210} and q["matmuls_kept_float"] == 0
+    assert q["max_abs_weight_error"] < 1e-5 and q["embedding"] == q["lm_head"] == "gguf-Q8_0"
+    assert b.manifest["parity"]["passed"] and b.manifest["parity"]["top1_agreement"] >= 0.95
+    with edgeslm.load(b.path) as model:
+        first = model.chat([{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=24)
+        assert "Paris" in first.text

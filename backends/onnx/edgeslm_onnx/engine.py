@@ -1,6 +1,13 @@
 """ONNX Runtime engine.
 
-The KV cache stays in onnxruntime's own buffers (OrtValues) between steps: each step binds the
+Graphs from the graph writer (input ``seqlens_k``): the KV cache is one preallocated buffer
+per layer and kind, ``(1, kv, L, hd)``, bound once as both ``past_*`` and ``present_*``
+(GroupQueryAttention writes the new positions in place); ``seqlens_k`` and
+``total_sequence_length`` are small numpy arrays bound once and updated in place; the logits
+are written into a preallocated array. Per call only ``input_ids`` is rebound. Truncating the
+cache (prefix reuse) is just a new position: later positions are overwritten.
+
+Torch-exported graphs: the KV cache stays in onnxruntime's own buffers (OrtValues) between steps: each step binds the
 previous step's ``present_*`` outputs as the next ``past_*`` inputs through IO binding, so no
 cache tensor is converted to or from numpy in Python. Only the logits come back as numpy.
 
@@ -58,24 +65,31 @@ def _short(names: Sequence[str]) -> str:
 class OnnxEngine(Engine):
     """Options: ``threads`` (intra-op threads, default: onnxruntime's choice),
     ``providers`` (default ``["CPUExecutionProvider"]``), ``io_binding`` (default True;
-    False hands the cache through numpy each step, kept for comparison in benchmarks)."""
+    False hands the cache through numpy each step, kept for comparison in benchmarks),
+    ``spinning`` (default False: worker threads block instead of busy-waiting between ops)."""
 
     name = "onnx"
     known_options = {
         "threads": EngineOption("int", "intra-op threads (default: onnxruntime's choice)"),
         "providers": EngineOption("list", "execution providers in priority order: cuda,cpu (default cpu)"),
         "io_binding": EngineOption("bool", "keep the KV cache in onnxruntime buffers (default true)"),
+        "spinning": EngineOption("bool", "intra-op threads busy-wait between ops (default false: on a shared "
+                                         "CPU spinning threads steal the time slices the work needs)"),
     }
 
     def __init__(self, bundle, threads: int | None = None, providers: Sequence[str] | None = None,
-                 io_binding: bool = True, **options):
-        super().__init__(bundle, threads=threads, providers=providers, io_binding=io_binding, **options)
+                 io_binding: bool = True, spinning: bool = False, **options):
+        super().__init__(bundle, threads=threads, providers=providers, io_binding=io_binding, spinning=spinning,
+                         **options)
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
+        # Measured (docs/performance.md): with 2 threads on a loaded machine, spinning made a
+        # decode step ~3x slower; a decode step is hundreds of short ops, each a thread hand-off.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         model = bundle.artifact("model")
         wanted = resolve_providers(providers)
@@ -93,19 +107,53 @@ class OnnxEngine(Engine):
         self.present_names = ["present_" + n[len("past_"):] for n in self.past_names]
         self.output_names = ["logits", *self.present_names]
         self.io_binding = io_binding
-        s = self.spec
-        empty = np.zeros((1, s.num_kv_heads, 0, s.head_dim), dtype=np.float32)
-        self._empty = ort.OrtValue.ortvalue_from_numpy(empty) if io_binding else empty
+        self.shared_buffer = "seqlens_k" in names
+        if self.shared_buffer:
+            self._bind_buffers(ort)
+        else:
+            s = self.spec
+            empty = np.zeros((1, s.num_kv_heads, 0, s.head_dim), dtype=np.float32)
+            self._empty = ort.OrtValue.ortvalue_from_numpy(empty) if io_binding else empty
         self.reset()
 
+    def _bind_buffers(self, ort) -> None:
+        """Shared-buffer graphs: allocate the KV buffers, lengths and logits once and bind them."""
+        shapes = {i.name: i.shape for i in self.session.get_inputs()}
+        self.buffer_length = int(shapes[self.past_names[0]][2])
+        self._kv = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shapes[n], np.float32)) for n in self.past_names]
+        self._seqlens = np.zeros(1, np.int32)  # updated in place before each run
+        self._total = np.zeros((), np.int32)
+        self._logits = np.zeros((1, self.spec.vocab_size), np.float32)
+        self._decode_ids = np.zeros((1, 1), np.int64)
+        io = self.session.io_binding()
+        for past, present, value in zip(self.past_names, self.present_names, self._kv):
+            io.bind_ortvalue_input(past, value)
+            io.bind_ortvalue_output(present, value)  # the same buffer: written in place
+        io.bind_ortvalue_input("seqlens_k", ort.OrtValue.ortvalue_from_numpy(self._seqlens))
+        io.bind_ortvalue_input("total_sequence_length", ort.OrtValue.ortvalue_from_numpy(self._total))
+        io.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self._logits))
+        self._decode_value = ort.OrtValue.ortvalue_from_numpy(self._decode_ids)
+        self._bound_decode = False
+        self._io = io
+
+    @property
+    def max_context(self) -> int:
+        limit = super().max_context
+        return min(limit, self.buffer_length) if getattr(self, "shared_buffer", False) else limit
+
     def reset(self) -> None:
-        self.cache = [self._empty] * len(self.past_names)
+        if not self.shared_buffer:
+            self.cache = [self._empty] * len(self.past_names)
         self.position = 0
 
     def truncate(self, length: int) -> bool:
-        """Keep the first ``length`` positions of every cache tensor (one copy of each)."""
+        """Keep the first ``length`` positions of every cache tensor (shared buffer: free;
+        otherwise one copy of each)."""
         if not 0 <= length <= self.position:
             return False
+        if self.shared_buffer:
+            self.position = length  # positions past it are overwritten by the next call
+            return True
         if length in (0, self.position):
             return super().truncate(length)
         import onnxruntime as ort
@@ -119,7 +167,26 @@ class OnnxEngine(Engine):
         self.position = length
         return True
 
+    def _run_shared(self, ids: np.ndarray) -> np.ndarray:
+        io = self._io
+        if ids.size == 1:
+            self._decode_ids[0, 0] = ids[0]
+            if not self._bound_decode:
+                io.bind_ortvalue_input("input_ids", self._decode_value)
+                self._bound_decode = True
+        else:
+            io.bind_cpu_input("input_ids", np.ascontiguousarray(ids.reshape(1, -1)))
+            self._bound_decode = False
+        total = self.position + ids.size
+        self._seqlens[0] = total - 1
+        self._total[...] = total
+        self.session.run_with_iobinding(io)
+        self.position = total
+        return self._logits[0].copy()  # the buffer is overwritten by the next call
+
     def _run(self, ids: np.ndarray) -> np.ndarray:
+        if self.shared_buffer:
+            return self._run_shared(ids)
         ids = np.ascontiguousarray(ids.reshape(1, -1))
         if self.io_binding:
             io = self.session.io_binding()
@@ -160,6 +227,7 @@ class OnnxEngine(Engine):
     def close(self) -> None:
         self.session = None
         self.cache = []
+        self._io = self._kv = None
 
 
 def _check_io(session, spec, where) -> None:

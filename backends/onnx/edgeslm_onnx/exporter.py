@@ -1,6 +1,14 @@
-"""Export the re-authored decoder to ONNX with torch.onnx's dynamo exporter.
+"""Export the decoder to ONNX: written directly from the description (graph writer, default
+where it applies) or through torch.onnx's dynamo exporter (``--option graph=torch``).
 
-Graph IO (names fixed; the engine relies on them)::
+``graph=writer`` (:mod:`.graph_writer`): onnxruntime contrib ops (GroupQueryAttention with
+rotary inside and the KV cache as one preallocated buffer written in place,
+SkipSimplifiedLayerNormalization, packed projections, MatMulNBits on the GGUF's own blocks);
+fp32 and int4-gguf. ``graph=auto`` (the default) uses it for those precisions when the model
+fits the contrib ops and falls back to torch otherwise, recording the reason in the manifest
+(``artifacts.graph``). Its IO is documented in :mod:`.graph_writer`.
+
+Torch graph IO (names fixed; the engine relies on them)::
 
     input_ids        int64   (1, seq)
     past_key_{i}     float32 (1, kv_heads, past, head_dim)     i = 0..layers-1, also past_value_{i}
@@ -23,6 +31,8 @@ from edgeslm.errors import ExportError
 from edgeslm.exporting import Exporter, ExportSpec
 from edgeslm.options import flag
 
+from .graph_writer import Unsupported as WriterUnsupported
+
 MODEL_FILE = "model.onnx"
 OPSET_FUSED = 23
 OPSET_PLAIN = 20
@@ -37,6 +47,26 @@ class OnnxExporter(Exporter):
     min_top1_agreement = {"fp32": 1.0, "int4-gguf": 0.95}
 
     def export(self, source, spec: ExportSpec, out_dir: Path, steps) -> dict[str, Any]:
+        graph = str(spec.options.get("graph", "auto")).lower()
+        if graph not in ("auto", "writer", "torch"):
+            raise ExportError(f"option graph={graph!r}: expected auto, writer or torch")
+        reason = None
+        if graph == "auto" and "fused_ops" in spec.options:  # an option of the torch export: the user means it
+            graph, reason = "torch", "option fused_ops selects the torch export"
+        if graph != "torch":
+            from .writer_export import write_graph
+
+            try:
+                return write_graph(source, spec, out_dir, steps)
+            except WriterUnsupported as exc:
+                if graph == "writer":
+                    raise ExportError(f"the graph writer cannot export this model: {exc}") from exc
+                reason = str(exc)
+        out = self._export_torch(source, spec, out_dir, steps)
+        out["artifacts"]["graph"] = {"kind": "torch", **({"writer_unsupported": reason} if reason else {})}
+        return out
+
+    def _export_torch(self, source, spec: ExportSpec, out_dir: Path, steps) -> dict[str, Any]:
         torch = require("torch", "export", "ONNX export")
         require("onnxscript", "onnx", "ONNX export")
         from edgeslm.arch.concat import example_inputs, io_names

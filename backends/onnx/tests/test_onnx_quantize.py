@@ -40,11 +40,15 @@ def test_requantized_graph_uses_nbits_kernels(bundle_factory, precision, bits):
     assert edgeslm.load(b).bundle.bytes < edgeslm.load(fp32).bundle.bytes
 
 
-def test_transcoded_gguf_is_the_gguf(gguf_q4_source, tmp_path):
+@pytest.mark.parametrize("graph,matmuls,blocksums", [("writer", 2 * 4 + 1, {"MatMul": 2 * 4 * 2, "ReduceSum": 0}),
+                                                     ("torch", 15, {"ReduceSum": 2 * 4})])
+def test_transcoded_gguf_is_the_gguf(gguf_q4_source, tmp_path, graph, matmuls, blocksums):
     # accuracy_level 0 computes in fp32, so parity isolates the weights; the default (4, int8
     # activations) is measured on SmolLM2 instead (random tiny weights make its logits near-ties).
+    # The writer packs q/k/v and gate/up: 4 MatMulNBits per layer + lm_head; torch's graph 7 + 1.
     b = export_model(gguf_q4_source, tmp_path / "t", format="onnx", precision="int4-gguf", context_length=128,
-                     parity_tokens=8, options={"accuracy_level": 0})
+                     parity_tokens=8, options={"accuracy_level": 0, "graph": graph})
+    assert b.manifest["artifacts"]["graph"]["kind"] == graph
     q = b.manifest["quantization"]
     assert q["details"]["gguf_tensors_mapped"] == {"Q4_1": 14, "Q8_0": 1}
     assert q["matmuls_kept_float"] == 0 and q["embedding"] == "gguf-Q8_0" and q["lm_head"] == "gguf-Q8_0"
@@ -52,7 +56,8 @@ def test_transcoded_gguf_is_the_gguf(gguf_q4_source, tmp_path):
     p = b.manifest["parity"]
     assert p["passed"] and p["top1_agreement"] >= 0.97
     ops = op_counts(b.path)
-    assert ops["MatMulNBits"] == 15 and ops["ReduceSum"] == 2 * 4  # block sums: 4 distinct inputs per layer
+    # block sums: 4 distinct inputs per layer (writer: x @ block-indicator, then the offset MatMul)
+    assert ops["MatMulNBits"] == matmuls and {k: ops[k] for k in blocksums} == blocksums
 
 
 def test_transcoding_follows_the_family_conventions(tmp_path):

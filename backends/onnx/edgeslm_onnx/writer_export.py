@@ -1,0 +1,84 @@
+"""The graph-writer export: a source model's description + weights -> ``model.onnx`` (no torch.onnx)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from edgeslm._deps import require
+from edgeslm.errors import ExportError
+
+from .graph_writer import DecoderWriter, Unsupported
+
+MODEL_FILE = "model.onnx"
+PRECISIONS = ("fp32", "int4-gguf")
+
+
+def write_graph(source, spec, out_dir: Path, steps) -> dict[str, Any]:
+    """Write the bundle's model files; :class:`Unsupported` when the writer cannot (the caller
+    falls back to the torch export or reports it)."""
+    onnx = require("onnx", "onnx", "ONNX export")
+    if spec.precision not in PRECISIONS:
+        raise Unsupported(f"precision {spec.precision} (the writer does {', '.join(PRECISIONS)}; "
+                          "re-quantized int8/int4 go through the torch graph)")
+    if source.spec.extra.get("low_rank"):
+        raise Unsupported("low-rank factorized linears")
+    cfg = source.spec.description
+    if cfg is None:
+        raise Unsupported("the source has no decoder description")
+    accuracy_level = int(spec.options.get("accuracy_level", 4))
+    t0 = time.perf_counter()
+    state = {k: v.detach().float().numpy() for k, v in source.module.state_dict().items()}
+    if spec.precision == "int4-gguf":
+        if source.kind != "gguf":
+            raise ExportError("precision int4-gguf transcodes a GGUF's own 4-bit blocks; the source is not a GGUF "
+                              "file (use int4 to quantize float weights)")
+        from .weights import GgufWeights
+
+        with steps.step("Reading the GGUF's blocks"):
+            weights = GgufWeights(state, str(source.path), source.spec.num_heads, source.spec.num_kv_heads)
+        if not weights.kinds:
+            raise ExportError(f"{source.path}: no Q4_1/Q8_0 tensor of the GGUF matches a weight of the model; "
+                              "int4-gguf needs the unmodified GGUF as the source")
+    else:
+        from .weights import FloatWeights
+
+        weights = FloatWeights(state)
+    with steps.step("Writing the ONNX graph (graph writer)"):
+        offsets = str(spec.options.get("q4_1_offsets", "matmul"))
+        if offsets not in DecoderWriter.OFFSETS:
+            raise ExportError(f"option q4_1_offsets={offsets!r}: expected one of {', '.join(DecoderWriter.OFFSETS)}")
+        writer = DecoderWriter(cfg, weights, spec.context_length, accuracy_level, offsets)
+        try:
+            model = writer.model()
+        except KeyError as exc:  # a weight the description promises is missing
+            raise Unsupported(f"weight {exc} not in the model's state dict") from exc
+        path = out_dir / MODEL_FILE
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=MODEL_FILE + ".data", size_threshold=1024)
+    files = sorted(p.name for p in out_dir.iterdir())
+    ops: dict[str, int] = {}
+    for n in model.graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    out: dict[str, Any] = {"artifacts": {"model": MODEL_FILE, "files": files, "opset": 21,
+                                         "graph": {"kind": "writer", "kv_cache": "shared-buffer",
+                                                   "max_length": spec.context_length, "nodes": len(model.graph.node),
+                                                   "ops": ops, "seconds": round(time.perf_counter() - t0, 1)}}}
+    if spec.precision == "int4-gguf":
+        kinds = writer.counts
+        head = "model.embed_tokens" if cfg.tie_word_embeddings else "lm_head"
+        out["quantization"] = {
+            "precision": "int4-gguf", "accuracy_level": accuracy_level, "block_size": 32,
+            "matmuls_quantized": sum(v for k, v in kinds.items() if k.startswith("MatMulNBits")),
+            "matmuls_kept_float": kinds.get("MatMul fp32", 0),
+            "embedding": _kind(weights, "model.embed_tokens"), "lm_head": _kind(weights, head),
+            "max_abs_weight_error": weights.max_abs_error,
+            "details": {"gguf_tensors_mapped": weights.kinds, "kernels": kinds,
+                        "q4_1_as": "symmetric 4-bit MatMulNBits + exact per-block offset; q/k/v and gate/up packed"}}
+    return out
+
+
+def _kind(weights, name: str) -> str:
+    blk = weights.blocks.get(name)
+    return f"gguf-{blk.qtype}" if blk is not None else "fp32"

@@ -1,0 +1,126 @@
+"""Exact Q4_1 in onnxruntime: which form of the per-block offset decodes fastest (SmolLM2 GGUF).
+
+    python benchmarks/q4_1_offsets.py --threads 1,2 --rounds 3
+
+Writes the SmolLM2 int4-gguf graph once per ``q4_1_offsets`` variant of the graph writer
+(reduce | matmul | rows | none; "none" drops the offset and is NOT exact: the cost of exactness),
+then decodes with each, interleaved in one process (128-token prompt, 64 steps), and reports
+ms per decode step, nodes per graph and the largest difference of the prefill logits to the "reduce" variant.
+Writes benchmarks/results/q4_1_offsets.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+class Runner:
+    """A decode loop on a graph-writer model: shared KV buffers bound once, as the engine does."""
+
+    def __init__(self, path: Path, threads: int, vocab: int):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the engine does
+        self.sess = ort.InferenceSession(str(path), so)
+        self.io = self.sess.io_binding()
+        self.kv = []
+        for i in self.sess.get_inputs():
+            if i.name.startswith("past_"):
+                v = ort.OrtValue.ortvalue_from_numpy(np.zeros(i.shape, np.float32))
+                self.io.bind_ortvalue_input(i.name, v)
+                self.io.bind_ortvalue_output("present_" + i.name[5:], v)
+                self.kv.append(v)
+        self.seqlens, self.total = np.zeros(1, np.int32), np.zeros((), np.int32)
+        self.logits = np.zeros((1, vocab), np.float32)
+        self.io.bind_ortvalue_input("seqlens_k", ort.OrtValue.ortvalue_from_numpy(self.seqlens))
+        self.io.bind_ortvalue_input("total_sequence_length", ort.OrtValue.ortvalue_from_numpy(self.total))
+        self.io.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self.logits))
+        self.pos = 0
+
+    def step(self, ids) -> np.ndarray:
+        self.io.bind_cpu_input("input_ids", np.asarray([ids], np.int64))
+        self.pos += len(ids)
+        self.seqlens[0], self.total[...] = self.pos - 1, self.pos
+        self.sess.run_with_iobinding(self.io)
+        return self.logits[0].copy()
+
+    def generate(self, prompt, steps: int) -> tuple[float, list[np.ndarray]]:
+        self.pos = 0
+        out = [self.step(prompt)]
+        t = time.perf_counter()
+        for _ in range(steps):
+            out.append(self.step([int(out[-1].argmax())]))
+        return (time.perf_counter() - t) / steps, out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--variants", default="reduce,matmul,rows,none")
+    ap.add_argument("--work", default="out/q4_1_offsets")
+    args = ap.parse_args(argv)
+
+    import onnx
+
+    from edgeslm.bench import prompt_ids
+    from edgeslm.sources import load_source
+    from edgeslm_onnx.graph_writer import DecoderWriter
+    from edgeslm_onnx.weights import GgufWeights
+
+    variants = args.variants.split(",")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    source = load_source("smollm2-135m")
+    cfg = source.spec.description
+    prompt = prompt_ids(source.tokenizer, 128)
+    nodes = {}
+    if not all((work / f"{v}.onnx").exists() for v in variants):
+        state = {k: v.detach().float().numpy() for k, v in source.module.state_dict().items()}
+        weights = GgufWeights(state, str(source.path), source.spec.num_heads, source.spec.num_kv_heads)
+        for v in variants:
+            model = DecoderWriter(cfg, weights, 512, 4, v).model()
+            onnx.save_model(model, str(work / f"{v}.onnx"), save_as_external_data=True, location=f"{v}.onnx.data")
+    for v in variants:
+        nodes[v] = len(onnx.load(str(work / f"{v}.onnx"), load_external_data=False).graph.node)
+    results = {"variants": {}, "nodes": nodes, "steps": args.steps, "rounds": args.rounds}
+    for threads in [int(t) for t in args.threads.split(",")]:
+        runners = {v: Runner(work / f"{v}.onnx", threads, cfg.vocab_size) for v in variants}
+        for r in runners.values():
+            r.generate(prompt, 4)  # warm-up
+        times = {v: [] for v in variants}
+        outs = {}
+        for _ in range(args.rounds):
+            for v, r in runners.items():
+                dt, outs[v] = r.generate(prompt, args.steps)
+                times[v].append(dt)
+        for v in variants:
+            diff = float(np.abs(outs[v][0] - outs[variants[0]][0]).max())  # prefill logits: the same input
+            ms = statistics.median(times[v]) * 1000
+            results["variants"].setdefault(v, {})[f"threads_{threads}"] = {
+                "ms_per_step": ms, "tok_s": 1000 / ms, "min_ms": min(times[v]) * 1000,
+                "ratio_to_first": statistics.median(times[variants[0]]) / statistics.median(times[v]),
+                "max_logit_diff_to_first": diff}
+            print(f"threads {threads} {v:7s} nodes {nodes[v]:4d}  {ms:7.2f} ms/step  "
+                  f"x{results['variants'][v][f'threads_{threads}']['ratio_to_first']:.2f}  max|dlogit| {diff:.3g}",
+                  flush=True)
+        del runners
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "q4_1_offsets.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
