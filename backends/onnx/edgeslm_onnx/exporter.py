@@ -57,7 +57,12 @@ class OnnxExporter(Exporter):
             from .writer_export import write_graph
 
             try:
-                return write_graph(source, spec, out_dir, steps)
+                out = write_graph(source, spec, out_dir, steps)
+                out["interop"] = {"onnxruntime-genai": {
+                    "written": False, "reason": "the graph writer's IO (preallocated KV buffers bound as past and "
+                    "present, length inputs) is not the one onnxruntime-genai feeds; export with "
+                    "--option graph=torch for a bundle onnxruntime_genai.Model opens"}}
+                return out
             except WriterUnsupported as exc:
                 if graph == "writer":
                     raise ExportError(f"the graph writer cannot export this model: {exc}") from exc

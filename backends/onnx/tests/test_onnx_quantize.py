@@ -60,7 +60,8 @@ def test_transcoded_gguf_is_the_gguf(gguf_q4_source, tmp_path, graph, matmuls, b
     assert ops["MatMulNBits"] == matmuls and {k: ops[k] for k in blocksums} == blocksums
 
 
-def test_transcoding_follows_the_family_conventions(tmp_path):
+@pytest.mark.parametrize("graph, mapped", [("torch", 15), ("writer", 16)])  # the writer maps the embedding too
+def test_transcoding_follows_the_family_conventions(tmp_path, graph, mapped):
     """A Qwen2 GGUF has no Q/K row permutation (only llama.cpp's llama files do): every matrix,
     q/k included, is still found and transcoded."""
     from edgeslm.sources import load_source
@@ -68,9 +69,10 @@ def test_transcoding_follows_the_family_conventions(tmp_path):
 
     tg = make_family_gguf(tmp_path / "qwen2-q4_1.gguf", "qwen2", types=("Q4_1",))
     b = export_model(load_source(tg.path), tmp_path / "t", format="onnx", precision="int4-gguf", context_length=64,
-                     parity_tokens=4, options={"accuracy_level": 0})
+                     parity_tokens=4, options={"accuracy_level": 0, "graph": graph})
+    assert b.manifest["artifacts"]["graph"]["kind"] == graph
     q = b.manifest["quantization"]
-    assert q["details"]["gguf_tensors_mapped"] == {"Q4_1": 15} and q["matmuls_kept_float"] == 0
+    assert q["details"]["gguf_tensors_mapped"] == {"Q4_1": mapped} and q.get("matmuls_kept_float", 0) == 0
     assert b.manifest["parity"]["top1_agreement"] == 1.0
 
 
