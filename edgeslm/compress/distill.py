@@ -41,6 +41,8 @@ class DistillConfig:
     hard_weight: float = 0.0  # weight of cross-entropy on the text's own next tokens
     checkpoint_every: int = 50  # steps between checkpoints (0 = none)
     seed: int = 0
+    # keep zeroed decoder weights at zero (recovering a sparse model: the mask is the point)
+    keep_zeros: bool = False
 
 
 # -- the student -------------------------------------------------------------------------------
@@ -153,6 +155,11 @@ def distill(teacher: SourceModel, student: SourceModel, data: Sequence[Sequence[
     model = student.module
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
+    masks = []
+    if config.keep_zeros:
+        from .layout import dense_linears
+
+        masks = [(lin, lin.weight.detach() != 0) for _, lin in dense_linears(model, student.spec.description)]
 
     def lr_at(step):
         if step < config.warmup:
@@ -190,6 +197,10 @@ def distill(teacher: SourceModel, student: SourceModel, data: Sequence[Sequence[
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
+            if masks:
+                with torch.no_grad():
+                    for lin, mask in masks:
+                        lin.weight.mul_(mask)
             history.append(loss.item())
             bar.update(task, advance=1, loss=history[-1])
             done = step + 1
