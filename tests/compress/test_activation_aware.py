@@ -155,3 +155,19 @@ def test_recovery_of_a_sparse_model_keeps_its_zeros(family_source):
     out = distill(src, sparse, data, DistillConfig(steps=2, seq_len=32, batch_size=2, checkpoint_every=0,
                                                    keep_zeros=True), progress=False)
     assert sparsity(out.module) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("nm", [None, (2, 4)])
+def test_sparsegpt_compensates_and_beats_wanda_on_the_output_error(nm):
+    from edgeslm.compress.sparsity import sparsegpt, wanda_mask
+
+    torch.manual_seed(0)
+    w = torch.randn(64, 128)
+    x = torch.randn(512, 128) @ torch.randn(128, 128) * 0.3
+    h = (x.T @ x).double()
+    s = sparsegpt(w, h, 0.5, nm)
+    assert float((s == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
+    if nm:
+        assert ((s != 0).view(64, 32, 4).sum(-1) <= 2).all()
+    err = lambda q: float(((x @ (w - q).T) ** 2).sum())  # noqa: E731
+    assert err(s) < err(w * wanda_mask(w, h.diagonal(), 0.5, nm))

@@ -34,6 +34,12 @@ def _wanda(src):
     return activation_sparsify(src, SparsityConfig(sparsity=0.5, pattern="2:4"), calibration_tokens=64)
 
 
+def _sparsegpt(src):
+    from edgeslm.compress.sparsity import SparsityConfig, activation_sparsify
+
+    return activation_sparsify(src, SparsityConfig(sparsity=0.5, method="sparsegpt"), calibration_tokens=64)
+
+
 def _lowrank(src):
     from edgeslm.compress.lowrank import LowRankConfig, low_rank_factorize
 
@@ -63,7 +69,7 @@ def _lora(src):
     return lora_finetune(src, chats, LoraConfig(rank=2, alpha=4, steps=2, batch_size=1), progress=False)
 
 
-TECHNIQUES = {"structured_prune": _structured, "magnitude_prune": _magnitude, "wanda_2of4": _wanda,
+TECHNIQUES = {"structured_prune": _structured, "magnitude_prune": _magnitude, "wanda_2of4": _wanda, "sparsegpt": _sparsegpt,
               "low_rank": _lowrank, "low_rank_whitened": _whitened, "distill": _distilled, "lora": _lora}
 
 
@@ -132,3 +138,29 @@ def test_factorized_layers_are_refused_by_structured_pruning(family_source):
     lr = _lowrank(family_source("llama"))
     with pytest.raises(ValueError, match="factorized layer"):
         structured_prune(lr, StructuredPruneConfig(0.5, 0.5, multiple_of=8))
+
+
+def test_cli_compress_and_distill_a_gemma_folder(family_source, tmp_path, capsys):
+    import json
+
+    from edgeslm.cli import main
+
+    folder = str(family_source("gemma3").path)
+    out = tmp_path / "c"
+    assert main(["compress", folder, "--prune-heads", "0.5", "--prune-mlp", "0.5", "--sparsity-method", "wanda",
+                 "--sparsity-pattern", "2:4", "--int4", "gptq", "-o", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["parameters"][1] < summary["parameters"][0]
+    history = json.loads((out / "edgeslm_compression.json").read_text())
+    assert [h["technique"] for h in history] == ["structured_prune", "wanda", "int4_gptq"]
+    assert load_model(out).spec.architecture == "gemma3"
+    lr = tmp_path / "lr"
+    assert main(["compress", folder, "--low-rank-size", "0.6", "--low-rank-targets", "mlp,attention",
+                 "--low-rank-whiten", "--low-rank-global", "-o", str(lr), "--json"]) == 0
+    capsys.readouterr()
+    text = tmp_path / "t.txt"
+    text.write_text("\n".join(CORPUS * 3))
+    student = tmp_path / "s"
+    assert main(["distill", folder, "--layers", "2", "--intermediate", "64", "--text", str(text), "--steps", "2",
+                 "--seq-len", "32", "--checkpoint-every", "0", "-o", str(student), "--json"]) == 0
+    assert load_model(student).spec.num_layers == 2
