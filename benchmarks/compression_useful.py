@@ -10,8 +10,9 @@ An fp32 export of any of these models reproduces it with 100% top-1 (tests/compr
 so the torch figures are the fp32 bundle's. CPU-minutes are process CPU time (all threads) of
 the technique itself, calibration and training included, evaluation excluded.
 
-Calibration text: the built-in CALIBRATION_TEXT followed by docs/DESIGN.md (never the
-evaluation prompts or paragraph). Recovery training text: the other docs/*.md files.
+Calibration text: the built-in CALIBRATION_TEXT followed by docs/DESIGN.md, performance.md,
+devices.md, serve.md (never the evaluation prompts or paragraph), cut at --calib-tokens.
+Recovery training text: the other docs/*.md files, cut at --train-tokens.
 Writes benchmarks/results/compression_useful.json after every row.
 """
 
@@ -34,11 +35,14 @@ OUT = ROOT / "benchmarks" / "results" / "compression_useful.json"
 def calibration_text() -> str:
     from edgeslm.compress.data import CALIBRATION_TEXT
 
-    return CALIBRATION_TEXT + "\n\n" + (ROOT / "docs" / "DESIGN.md").read_text()
+    docs = ["DESIGN.md", "performance.md", "devices.md", "serve.md"]  # more when --calib-tokens asks for it
+    return CALIBRATION_TEXT + "\n\n" + "\n\n".join((ROOT / "docs" / d).read_text() for d in docs
+                                                     if (ROOT / "docs" / d).is_file())
 
 
 def training_ids(source, max_tokens: int) -> list[list[int]]:
-    files = [p for p in sorted((ROOT / "docs").glob("*.md")) if p.name not in ("DESIGN.md",)]
+    files = [p for p in sorted((ROOT / "docs").glob("*.md"))
+             if p.name not in ("DESIGN.md", "performance.md", "devices.md", "serve.md")]
     ids: list[int] = []
     for p in files:
         ids += source.tokenizer.encode(p.read_text())
