@@ -92,21 +92,37 @@ def _load(model, steps):
 @click.option("--low-rank-size", type=float, default=None, help="Low-rank: keep this fraction of each layer's weights.")
 @click.option("--low-rank-targets", default="mlp", show_default=True,
               help="Comma list: mlp, attention, or layer names (down_proj ...).")
+@click.option("--low-rank-whiten", is_flag=True,
+              help="Low-rank: activation-aware SVD (whitened by the calibration text's inputs).")
+@click.option("--low-rank-global", is_flag=True,
+              help="Low-rank: --low-rank-size is the budget over all targeted layers, ranks by sensitivity.")
 @click.option("--sparsity", type=float, default=0.0, show_default=True,
-              help="Unstructured magnitude pruning: fraction of linear weights zeroed (shapes unchanged).")
+              help="Unstructured pruning: fraction of linear weights zeroed (shapes unchanged).")
+@click.option("--sparsity-method", type=click.Choice(["magnitude", "wanda", "sparsegpt"]), default="magnitude",
+              show_default=True, help="wanda: |W| x input norm on the calibration text; sparsegpt: also "
+              "updates the kept weights (second order). Both keep far more quality than magnitude.")
+@click.option("--sparsity-pattern", default="unstructured", show_default=True,
+              help="unstructured, or N:M such as 2:4 (wanda; implies 50% for 2:4).")
+@click.option("--int4", "int4_method", type=click.Choice(["gptq", "rtn"]), default=None,
+              help="Put the decoder weights on the int4 grid (GPTQ: calibrated); export with -p int4 keeps them.")
 @_export_options
 @_report_option
 @json_option
 def compress_command(model, out_dir, prune_heads, prune_mlp, heads_mode, calibration, low_rank_energy,
-                     low_rank_size, low_rank_targets, sparsity, export_format, precision, bundle_dir, report, as_json):
-    """Compress MODEL: structured pruning, low-rank factorization, magnitude pruning (in that
-    order, any combination), then optionally export with a quantization precision.
+                     low_rank_size, low_rank_targets, low_rank_whiten, low_rank_global, sparsity, sparsity_method,
+                     sparsity_pattern, int4_method, export_format, precision, bundle_dir, report, as_json):
+    """Compress MODEL: structured pruning, low-rank factorization, sparsity, int4 weights (in
+    that order, any combination), then optionally export with a quantization precision.
 
     \b
     Examples:
       edgeslm compress smollm2-135m --prune-heads 0.3 --prune-mlp 0.3 -o out/pruned --report
       edgeslm compress smollm2-135m --low-rank-energy 0.5 -o out/lowrank --export onnx
       edgeslm compress out/pruned --sparsity 0.5 -o out/sparse --report
+      edgeslm compress smollm2-135m --sparsity-method wanda --sparsity-pattern 2:4 -o out/24
+      edgeslm compress smollm2-135m --low-rank-size 0.74 --low-rank-targets mlp,attention \\
+          --low-rank-whiten --low-rank-global -o out/lr
+      edgeslm compress MODEL --int4 gptq -o out/gptq --export onnx --precision int4
     """
     steps = current().steps()
     source = _load(model, steps)
@@ -117,22 +133,52 @@ def compress_command(model, out_dir, prune_heads, prune_mlp, heads_mode, calibra
 
         cfg = StructuredPruneConfig(head_ratio=prune_heads, mlp_ratio=prune_mlp, heads_mode=heads_mode)
         with steps.step("Structured pruning"):
-            result = structured_prune(result, cfg, read_text(calibration) if calibration else None)
+            try:
+                result = structured_prune(result, cfg, read_text(calibration) if calibration else None)
+            except ValueError as exc:
+                raise click.UsageError(str(exc)) from exc
+    text = None
+    if calibration:
+        from ..compress.data import read_text
+
+        text = read_text(calibration)
     if low_rank_energy is not None or low_rank_size is not None:
         from ..compress.lowrank import LowRankConfig, low_rank_factorize
 
         cfg = LowRankConfig(energy=low_rank_energy, size_ratio=low_rank_size,
-                            targets=tuple(t.strip() for t in low_rank_targets.split(",") if t.strip()))
+                            targets=tuple(t.strip() for t in low_rank_targets.split(",") if t.strip()),
+                            whiten=low_rank_whiten, allocation="global" if low_rank_global else "uniform")
         with steps.step("Low-rank factorization"):
-            result = low_rank_factorize(result, cfg)
-    if sparsity:
-        from ..compress.prune import MagnitudePruneConfig, magnitude_prune
+            try:
+                result = low_rank_factorize(result, cfg, text)
+            except ValueError as exc:
+                raise click.UsageError(str(exc)) from exc
+    if sparsity or sparsity_pattern != "unstructured":
+        if sparsity_method != "magnitude":
+            from ..compress.sparsity import SparsityConfig, activation_sparsify
 
-        with steps.step(f"Magnitude pruning to {sparsity:.0%} sparsity"):
-            result = magnitude_prune(result, MagnitudePruneConfig(sparsity=sparsity))
+            what = sparsity_pattern if sparsity_pattern != "unstructured" else f"{sparsity:.0%}"
+            cfg = SparsityConfig(sparsity or 0.5, pattern=sparsity_pattern, method=sparsity_method)
+            with steps.step(f"{sparsity_method} sparsity ({what})"):
+                try:
+                    result = activation_sparsify(result, cfg, text)
+                except ValueError as exc:
+                    raise click.UsageError(str(exc)) from exc
+        else:
+            if sparsity_pattern != "unstructured":
+                raise click.UsageError("--sparsity-pattern N:M needs --sparsity-method wanda or sparsegpt")
+            from ..compress.prune import MagnitudePruneConfig, magnitude_prune
+
+            with steps.step(f"Magnitude pruning to {sparsity:.0%} sparsity"):
+                result = magnitude_prune(result, MagnitudePruneConfig(sparsity=sparsity))
+    if int4_method:
+        from ..compress.gptq import QuantizeConfig, quantize_weights
+
+        with steps.step(f"int4 weights ({int4_method})"):
+            result = quantize_weights(result, QuantizeConfig(method=int4_method), text)
     if result is source and not export_format:
         raise click.UsageError("nothing to do: give a technique (--prune-heads/--prune-mlp, --low-rank-energy, "
-                               "--sparsity) or --export with a --precision")
+                               "--sparsity, --int4) or --export with a --precision")
     _finish(source, result, out_dir, export_format, precision, bundle_dir, report, as_json, steps)
 
 

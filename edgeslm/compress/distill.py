@@ -1,6 +1,6 @@
 """Knowledge distillation: a smaller student learns the teacher's next-token distributions.
 
-The student is a standard Llama with fewer layers and/or narrower MLP, attention or hidden
+The student is a model of the teacher's family with fewer layers and/or narrower MLP, attention or hidden
 size, initialized from the teacher where shapes allow (layers picked evenly, heads, channels
 and hidden dimensions picked by importance, see :mod:`.prune`). It is trained with
 KL(teacher || student) on the teacher's logits, optionally plus cross-entropy on the text's
@@ -17,6 +17,7 @@ from typing import Sequence
 
 from ..outputs import make_dir
 from ..sources import SourceModel
+from . import layout
 from .model import count_parameters, derive
 from .prune import _build_like, importance_scores
 
@@ -40,11 +41,14 @@ class DistillConfig:
     hard_weight: float = 0.0  # weight of cross-entropy on the text's own next tokens
     checkpoint_every: int = 50  # steps between checkpoints (0 = none)
     seed: int = 0
+    # keep zeroed decoder weights at zero (recovering a sparse model: the mask is the point)
+    keep_zeros: bool = False
 
 
 # -- the student -------------------------------------------------------------------------------
 def make_student(teacher: SourceModel, config: StudentConfig, calibration_text: str | None = None) -> SourceModel:
-    """A smaller Llama initialized from the teacher's weights (sliced where sizes shrink)."""
+    """A smaller model of the teacher's family initialized from its weights (sliced where sizes
+    shrink; which weights hold a head, a channel or a hidden dim comes from the description)."""
     import torch
 
     spec, module = teacher.spec, teacher.module
@@ -58,38 +62,33 @@ def make_student(teacher: SourceModel, config: StudentConfig, calibration_text: 
     kv, hd = spec.num_kv_heads, spec.head_dim
     if heads % kv or heads > spec.num_heads or hidden > spec.hidden_size or inter > spec.intermediate_size:
         raise ValueError("student sizes must not exceed the teacher's, and heads must be a multiple of KV heads")
+    desc = spec.description
+    layout.refuse_factorized(module, desc, "make_student")
     head_scores, channel_scores = importance_scores(teacher, calibration_text)
-    sd = module.state_dict()
+    sd = dict(module.state_dict())
     emb = sd["model.embed_tokens.weight"]  # (vocab, hidden)
     hk = torch.arange(spec.hidden_size) if hidden == spec.hidden_size else \
         emb.norm(dim=0).topk(hidden).indices.sort().values  # kept hidden dims
+    hk = hk.tolist()
     new = {"model.embed_tokens.weight": emb[:, hk], "model.norm.weight": sd["model.norm.weight"][hk]}
     if not spec.tie_word_embeddings:
         new["lm_head.weight"] = sd["lm_head.weight"][:, hk]
+        if "lm_head.bias" in sd:
+            new["lm_head.bias"] = sd["lm_head.bias"]
     group, keep_group = spec.num_heads // kv, heads // kv
     for j, i in enumerate(layers):
         p, q = f"model.layers.{i}.", f"model.layers.{j}."
         hs = head_scores[i].view(kv, group)  # (kv, group)
         q_heads = [g * group + h for g in range(kv) for h in sorted(hs[g].topk(keep_group).indices.tolist())]
-        q_rows = torch.tensor([h * hd + d for h in q_heads for d in range(hd)])
-        ch = channel_scores[i].topk(inter).indices.sort().values
-        w = lambda name: sd[p + name]  # noqa: E731
-        new[q + "self_attn.q_proj.weight"] = w("self_attn.q_proj.weight")[q_rows][:, hk]  # (heads*hd, hidden)
-        new[q + "self_attn.k_proj.weight"] = w("self_attn.k_proj.weight")[:, hk]  # (kv*hd, hidden)
-        new[q + "self_attn.v_proj.weight"] = w("self_attn.v_proj.weight")[:, hk]
-        for b, rows in (("q_proj", q_rows), ("k_proj", None), ("v_proj", None)):
-            if p + f"self_attn.{b}.bias" in sd:
-                bias = sd[p + f"self_attn.{b}.bias"]
-                new[q + f"self_attn.{b}.bias"] = bias[rows] if rows is not None else bias
-        new[q + "self_attn.o_proj.weight"] = w("self_attn.o_proj.weight")[hk][:, q_rows]  # (hidden, heads*hd)
-        new[q + "mlp.gate_proj.weight"] = w("mlp.gate_proj.weight")[ch][:, hk]  # (inter, hidden)
-        new[q + "mlp.up_proj.weight"] = w("mlp.up_proj.weight")[ch][:, hk]
-        new[q + "mlp.down_proj.weight"] = w("mlp.down_proj.weight")[hk][:, ch]  # (hidden, inter)
-        new[q + "input_layernorm.weight"] = w("input_layernorm.weight")[hk]
-        new[q + "post_attention_layernorm.weight"] = w("post_attention_layernorm.weight")[hk]
+        ch = channel_scores[i].topk(inter).indices.sort().values.tolist()
+        layer = {k: v for k, v in sd.items() if k.startswith(p)}
+        layout.slice_heads(layer, p, desc.blocks[i], q_heads, list(range(kv)))
+        layout.slice_channels(layer, p, desc.blocks[i], ch)
+        new.update(layout.slice_hidden(layer, p, desc, i, hk, out_prefix=q))
     cfg = module.config.to_dict()
     cfg.update(num_hidden_layers=len(layers), hidden_size=hidden, intermediate_size=inter,
-               num_attention_heads=heads, num_key_value_heads=kv, head_dim=hd)
+               num_attention_heads=heads, num_key_value_heads=kv, head_dim=hd,
+               **layout.layer_config_updates(cfg, layers))
     student = _build_like(module, cfg, {k: v.clone() for k, v in new.items()})
     step = {"technique": "student_init", **asdict(config), "teacher_layers": layers,
             "parameters": [count_parameters(module), count_parameters(student)]}
@@ -156,6 +155,11 @@ def distill(teacher: SourceModel, student: SourceModel, data: Sequence[Sequence[
     model = student.module
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
+    masks = []
+    if config.keep_zeros:
+        from .layout import dense_linears
+
+        masks = [(lin, lin.weight.detach() != 0) for _, lin in dense_linears(model, student.spec.description)]
 
     def lr_at(step):
         if step < config.warmup:
@@ -193,6 +197,10 @@ def distill(teacher: SourceModel, student: SourceModel, data: Sequence[Sequence[
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
+            if masks:
+                with torch.no_grad():
+                    for lin, mask in masks:
+                        lin.weight.mul_(mask)
             history.append(loss.item())
             bar.update(task, advance=1, loss=history[-1])
             done = step + 1

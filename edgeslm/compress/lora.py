@@ -15,6 +15,7 @@ from typing import Sequence
 
 from .._deps import require
 from ..sources import SourceModel
+from . import layout
 from .distill import _progress
 from .model import derive
 
@@ -24,7 +25,8 @@ class LoraConfig:
     rank: int = 8  # r: adapter rank
     alpha: int = 16  # scaling numerator (alpha / r)
     dropout: float = 0.0
-    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    # layer kinds or groups ("attention", "mlp"); fused qkv_proj / gate_up_proj (Phi-3) included
+    targets: tuple[str, ...] = layout.ALL_KINDS
     steps: int = 60  # optimizer steps
     batch_size: int = 4
     lr: float = 2e-4  # AdamW
@@ -51,10 +53,11 @@ def add_adapters(module, config: LoraConfig):
     module = copy.deepcopy(module)
     # Full names of the nn.Linear layers to adapt; a low-rank factorized layer is adapted in
     # both of its factors (peft knows nn.Linear, not our LowRankLinear pair).
+    targets = set(layout.kinds(config.targets))
     names = [n for n, m in module.named_modules()
              if isinstance(m, torch.nn.Linear) and ".layers." in n
-             and (n.rsplit(".", 1)[-1] in config.targets
-                  or (n.rsplit(".", 1)[-1] in ("down", "up") and n.rsplit(".", 2)[-2] in config.targets))]
+             and (n.rsplit(".", 1)[-1] in targets
+                  or (n.rsplit(".", 1)[-1] in ("down", "up") and n.rsplit(".", 2)[-2] in targets))]
     if not names:
         raise ValueError(f"no linear layer matches the LoRA targets {config.targets}")
     cfg = peft.LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,

@@ -4,6 +4,15 @@ The rank of each chosen layer is the smallest that keeps a given fraction of the
 singular values ("energy"), or the one that leaves a target fraction of the layer's weights.
 A layer is factorized only when the two factors are smaller than the dense matrix.
 
+Activation-aware (``whiten=True``, SVD-LLM style): the SVD is taken of ``W S`` where ``S`` is the
+Cholesky factor of the calibration inputs' Gram matrix ``X^T X``, so truncating the smallest
+singular values removes the least *output* energy ``||(W - W_r) X||`` (plain SVD minimizes
+``||W - W_r||``, which ignores which inputs are large); the factors are ``U_r sqrt(s_r)`` and
+``sqrt(s_r) V_r^T S^-1``. With ``allocation="global"`` the ranks are chosen across all targeted
+matrices at once for a parameter budget (``size_ratio`` of their weights): each singular
+component is kept by the fraction of its matrix's output energy it carries per parameter it
+costs, so sensitive matrices keep more rank and insensitive ones give more up.
+
 The factorized model is the same transformers model with :class:`~edgeslm.arch.lowrank.LowRankLinear`
 in place of the chosen ``nn.Linear`` s; ``spec.extra["low_rank"]`` lists them with their ranks,
 and the decoder (:mod:`edgeslm.arch.decoder`) builds the same pairs from it, so every exporter
@@ -16,9 +25,10 @@ import copy
 from dataclasses import asdict, dataclass
 
 from ..sources import SourceModel
+from . import layout
 from .model import LOW_RANK_CONFIG_KEY, derive
 
-GROUPS = {"mlp": ("gate_proj", "up_proj", "down_proj"), "attention": ("q_proj", "k_proj", "v_proj", "o_proj")}
+GROUPS = layout.GROUPS
 
 
 @dataclass(frozen=True)
@@ -27,13 +37,14 @@ class LowRankConfig:
     size_ratio: float | None = None  # ... or keep this fraction of each layer's weights (overrides)
     targets: tuple[str, ...] = ("mlp",)  # "mlp", "attention", or layer names like "down_proj"
     multiple_of: int = 8  # ranks rounded up to this (SIMD/int4 friendliness)
+    whiten: bool = False  # SVD of W @ chol(X^T X) on calibration text (activation-aware)
+    allocation: str = "uniform"  # "uniform": each matrix alike | "global": size_ratio over all, by sensitivity
+    calibration_tokens: int = 256  # tokens of calibration text (whiten only)
+    damp: float = 0.01  # added to the Gram diagonal, as a fraction of its mean (few tokens, wide inputs)
 
 
 def layer_kinds(targets) -> tuple[str, ...]:
-    kinds = []
-    for t in targets:
-        kinds += GROUPS.get(t, (t,))
-    return tuple(kinds)
+    return layout.kinds(targets)
 
 
 def choose_rank(singular_values, fan_in: int, fan_out: int, config: LowRankConfig) -> int:
@@ -47,39 +58,101 @@ def choose_rank(singular_values, fan_in: int, fan_out: int, config: LowRankConfi
         e = singular_values.double().pow(2)
         cum = torch.cumsum(e, 0) / e.sum()
         rank = int((cum < config.energy - 1e-12).sum()) + 1
-    m = max(1, config.multiple_of)
-    rank = -(-max(rank, 1) // m) * m
-    return min(rank, full)
+    return _round(rank, full, config.multiple_of)
 
 
-def low_rank_factorize(source: SourceModel, config: LowRankConfig = LowRankConfig()) -> SourceModel:
+def _round(rank: int, full: int, multiple_of: int) -> int:
+    m = max(1, multiple_of)
+    return min(-(-max(rank, 1) // m) * m, full)
+
+
+def global_ranks(spectra: dict, shapes: dict, size_ratio: float, multiple_of: int = 8) -> dict:
+    """Ranks for a parameter budget of ``size_ratio`` x the matrices' weights, chosen across all
+    of them: component i of matrix m is worth ``s_mi^2 / sum(s_m^2) / (in_m + out_m)`` (its share
+    of the matrix's output energy per parameter); keep every component above one threshold.
+    ``spectra``: name -> singular values; ``shapes``: name -> (in, out). A matrix whose rank
+    would not save space stays dense (and its weights count in full)."""
+    value = {n: (s.double().pow(2) / s.double().pow(2).sum()) / sum(shapes[n]) for n, s in spectra.items()}
+    dense = {n: shapes[n][0] * shapes[n][1] for n in spectra}
+    budget = size_ratio * sum(dense.values())
+
+    def ranks_at(t: float) -> dict:
+        return {n: _round(int((v >= t).sum()), min(shapes[n]), multiple_of) for n, v in value.items()}
+
+    def params(r: dict) -> int:
+        return sum(min(r[n] * sum(shapes[n]), dense[n]) for n in r)
+
+    lo, hi = 0.0, float(max(v.max() for v in value.values())) * 2  # params(lo) max, params(hi) min
+    for _ in range(60):  # bisection on the threshold: params() falls as t rises
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if params(ranks_at(mid)) > budget else (lo, mid)
+    return ranks_at(hi)
+
+
+def low_rank_factorize(source: SourceModel, config: LowRankConfig = LowRankConfig(),
+                       calibration_text: str | None = None) -> SourceModel:
     """Factorize the chosen linear layers; returns a model whose spec lists the ranks."""
+    import time
+
     import torch
 
     from ..arch.lowrank import LowRankLinear
 
     if config.size_ratio is None and not (config.energy and 0 < config.energy <= 1):
         raise ValueError("give energy in (0, 1] or a size_ratio")
+    if config.allocation not in ("uniform", "global"):
+        raise ValueError(f"allocation must be 'uniform' or 'global', not {config.allocation!r}")
+    if config.allocation == "global" and config.size_ratio is None:
+        raise ValueError("global allocation needs a size_ratio (the fraction of weights to keep)")
+    t0 = time.process_time()
     module = copy.deepcopy(source.module)
-    kinds = layer_kinds(config.targets)
-    ranks, kept, report = {}, {}, []
+    chosen = list(layout.dense_linears(module, source.spec.description, config.targets))
+    whitening, tokens = {}, 0
+    if config.whiten:
+        from .calibration import calibration_ids, input_stats
+
+        grams, tokens = input_stats(source, calibration_ids(source, calibration_text, config.calibration_tokens),
+                                    config.targets)
+        factors = {}
+        for name, _ in chosen:  # one Cholesky factor per shared input (q/k/v, gate/up)
+            g = grams[name]
+            key = id(g)
+            if key not in factors:
+                g = g / max(tokens, 1)
+                g = g + config.damp * g.diagonal().mean() * torch.eye(g.shape[0], dtype=g.dtype)
+                factors[key] = torch.linalg.cholesky(g)  # (in, in) lower: g = S S^T
+            whitening[name] = factors[key]
+
+    def decompose(name, lin):
+        w = lin.weight.double()  # (out, in)
+        s_mat = whitening.get(name)
+        a = w @ s_mat if s_mat is not None else w  # (out, in): whitened, W X = (W S)(S^-1 X)
+        return torch.linalg.svd(a, full_matrices=False)  # (out, k), (k,), (k, in)
+
+    planned = {}
+    if config.allocation == "global":
+        with torch.no_grad():
+            spectra = {n: torch.linalg.svdvals(lin.weight.double() @ whitening[n] if n in whitening
+                                           else lin.weight.double()) for n, lin in chosen}
+        shapes = {n: (lin.in_features, lin.out_features) for n, lin in chosen}
+        planned = global_ranks(spectra, shapes, config.size_ratio, config.multiple_of)
+    ranks, kept = {}, {}
     with torch.no_grad():
-        for name, lin in list(module.named_modules()):
-            if name.rsplit(".", 1)[-1] not in kinds or not isinstance(lin, torch.nn.Linear) or ".layers." not in name:
-                continue
-            w = lin.weight.double()  # (out, in)
-            u, s, vh = torch.linalg.svd(w, full_matrices=False)  # (out, k), (k,), (k, in)
-            rank = choose_rank(s, lin.in_features, lin.out_features, config)
+        for name, lin in chosen:
+            u, s, vh = decompose(name, lin)
+            rank = planned.get(name) or choose_rank(s, lin.in_features, lin.out_features, config)
             if rank * (lin.in_features + lin.out_features) >= lin.in_features * lin.out_features:
                 continue  # no saving: keep it dense
             root = s[:rank].sqrt()
+            down = root[:, None] * vh[:rank]  # (rank, in), in whitened coordinates
+            if name in whitening:  # back to input coordinates: down @ S^-1
+                down = torch.linalg.solve_triangular(whitening[name], down, upper=False, left=False)
             pair = LowRankLinear(lin.in_features, lin.out_features, rank, bias=lin.bias is not None)
-            pair.down.weight.copy_((root[:, None] * vh[:rank]).float())  # (rank, in)
+            pair.down.weight.copy_(down.float())  # (rank, in)
             pair.up.weight.copy_((u[:, :rank] * root[None, :]).float())  # (out, rank)
             if lin.bias is not None:
                 pair.up.bias.copy_(lin.bias)
-            parent_name, _, attr = name.rpartition(".")
-            setattr(module.get_submodule(parent_name), attr, pair)
+            _replace(module, name, pair)
             ranks[name] = rank
             kept[name] = float(s[:rank].pow(2).sum() / s.pow(2).sum())
     if not ranks:
@@ -88,7 +161,13 @@ def low_rank_factorize(source: SourceModel, config: LowRankConfig = LowRankConfi
     energies = list(kept.values())
     step = {"technique": "low_rank", **asdict(config), "layers": len(ranks),
             "rank_min": min(ranks.values()), "rank_max": max(ranks.values()),
-            "energy_kept_mean": sum(energies) / len(energies), "energy_kept_min": min(energies)}
+            "energy_kept_mean": sum(energies) / len(energies), "energy_kept_min": min(energies),
+            "calibration_tokens_seen": tokens, "cpu_seconds": round(time.process_time() - t0, 1)}
     out = derive(source, module, step)
-    out.spec.extra["energy_kept"] = kept
+    out.spec.extra["energy_kept"] = kept  # whitened: the fraction of each layer's output energy kept
     return out
+
+
+def _replace(module, name: str, new) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    setattr(module.get_submodule(parent_name), attr, new)

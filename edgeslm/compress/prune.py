@@ -1,10 +1,12 @@
 """Pruning: unstructured magnitude pruning and structured (heads + MLP channels) pruning.
 
 Structured pruning removes the same number of attention heads and MLP channels from every
-layer, so the result is a standard, smaller Llama (fewer heads, smaller intermediate size)
-that every exporter handles. Grouped-query attention stays consistent: either query heads
-are removed uniformly inside each KV group (the KV cache keeps its size), or whole KV groups
-with their query heads are removed (the KV cache shrinks too). head_dim never changes, so
+layer, so the result is a standard, smaller model of the same family (fewer heads, smaller
+intermediate size) that every exporter handles. Which weights hold a head or a channel comes
+from the model's description (:mod:`.layout`): separate or fused (Phi-3) projections alike.
+Grouped-query attention stays consistent: either query heads are removed uniformly inside each
+KV group (the KV cache keeps its size), or whole KV groups with their query heads are removed
+(the KV cache shrinks too). head_dim never changes, so
 RoPE is untouched. Which heads/channels go is decided by their measured contribution on a
 calibration text (mean |activation| x weight norm) or, without text, by weight norms alone.
 
@@ -19,9 +21,10 @@ import copy
 from dataclasses import asdict, dataclass
 
 from ..sources import SourceModel
+from . import layout
 from .model import count_parameters, derive
 
-LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LINEAR_NAMES = layout.ALL_KINDS
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ def magnitude_prune(source: SourceModel, config: MagnitudePruneConfig = Magnitud
     module = copy.deepcopy(source.module)
     zeroed = total = 0
     with torch.no_grad():
-        for name, lin in _decoder_linears(module, config.layers):
+        for name, lin in layout.dense_linears(module, source.spec.description, config.layers):
             w = lin.weight
             k = int(w.numel() * config.sparsity)
             if k == 0:
@@ -63,13 +66,15 @@ def magnitude_prune(source: SourceModel, config: MagnitudePruneConfig = Magnitud
 
 
 def _decoder_linears(module, kinds):
+    import torch
+
     for name, sub in module.named_modules():
-        if name.rsplit(".", 1)[-1] in kinds and hasattr(sub, "weight") and ".layers." in f".{name}":
+        if layout.kind(name) in layout.kinds(kinds) and isinstance(sub, torch.nn.Linear) and ".layers." in f".{name}":
             yield name, sub
 
 
 def sparsity(module, kinds=LINEAR_NAMES) -> float:
-    """Fraction of exactly-zero weights in the decoder's linear layers."""
+    """Fraction of exactly-zero weights in the decoder's (dense) linear layers."""
     zeros = total = 0
     for _, lin in _decoder_linears(module, kinds):
         zeros += int((lin.weight == 0).sum())
@@ -80,9 +85,7 @@ def sparsity(module, kinds=LINEAR_NAMES) -> float:
 # -- structured --------------------------------------------------------------------------------
 def structured_prune(source: SourceModel, config: StructuredPruneConfig = StructuredPruneConfig(),
                      calibration_text: str | None = None) -> SourceModel:
-    """Remove heads and MLP channels uniformly per layer; returns a smaller standard Llama."""
-    import torch
-
+    """Remove heads and MLP channels uniformly per layer; returns a smaller model of the same family."""
     spec = source.spec
     if config.heads_mode not in ("query", "kv_group"):
         raise ValueError(f"heads_mode must be 'query' or 'kv_group', not {config.heads_mode!r}")
@@ -98,12 +101,16 @@ def structured_prune(source: SourceModel, config: StructuredPruneConfig = Struct
         keep_mlp = max(config.multiple_of, round(keep_mlp / config.multiple_of) * config.multiple_of)
     keep_mlp = min(keep_mlp, spec.intermediate_size)
 
+    desc = spec.description
+    for what in ("num_heads", "num_kv_heads", "head_dim"):
+        desc.uniform(what)  # one count per model in config.json: refuse per-layer shapes by name
+    if len({b.mlp.intermediate_size for b in desc.blocks}) != 1:
+        raise ValueError("structured pruning needs one MLP width for every layer")
+    layout.refuse_factorized(source.module, desc, "structured pruning")
     head_scores, channel_scores = importance_scores(source, calibration_text, config.calibration_tokens)
     module = source.module
     sd = {k: v.clone() for k, v in module.state_dict().items()}
-    hd = spec.head_dim
-    for i, layer in enumerate(module.model.layers):
-        p = f"model.layers.{i}."
+    for i in range(desc.num_layers):
         # attention: choose heads; scores (num_heads,) -> kept head indices, grouped by KV head
         hs = head_scores[i].view(spec.num_kv_heads, group)  # (kv, group)
         if config.heads_mode == "query":
@@ -113,21 +120,13 @@ def structured_prune(source: SourceModel, config: StructuredPruneConfig = Struct
         else:
             kv_keep = sorted(hs.sum(1).topk(new_kv).indices.tolist())
             q_keep = [g * group + j for g in kv_keep for j in range(group)]
-        q_rows = _head_rows(q_keep, hd)
-        kv_rows = _head_rows(kv_keep, hd)
-        for proj, rows in (("q_proj", q_rows), ("k_proj", kv_rows), ("v_proj", kv_rows)):
-            sd[p + f"self_attn.{proj}.weight"] = sd[p + f"self_attn.{proj}.weight"][rows]  # (kept*hd, hidden)
-            if p + f"self_attn.{proj}.bias" in sd:
-                sd[p + f"self_attn.{proj}.bias"] = sd[p + f"self_attn.{proj}.bias"][rows]
-        sd[p + "self_attn.o_proj.weight"] = sd[p + "self_attn.o_proj.weight"][:, q_rows]  # (hidden, kept*hd)
+        layout.slice_heads(sd, f"model.layers.{i}.", desc.blocks[i], q_keep, kv_keep)
         # MLP: keep the highest-scoring channels, in their original order
         ch = sorted(channel_scores[i].topk(keep_mlp).indices.tolist())
-        for proj in ("gate_proj", "up_proj"):
-            sd[p + f"mlp.{proj}.weight"] = sd[p + f"mlp.{proj}.weight"][ch]  # (keep_mlp, hidden)
-        sd[p + "mlp.down_proj.weight"] = sd[p + "mlp.down_proj.weight"][:, ch]  # (hidden, keep_mlp)
+        layout.slice_channels(sd, f"model.layers.{i}.", desc.blocks[i], ch)
 
     config_dict = module.config.to_dict()
-    config_dict.update(num_attention_heads=new_heads, num_key_value_heads=new_kv, head_dim=hd,
+    config_dict.update(num_attention_heads=new_heads, num_key_value_heads=new_kv, head_dim=spec.head_dim,
                        intermediate_size=keep_mlp)
     new = _build_like(module, config_dict, sd)
     step = {"technique": "structured_prune", **asdict(config),
@@ -136,10 +135,6 @@ def structured_prune(source: SourceModel, config: StructuredPruneConfig = Struct
             "parameters": [count_parameters(module), count_parameters(new)],
             "scored_on": "calibration text" if calibration_text != "" else "weight norms"}
     return derive(source, new, step)
-
-
-def _head_rows(heads: list[int], hd: int) -> list[int]:
-    return [h * hd + d for h in heads for d in range(hd)]
 
 
 def _build_like(module, config_dict: dict, state_dict: dict):
@@ -172,6 +167,7 @@ def importance_scores(source: SourceModel, calibration_text: str | None = None, 
     from .data import CALIBRATION_TEXT
 
     spec, module = source.spec, source.module
+    desc = spec.description
     hd = spec.head_dim
     acts: dict[str, list] = {}
     hooks = []
@@ -204,11 +200,22 @@ def importance_scores(source: SourceModel, calibration_text: str | None = None, 
             h = torch.cat(acts[f"attn{i}"]).view(-1, spec.num_heads, hd)  # (tokens, heads, hd)
             heads.append(h.norm(dim=-1).mean(0) * o_norm)
         else:
-            gate, up = layer.mlp.gate_proj.weight.detach(), layer.mlp.up_proj.weight.detach()
-            channels.append(gate.norm(dim=1) * up.norm(dim=1) * down.norm(dim=0))
-            q = layer.self_attn.q_proj.weight.detach().view(spec.num_heads, hd, -1)
+            channels.append(_channel_read_norm(layer.mlp, desc.blocks[i].mlp) * down.norm(dim=0))
+            a = desc.blocks[i].attention
+            q = layer.self_attn.qkv_proj.weight if a.fused_qkv else layer.self_attn.q_proj.weight
+            q = q.detach()[: a.num_heads * hd].view(a.num_heads, hd, -1)  # (heads, hd, hidden)
             heads.append(q.norm(dim=(1, 2)) * o_norm)
     return heads, channels
+
+
+def _channel_read_norm(mlp, cfg):
+    """Per channel, the norm of the rows that read it in (gate x up, fused or not; up if ungated)."""
+    i = cfg.intermediate_size
+    if cfg.fused_gate_up:
+        w = mlp.gate_up_proj.weight.detach()  # (2 * inter, hidden): gate rows, then up rows
+        return w[:i].norm(dim=1) * w[i:].norm(dim=1)
+    up = mlp.up_proj.weight.detach().norm(dim=1)
+    return mlp.gate_proj.weight.detach().norm(dim=1) * up if cfg.gated else up
 
 
 def expected_parameters(spec, config: StructuredPruneConfig) -> int:
