@@ -70,3 +70,19 @@ def input_stats(source, windows: Sequence[Sequence[int]], targets=layout.ALL_KIN
         for h in hooks:
             h.remove()
     return {n: stats[_share_key(n)] for n in names}, tokens
+
+
+def inverse_hessian_factor(w, hessian, damp: float):
+    """The shared start of GPTQ and SparseGPT: ``w`` (out, in) as float32 with the columns of
+    never-active inputs zeroed, and the upper Cholesky factor of the damped inverse of
+    ``hessian`` = X^T X (in, in), computed in float64."""
+    import torch
+
+    w = w.clone().float()
+    h = hessian.clone().double()
+    dead = h.diagonal() == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += damp * h.diagonal().mean() * torch.eye(h.shape[0], dtype=h.dtype)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
+    return w, hinv

@@ -72,13 +72,9 @@ def gptq(w, hessian, bits: int = 4, group: int = 32, damp: float = 0.01, block: 
     import torch
 
     qmax = 2 ** bits - 1
-    w = w.clone().float()
-    h = hessian.clone().double()
-    dead = h.diagonal() == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    h += damp * h.diagonal().mean() * torch.eye(h.shape[0], dtype=h.dtype)
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
+    from .calibration import inverse_hessian_factor
+
+    w, hinv = inverse_hessian_factor(w, hessian, damp)
     q = torch.zeros_like(w)
     cols = w.shape[1]
     scale = zero = None

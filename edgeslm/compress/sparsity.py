@@ -72,13 +72,9 @@ def sparsegpt(w, hessian, sparsity: float, nm: tuple[int, int] | None = None, da
     compensated weights."""
     import torch
 
-    w = w.clone().float()
-    h = hessian.clone().double()
-    dead = h.diagonal() == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    h += damp * h.diagonal().mean() * torch.eye(h.shape[0], dtype=h.dtype)
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
+    from .calibration import inverse_hessian_factor
+
+    w, hinv = inverse_hessian_factor(w, hessian, damp)
     cols = w.shape[1]
     if nm is not None and block % nm[1]:
         block = nm[1] * max(1, block // nm[1])
