@@ -196,8 +196,8 @@ def test_openvino_export_json_is_clean(capsys, tmp_path, tiny_hf):
 
 def _export_subprocess(tmp_path, gguf, *flags):
     env = {k: v for k, v in os.environ.items()
-           if k not in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS", "TQDM_DISABLE", "TF_CPP_MIN_LOG_LEVEL",
-                        "EDGESLM_PROGRESS_MIN_S")}
+           if k not in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS", "TQDM_DISABLE", "TF_CPP_MIN_LOG_LEVEL")}
+    env["EDGESLM_PROGRESS_MIN_S"] = "0"  # every step's line, however fast (the graph-writer export takes < 1 s)
     out = tmp_path / f"bundle{len(flags)}"
     return subprocess.run([sys.executable, "-m", "edgeslm", "export", str(gguf), "-o", str(out), "--no-parity",
                            "--context-length", "32", "--json", *flags], check=False, capture_output=True, text=True,
