@@ -121,7 +121,8 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--only", default="", help="comma list of format:precision (and/or llama.cpp)")
     ap.add_argument("--cache", default="out/bench")
-    ap.add_argument("--spin-variant", action="store_true", help="also onnx int4-gguf with spinning threads (2+ threads)")
+    ap.add_argument("--spin-variant", action="store_true",
+                    help="also onnx int4-gguf without spinning threads (2+ threads; the engine spins by default)")
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args(argv)
 
@@ -158,8 +159,8 @@ def main(argv=None) -> int:
         engines = {}
         for (fmt, prec), b in bundles.items():
             engines[f"{fmt}/{prec}"] = (get_engine(fmt)(b, threads=threads), weight_bytes(b))
-            if fmt == "onnx" and args.spin_variant and threads > 1 and prec == "int4-gguf":  # the engine's default is off
-                engines[f"{fmt}/{prec}+spinning"] = (get_engine(fmt)(b, threads=threads, spinning=True), weight_bytes(b))
+            if fmt == "onnx" and args.spin_variant and threads > 1 and prec == "int4-gguf":  # the engine's default is on
+                engines[f"{fmt}/{prec}-nospin"] = (get_engine(fmt)(b, threads=threads, spinning=False), weight_bytes(b))
         if have_llamacpp:
             from llamacpp_engine import LlamaCppEngine
 

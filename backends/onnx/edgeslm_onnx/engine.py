@@ -66,19 +66,20 @@ class OnnxEngine(Engine):
     """Options: ``threads`` (intra-op threads, default: onnxruntime's choice),
     ``providers`` (default ``["CPUExecutionProvider"]``), ``io_binding`` (default True;
     False hands the cache through numpy each step, kept for comparison in benchmarks),
-    ``spinning`` (default False: worker threads block instead of busy-waiting between ops)."""
+    ``spinning`` (default True, onnxruntime's own: worker threads busy-wait between ops; False
+    makes them block, which is faster only on a CPU shared with other busy processes)."""
 
     name = "onnx"
     known_options = {
         "threads": EngineOption("int", "intra-op threads (default: onnxruntime's choice)"),
         "providers": EngineOption("list", "execution providers in priority order: cuda,cpu (default cpu)"),
         "io_binding": EngineOption("bool", "keep the KV cache in onnxruntime buffers (default true)"),
-        "spinning": EngineOption("bool", "intra-op threads busy-wait between ops (default false: on a shared "
-                                         "CPU spinning threads steal the time slices the work needs)"),
+        "spinning": EngineOption("bool", "intra-op threads busy-wait between ops (default true; false on a CPU "
+                                         "shared with other busy processes, where spinning steals their time)"),
     }
 
     def __init__(self, bundle, threads: int | None = None, providers: Sequence[str] | None = None,
-                 io_binding: bool = True, spinning: bool = False, **options):
+                 io_binding: bool = True, spinning: bool = True, **options):
         super().__init__(bundle, threads=threads, providers=providers, io_binding=io_binding, spinning=spinning,
                          **options)
         import onnxruntime as ort
@@ -87,8 +88,9 @@ class OnnxEngine(Engine):
         if threads:
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
-        # Measured (docs/performance.md): with 2 threads on a loaded machine, spinning made a
-        # decode step ~3x slower; a decode step is hundreds of short ops, each a thread hand-off.
+        # Measured (docs/performance.md): 2 threads on a quiet machine, spinning 117 vs 84 tok/s (a
+        # decode step is hundreds of short ops, each a thread hand-off); on a machine loaded by
+        # other processes spinning made a step ~3x slower. A device runs its model alone.
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         model = bundle.artifact("model")
