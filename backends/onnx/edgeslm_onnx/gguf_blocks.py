@@ -50,8 +50,8 @@ def _q4_0(b):
 def _q4_1(b):
     # m + 8d computed as d * (8 - (-m/d)), the form the first Q4_1 transcoder used: both are the
     # GGUF's weights within float32 rounding, but SmolLM2's int4-gguf parity at accuracy_level 4
-    # sits at the 95% gate: it passes with this form and measured 94.8% with ``m + 8*d`` (one-ulp changes flip
-    # near-tied tokens under int8 activations); this keeps the measured SmolLM2 bundle as it was.
+    # sits at the 95% gate: it passes with this form and measured 94.8% with ``m + 8*d`` (one-ulp
+    # changes flip near-tied tokens under int8 activations); this keeps SmolLM2's bundle as it was.
     d, m = _f16(b[:, :2]), _f16(b[:, 2:4])
     zp = np.where(d == 0, np.float32(0), -m / np.where(d == 0, np.float32(1), d))
     return _nibbles(b[:, 4:]), d, d * (np.float32(8) - zp)
