@@ -148,14 +148,16 @@ def main(argv=None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     threads = [int(t) for t in args.threads.split(",")]
-    results = {"rounds": args.rounds, "steps": args.steps, "shape": SHAPE}
+    out = HERE / "results" / "gguf_types.json"
+    results = json.loads(out.read_text()) if out.exists() else {}  # one part rerun keeps the other's
     parts = args.parts.split(",")
+    run = {"rounds": args.rounds, "steps": args.steps, "threads": threads}
     if "types" in parts:
-        results["types"] = part_types(work, threads, args.rounds, args.steps)
+        results["types"] = {"run": {**run, "shape": SHAPE}, **part_types(work, threads, args.rounds, args.steps)}
     if "smollm2" in parts:
-        results["smollm2"] = part_smollm2(work, threads, args.rounds, args.steps)
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "gguf_types.json").write_text(json.dumps(results, indent=2))
+        results["smollm2"] = {"run": run, **part_smollm2(work, threads, args.rounds, args.steps)}
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
     return 0
 
 
