@@ -284,10 +284,11 @@ class DecoderWriter:
             self._blocksums[key] = self.g.op("MatMul", [x, self.g.shared(("blockind", k_dim), indicator)], "blocksum")
         if key not in self._blocksums:
             g = self.g
-            blocks = g.op("Reshape", [x, g.shared(("blocks", k_dim), np.array([0, -1, k_dim // BLOCK, BLOCK], np.int64))],
-                          "blocksum.reshape")  # (1, S, K/32, 32)
+            # rows of x whatever its rank (the lm_head reads (1, K)); the offset (S, N) broadcasts over batch 1
+            blocks = g.op("Reshape", [x, g.shared(("blocks", k_dim), np.array([-1, k_dim // BLOCK, BLOCK], np.int64))],
+                          "blocksum.reshape")  # (S, K/32, 32)
             self._blocksums[key] = g.op("ReduceSum", [blocks, g.shared(("axis", -1), np.array([-1], np.int64))],
-                                        "blocksum", keepdims=0)  # (1, S, K/32)
+                                        "blocksum", keepdims=0)  # (S, K/32)
         return self._blocksums[key]
 
     def make_attention(self, i: int, x: str) -> str:

@@ -122,10 +122,12 @@ def _reference(source, ids):
 
 
 @requires_export
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_kquant_gguf_logits_equal_torch(family, kquant_gguf, tmp_path):
+@pytest.mark.parametrize("family,offsets", [("llama", "matmul"), ("qwen2", "matmul"), ("qwen2", "rows"),
+                                            ("qwen2", "reduce")])
+def test_kquant_gguf_logits_equal_torch(family, offsets, kquant_gguf, tmp_path):
     """With fp32 compute (accuracy_level 0) the writer's logits equal the torch reference on the
-    dequantized GGUF, over a prefill and decode steps."""
+    dequantized GGUF, over a prefill and decode steps, with each exact offset form (qwen2's file
+    has 4- and 8-bit types with offsets: Q4_K, Q4_1, Q5_K, Q5_1)."""
     import onnx
 
     from edgeslm.sources import load_source
@@ -140,7 +142,7 @@ def test_kquant_gguf_logits_equal_torch(family, kquant_gguf, tmp_path):
     weights = GgufWeights(state, str(source.path), source.spec.num_heads, source.spec.num_kv_heads)
     file_types = {t for t in tg.types.values() if t not in ("F32", "F16")}
     assert set(weights.kinds) == file_types and weights.max_abs_error < 1e-6, (weights.kinds, file_types)
-    writer = DecoderWriter(source.spec.description, weights, CTX, 0)
+    writer = DecoderWriter(source.spec.description, weights, CTX, 0, offsets)
     onnx.save_model(writer.model(), str(tmp_path / "m.onnx"))
     assert not any(k.startswith("MatMul fp32") for k in writer.counts) or family == "qwen2"  # qwen2: an F16 matrix
     ids = [int(t) for t in np.random.RandomState(2).randint(3, source.spec.vocab_size, size=16)]
