@@ -153,6 +153,35 @@ def test_kquant_gguf_logits_equal_torch(family, offsets, kquant_gguf, tmp_path):
 
 
 @requires_export
+def test_q3_k_file_logits_equal_torch(tmp_path, monkeypatch):
+    """Q3_K (4-bit codes, blocks of 16, no minimum) in a Q3_K_M-like mix with Q4_K/Q5_K/Q6_K: no
+    Q3_K encoder exists (gguf-py has none), so random well-formed blocks stand in for its weights."""
+    import onnx
+
+    from edgeslm import testing_kquants
+    from edgeslm.sources import load_source
+    from edgeslm.testing_gguf import make_family_gguf
+    from edgeslm_onnx.graph_writer import DecoderWriter
+    from edgeslm_onnx.weights import GgufWeights
+
+    from test_graph_writer import _Runner
+
+    monkeypatch.setitem(testing_kquants.ENCODERS, "Q3_K", lambda w: testing_kquants.random_blocks(
+        "Q3_K", w.size // 256, seed=w.shape[0]).reshape(w.shape[0], -1))
+    tg = make_family_gguf(tmp_path / "q3k.gguf", "llama", types=("Q3_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"))
+    source = load_source(tg.path)
+    state = {k: v.detach().float().numpy() for k, v in source.module.state_dict().items()}
+    weights = GgufWeights(state, str(source.path), source.spec.num_heads, source.spec.num_kv_heads)
+    assert set(weights.kinds) == {"Q3_K", "Q4_K", "Q5_K", "Q6_K"} and weights.max_abs_error < 1e-6
+    onnx.save_model(DecoderWriter(source.spec.description, weights, CTX, 0).model(), str(tmp_path / "m.onnx"))
+    ids = [int(t) for t in np.random.RandomState(3).randint(3, source.spec.vocab_size, size=12)]
+    ref = _reference(source, ids)
+    run = _Runner(tmp_path / "m.onnx", source.spec.vocab_size)
+    got = [run.step(ids[:8])] + [run.step([t]) for t in ids[8:]]
+    np.testing.assert_allclose(np.stack(got), ref[7:], atol=1e-4 * max(1.0, float(np.abs(ref).max())))
+
+
+@requires_export
 def test_q4_k_m_graph_packs_by_layout_and_shares_the_embedding(kquant_gguf, tmp_path):
     """Q4_K_M: q/k (Q4_K) pack and v (Q6_K) runs beside them on layer 0; the Q6_K embedding is
     ONE initializer read by GatherBlockQuantized and the lm_head's MatMulNBits."""
