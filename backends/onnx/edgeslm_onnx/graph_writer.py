@@ -23,18 +23,22 @@ Graph IO (the engine binds the KV buffers once and rebinds only ``input_ids``)::
     past_value_{i}                                 same OrtValue as present_key_{i}/present_value_{i}
  -> logits                 float32 (1, V)          after the last new token
 
-Linear layers: float weights -> MatMul; GGUF Q8_0 -> MatMulNBits 8-bit; GGUF Q4_1 ->
-MatMulNBits 4-bit (zero point 8) + ``blocksum(x) @ offset.T`` (exact; the block sums of one
-input, ``x @ block-indicator``, are computed once and shared by the packed projection reading it).
+Linear layers: float weights -> MatMul; GGUF blocks -> MatMulNBits 4- or 8-bit, block 32 or 16
+(each type's exact mapping: :mod:`.gguf_blocks`) + for types with a minimum (Q4_1, Q5_1, Q4_K,
+Q5_K) ``blocksum(x) @ offset.T`` (exact; the block sums of one input, ``x @ block-indicator``, are
+computed once and shared by the packed projection reading it). A GGUF embedding is read with
+GatherBlockQuantized from the same codes initializer the tied lm_head's MatMulNBits uses.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
 from edgeslm.arch.config import DecoderConfig
 
-from .weights import BLOCK, BlockLinear, FloatLinear, pack
+from .weights import BLOCK, BlockLinear, FloatLinear, pack_groups
 
 MS = "com.microsoft"
 OPSET = 21
@@ -98,6 +102,7 @@ class DecoderWriter:
         self.offsets = offsets
         self.g = Graph()
         self._blocksums: dict[tuple[str, int], str] = {}
+        self._block_inits: dict[str, dict[str, str]] = {}  # shared quantized weights (tied embedding)
         self.counts: dict[str, int] = {}
         self.check()
 
@@ -173,18 +178,49 @@ class DecoderWriter:
 
     def make_embedding(self, ids: str) -> str:
         g, emb = self.g, self.w.embedding("model.embed_tokens")
-        if isinstance(emb, BlockLinear):  # Q8_0: the GGUF's blocks, +128 codes, zero point 128
-            v, k = emb.shape
-            x = g.op("GatherBlockQuantized", [g.const("embed.q8", emb.codes.reshape(v, k)), ids,
-                                              g.const("embed.scales", emb.scales),
-                                              g.const("embed.zp", np.full(emb.scales.shape, 128, np.uint8))],
-                     "embed", domain=MS, gather_axis=0, quantize_axis=1, block_size=BLOCK, bits=8)
-            self._count_kind("embedding GatherBlockQuantized 8-bit")
+        if isinstance(emb, BlockLinear):  # the GGUF's blocks: GatherBlockQuantized (+ the per-block offset)
+            x = self.make_block_gather(ids, emb, "model.embed_tokens")
         else:
             x = g.op("Gather", [g.const("embed.weight", emb.w), ids], "embed")
         if self.cfg.embed_scale is not None:
             x = g.op("Mul", [x, g.const("embed_scale", np.array(self.cfg.embed_scale, np.float32))], "embed_scale")
         return x  # (1, S, hidden)
+
+    def make_block_gather(self, ids: str, emb: BlockLinear, key: str) -> str:
+        """Rows of a block weight: GatherBlockQuantized on the codes (V, K/block, block bytes) that
+        MatMulNBits reads too (one initializer for a tied lm_head); + the offset, gathered."""
+        g = self.g
+        v, k = emb.shape
+        nb = k // emb.block
+        names = self.block_inits(emb, "embed_tokens", key)
+        scales = g.op("Reshape", [names["scales"], g.shared(("scales3", v, nb), np.array([v, nb, 1], np.int64))],
+                      "embed.scales3")  # (V, nb, 1): GatherBlockQuantized wants the data's rank
+        x = g.op("GatherBlockQuantized", [names["qweight"], ids, scales], "embed", domain=MS, gather_axis=0,
+                 quantize_axis=2, block_size=emb.block, bits=emb.bits)  # (1, S, nb, block)
+        self._count_kind(f"embedding GatherBlockQuantized {emb.bits}-bit ({emb.qtype})")
+        if "offsetT" in names:  # w = scale*(code - zero) + offset per block of 32
+            off = g.op("Gather", [names["offsetT"], ids], "embed.offset", axis=1)  # (nb, 1, S)
+            off = g.op("Transpose", [off], "embed.offset_t", perm=[1, 2, 0])  # (1, S, nb)
+            off = g.op("Unsqueeze", [off, g.shared(("axis", -1), np.array([-1], np.int64))], "embed.offset_u")
+            x = g.op("Add", [x, off], "embed.add_offset")  # (1, S, nb, 32)
+        return g.op("Reshape", [x, g.shared(("merge", k), np.array([0, 0, k], np.int64))], "embed.merge")  # (1, S, K)
+
+    def block_inits(self, lin: BlockLinear, base: str, key: str | None = None) -> dict[str, str]:
+        """Initializers of a block weight: ``qweight`` (N, K/block, block bytes) as MatMulNBits
+        reads it, ``scales`` (N * K/block), ``zp`` (8-bit), ``offsetT`` (K/32, N); under ``key``
+        written once and shared (embedding and tied lm_head)."""
+        if key is not None and key in self._block_inits:
+            return self._block_inits[key]
+        g = self.g
+        names = {"qweight": g.const(base + ".qweight", lin.codes if lin.bits == 8 else _pack4(lin.codes)),
+                 "scales": g.const(base + ".scales", lin.scales.reshape(-1))}
+        if lin.bits == 8:
+            names["zp"] = g.const(base + ".zp", np.full(lin.scales.size, 128, np.uint8))
+        if lin.offset is not None:
+            names["offsetT"] = g.const(base + ".offsetT", np.ascontiguousarray(lin.offset.T))
+        if key is not None:
+            self._block_inits[key] = names
+        return names
 
     def norm_weight(self, name: str) -> np.ndarray:
         return (self.w.vector(name + ".weight") + np.float32(self.cfg.norm.offset)).astype(np.float32)
@@ -202,35 +238,38 @@ class DecoderWriter:
         return g.op("SimplifiedLayerNormalization", [src, gamma], base, axis=-1, epsilon=eps,
                     stash_type=1), residual
 
-    def make_linear(self, x: str, lin, base: str, k_dim: int) -> str:
-        """y = x @ W.T (+ bias) for a float or GGUF-block weight; x (..., K) -> (..., N)."""
+    def make_linears(self, x: str, parts: list, base: str, k_dim: int) -> str:
+        """Projections reading one input (q/k/v, gate/up): packed into one kernel when their blocks
+        share a layout, else one kernel per run of equal layout and a Concat of the outputs."""
+        groups = pack_groups(parts)
+        if len(groups) == 1:
+            return self.make_linear(x, groups[0], base, k_dim)
+        ys = [self.make_linear(x, p, f"{base}.{j}", k_dim) for j, p in enumerate(groups)]
+        return self.g.op("Concat", ys, base + ".concat", axis=-1)
+
+    def make_linear(self, x: str, lin, base: str, k_dim: int, share: str | None = None) -> str:
+        """y = x @ W.T (+ bias) for a float or GGUF-block weight; x (..., K) -> (..., N).
+        ``share``: the key of a block weight written once for the embedding and this head."""
         g = self.g
         n = lin.shape[0]
         if isinstance(lin, FloatLinear):
             y = g.op("MatMul", [x, g.const(base + ".weightT", np.ascontiguousarray(lin.w.T))], base)
             self._count_kind("MatMul fp32")
         else:
-            codes, scales = lin.codes, lin.scales
             rows = lin.offset is not None and self.offsets == "rows" and (x, k_dim) not in self._blocksums
-            if rows:  # nb extra rows computing the block sums of x: code 9 (= 1 after zero point 8) in block b
-                nb = k_dim // BLOCK
-                extra = np.full((nb, nb, BLOCK), 8, np.uint8)
-                extra[np.arange(nb), np.arange(nb)] = 9
-                codes, scales = np.concatenate([codes, extra]), np.concatenate([scales, np.ones((nb, nb), np.float32)])
-            ins = [x, g.const(base + ".qweight", codes if lin.bits == 8 else _pack4(codes)),
-                   g.const(base + ".scales", scales.reshape(-1))]
-            if lin.bits == 8:
-                ins.append(g.const(base + ".zp", np.full(scales.size, 128, np.uint8)))
-            y = g.op("MatMulNBits", ins, base, domain=MS, K=k_dim, N=codes.shape[0], bits=lin.bits, block_size=BLOCK,
-                     accuracy_level=self.accuracy_level)
+            if rows:
+                lin, share = _with_blocksum_rows(lin, k_dim), None
+            names = self.block_inits(lin, base, share)
+            ins = [x, names["qweight"], names["scales"]] + ([names["zp"]] if "zp" in names else [])
+            y = g.op("MatMulNBits", ins, base, domain=MS, K=k_dim, N=lin.codes.shape[0], bits=lin.bits,
+                     block_size=lin.block, accuracy_level=self.accuracy_level)
             self._count_kind(f"MatMulNBits {lin.bits}-bit ({lin.qtype})")
             if rows:
                 y, self._blocksums[(x, k_dim)] = g.op(
                     "Split", [y, g.shared(("split", n, k_dim // BLOCK), np.array([n, k_dim // BLOCK], np.int64))],
                     base + ".split_blocksums", outputs=2, axis=-1)  # (..., N), (..., K/32)
-            if lin.offset is not None and self.offsets != "none":  # exact Q4_1: + blocksum(x) @ (m + 8d).T
-                off = g.op("MatMul", [self.blocksum(x, k_dim), g.const(base + ".offsetT", np.ascontiguousarray(lin.offset.T))],
-                           base + ".offset")  # (..., N)
+            if lin.offset is not None and self.offsets != "none":  # exact: + blocksum(x) @ offset.T
+                off = g.op("MatMul", [self.blocksum(x, k_dim), names["offsetT"]], base + ".offset")  # (..., N)
                 y = g.op("Add", [y, off], base + ".add_offset")
         if lin.bias is not None:
             y = g.op("Add", [y, g.const(base + ".bias", lin.bias)], base + ".bias")
@@ -245,10 +284,11 @@ class DecoderWriter:
             self._blocksums[key] = self.g.op("MatMul", [x, self.g.shared(("blockind", k_dim), indicator)], "blocksum")
         if key not in self._blocksums:
             g = self.g
-            blocks = g.op("Reshape", [x, g.shared(("blocks", k_dim), np.array([0, -1, k_dim // BLOCK, BLOCK], np.int64))],
-                          "blocksum.reshape")  # (1, S, K/32, 32)
+            # rows of x whatever its rank (the lm_head reads (1, K)); the offset (S, N) broadcasts over batch 1
+            blocks = g.op("Reshape", [x, g.shared(("blocks", k_dim), np.array([-1, k_dim // BLOCK, BLOCK], np.int64))],
+                          "blocksum.reshape")  # (S, K/32, 32)
             self._blocksums[key] = g.op("ReduceSum", [blocks, g.shared(("axis", -1), np.array([-1], np.int64))],
-                                        "blocksum", keepdims=0)  # (1, S, K/32)
+                                        "blocksum", keepdims=0)  # (S, K/32)
         return self._blocksums[key]
 
     def make_attention(self, i: int, x: str) -> str:
@@ -256,10 +296,10 @@ class DecoderWriter:
         pre = f"model.layers.{i}.self_attn"
         hidden = self.cfg.hidden_size
         if a.fused_qkv:
-            qkv = self.w.linear(f"{pre}.qkv_proj")
+            qkv = [self.w.linear(f"{pre}.qkv_proj")]
         else:
-            qkv = pack([self.w.linear(f"{pre}.{p}_proj") for p in ("q", "k", "v")])
-        y = self.make_linear(x, qkv, f"l{i}.qkv", hidden)  # (1, S, (h + 2 kv) * hd)
+            qkv = [self.w.linear(f"{pre}.{p}_proj") for p in ("q", "k", "v")]
+        y = self.make_linears(x, qkv, f"l{i}.qkv", hidden)  # (1, S, (h + 2 kv) * hd)
         q_size, kv_size = a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
         if a.qk_norm:  # RMSNorm per head of q and k, before rotary
             q, k, v = g.op("Split", [y, g.shared(("split", q_size, kv_size, kv_size),
@@ -302,12 +342,12 @@ class DecoderWriter:
         pre = f"model.layers.{i}.mlp"
         inter = m.intermediate_size
         if m.fused_gate_up:
-            up = self.w.linear(f"{pre}.gate_up_proj")
+            up = [self.w.linear(f"{pre}.gate_up_proj")]
         elif m.gated:
-            up = pack([self.w.linear(f"{pre}.gate_proj"), self.w.linear(f"{pre}.up_proj")])
+            up = [self.w.linear(f"{pre}.gate_proj"), self.w.linear(f"{pre}.up_proj")]
         else:
-            up = self.w.linear(f"{pre}.up_proj")
-        y = self.make_linear(x, up, f"l{i}.gate_up" if m.gated else f"l{i}.up", self.cfg.hidden_size)
+            up = [self.w.linear(f"{pre}.up_proj")]
+        y = self.make_linears(x, up, f"l{i}.gate_up" if m.gated else f"l{i}.up", self.cfg.hidden_size)
         if m.gated:
             gate, up_out = g.op("Split", [y, g.shared(("split", inter, inter), np.array([inter, inter], np.int64))],
                                 f"l{i}.gate_up_split", outputs=2, axis=-1)  # (1, S, I) each
@@ -329,11 +369,9 @@ class DecoderWriter:
         last = g.op("Gather", [x, g.shared(("last",), np.array(-1, np.int64))], "last_position", axis=1)  # (1, hidden)
         name = "model.embed_tokens" if cfg.tie_word_embeddings else "lm_head"
         head = self.w.linear(name) if not cfg.tie_word_embeddings else self.w.embedding(name)
-        if cfg.tie_word_embeddings and isinstance(head, FloatLinear):
-            head = FloatLinear(head.w)
-        if cfg.lm_head_bias:
-            head.bias = self.w.vector("lm_head.bias")
-        logits = self.make_linear(last, head, "lm_head", cfg.hidden_size)  # (1, V)
+        head = dataclasses.replace(head, bias=self.w.vector("lm_head.bias") if cfg.lm_head_bias else None)
+        share = name if cfg.tie_word_embeddings and isinstance(head, BlockLinear) else None
+        logits = self.make_linear(last, head, "lm_head", cfg.hidden_size, share)  # (1, V)
         cap = cfg.final_logit_softcap
         if cap:
             c = g.const("final_softcap", np.array(cap, np.float32))
@@ -342,6 +380,17 @@ class DecoderWriter:
 
     def _count_kind(self, kind: str) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + 1
+
+
+def _with_blocksum_rows(lin: BlockLinear, k_dim: int) -> BlockLinear:
+    """``lin`` + K/32 extra rows computing the block sums of x (offsets="rows"): code zero+1 in
+    block b of row b, zero elsewhere (block 32: only types with an offset come here); the
+    offset stays (N, K/32): it is added after the Split."""
+    nb = k_dim // BLOCK
+    extra = np.full((nb, nb, BLOCK), lin.zero, np.uint8)
+    extra[np.arange(nb), np.arange(nb)] = lin.zero + 1
+    return dataclasses.replace(lin, codes=np.concatenate([lin.codes, extra]),
+                               scales=np.concatenate([lin.scales, np.ones((nb, nb), np.float32)]))
 
 
 def _pack4(codes: np.ndarray) -> np.ndarray:

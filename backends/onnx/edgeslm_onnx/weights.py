@@ -3,17 +3,20 @@
 The writer asks for ``model.layers.3.self_attn.q_proj`` and gets one of
 
 - :class:`FloatLinear`  ``w`` (N, K) float32 (+ bias): a plain MatMul;
-- :class:`BlockLinear`  the GGUF's blocks of 32, unchanged: ``codes`` (N, K/32, 32) uint8,
-  ``scales`` (N, K/32) and, for Q4_1, ``offset`` (N, K/32) = ``m + 8d`` so that
-  ``d*q + m = d*(q - 8) + offset`` (onnxruntime's fast symmetric 4-bit kernel plus an exact
-  per-block term). Q8_0 codes are stored +128 (uint8, zero point 128).
+- :class:`BlockLinear`  the GGUF's blocks, codes unchanged (:mod:`.gguf_blocks` says how each
+  type maps): ``codes`` (N, K/block, block) uint8 around the kernel's zero point (8 for 4-bit,
+  128 for 8-bit), ``scales`` (N, K/block) and, for types with a minimum (Q4_1, Q5_1, Q4_K, Q5_K),
+  ``offset`` (N, K/32) so that ``w = scale*(code - zero) + offset`` (onnxruntime's fast
+  symmetric kernel plus an exact per-block term).
 
-Projections that read the same input (q/k/v, gate/up) are packed along N with :func:`pack`;
-blocks pack exactly (rows are independent).
+Projections that read the same input (q/k/v, gate/up) are packed along N with :func:`pack`
+when their blocks have one layout (rows are independent); :func:`pack_groups` packs runs of
+equal layout when a K-quant mix gives them different types (Q4_K_M: ``attn_v`` in Q6_K).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 
@@ -34,27 +37,34 @@ class FloatLinear:
 
 @dataclass
 class BlockLinear:
-    qtype: str  # "Q4_1" | "Q8_0"
-    codes: np.ndarray  # (N, K/32, 32) uint8, values 0..15 (4-bit) or 0..255 (8-bit, +128)
-    scales: np.ndarray  # (N, K/32) float32
-    offset: np.ndarray | None = None  # (N, K/32) float32, Q4_1 only: m + 8d
+    qtype: str  # the GGUF type ("Q4_1", "Q4_K", "Q6_K" ...; "Q4_1+Q4_K" when packed)
+    codes: np.ndarray  # (N, K/block, block) uint8, 0..15 (4-bit, zero point 8) or 0..255 (8-bit, 128)
+    scales: np.ndarray  # (N, K/block) float32
+    offset: np.ndarray | None = None  # (N, K/32) float32, types with a minimum: w += offset
     bias: np.ndarray | None = None
+    bits: int = 4  # MatMulNBits bits: 4 or 8
+    block: int = BLOCK  # values per scale: 32, or 16 (Q3_K, Q6_K)
 
     @property
-    def bits(self) -> int:
-        return 4 if self.qtype == "Q4_1" else 8
+    def zero(self) -> int:
+        return 8 if self.bits == 4 else 128
+
+    @property
+    def layout(self) -> tuple[int, int, bool]:
+        """What must agree for two weights to pack into one MatMulNBits."""
+        return self.bits, self.block, self.offset is not None
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.codes.shape[0], self.codes.shape[1] * BLOCK
+        return self.codes.shape[0], self.codes.shape[1] * self.block
 
     def dequantize(self) -> np.ndarray:
         """(N, K) float32, what the graph computes from these blocks."""
-        zero = 8.0 if self.bits == 4 else 128.0
-        w = (self.codes.astype(np.float32) - zero) * self.scales[..., None]
+        w = ((self.codes.astype(np.float32) - np.float32(self.zero)) * self.scales[..., None]).reshape(self.shape)
         if self.offset is not None:
-            w = w + self.offset[..., None]
-        return w.reshape(self.shape)
+            n, k = self.shape
+            w = (w.reshape(n, k // BLOCK, BLOCK) + self.offset[..., None]).reshape(n, k)
+        return w
 
 
 def pack(parts: list) -> FloatLinear | BlockLinear:
@@ -66,12 +76,26 @@ def pack(parts: list) -> FloatLinear | BlockLinear:
         [b if b is not None else np.zeros(p.shape[0], np.float32) for b, p in zip(biases, parts)])
     if all(isinstance(p, FloatLinear) for p in parts):
         return FloatLinear(np.concatenate([p.w for p in parts]), bias)
-    kinds = {p.qtype if isinstance(p, BlockLinear) else "float" for p in parts}
+    kinds = {p.layout if isinstance(p, BlockLinear) else "float" for p in parts}
     if len(kinds) != 1:
-        raise ValueError(f"cannot pack projections of different kinds {sorted(kinds)}")
+        raise ValueError(f"cannot pack projections of different kinds {sorted(map(str, kinds))}")
     offsets = None if parts[0].offset is None else np.concatenate([p.offset for p in parts])
-    return BlockLinear(parts[0].qtype, np.concatenate([p.codes for p in parts]),
-                       np.concatenate([p.scales for p in parts]), offsets, bias)
+    qtype = "+".join(dict.fromkeys(p.qtype for p in parts))
+    return BlockLinear(qtype, np.concatenate([p.codes for p in parts]), np.concatenate([p.scales for p in parts]),
+                       offsets, bias, parts[0].bits, parts[0].block)
+
+
+def pack_groups(parts: list) -> list:
+    """Pack each run of consecutive projections of one layout: ``[q, k, v]`` with q/k Q4_K and
+    v Q6_K -> ``[pack([q, k]), v]`` (the writer concatenates their outputs)."""
+    runs: list[list] = []
+    for p in parts:
+        kind = p.layout if isinstance(p, BlockLinear) else "float"
+        if runs and (runs[-1][0].layout if isinstance(runs[-1][0], BlockLinear) else "float") == kind:
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    return [pack(r) for r in runs]
 
 
 class FloatWeights:
@@ -103,41 +127,63 @@ class GgufWeights(FloatWeights):
     """The state dict's matrices replaced by the GGUF blocks they were dequantized from.
 
     A state-dict matrix is matched to a GGUF tensor by content (sha1 of the dequantized values,
-    llama.cpp's Q/K row permutation undone), so no name mapping per family is needed; a matrix
-    with no Q4_1/Q8_0 twin stays float (and is reported)."""
+    llama.cpp's Q/K row permutation undone), so no name mapping per family is needed. Float
+    tensors (F32/F16/BF16) stay float; a quantized 2-D tensor of a type :mod:`.gguf_blocks`
+    cannot transcode (Q2_K) is listed in ``untranscodable`` (the export refuses the file)."""
 
     def __init__(self, state: dict[str, np.ndarray], gguf_path: str, n_head: int, n_kv: int):
         super().__init__(state)
-        from .quantize import gguf_blocks
+        from edgeslm.arch.gguf_common import unpermute_qk
+        from edgeslm.sources.gguf import gguf_family
+        from edgeslm.sources.gguf_file import GGUFFile
+        from edgeslm.sources.gguf_quants import dequantize
+
+        from .gguf_blocks import FLOAT_TYPES, LAYOUTS, split_blocks
+        from .quantize import _row_perm
 
         self.blocks: dict[str, BlockLinear] = {}
         self.max_abs_error = 0.0
+        self.kinds: dict[str, int] = {}  # GGUF tensors used, per type
+        self.untranscodable: dict[str, list[str]] = {}  # type -> GGUF tensor names
         by_digest: dict[str, list[str]] = {}
         for name, arr in state.items():
             if name.endswith(".weight") and arr.ndim == 2:
                 by_digest.setdefault(_digest(arr), []).append(name[: -len(".weight")])
-        self.kinds: dict[str, int] = {}
-        for _, qtype, codes, scales, zp, deq in gguf_blocks(gguf_path, n_head, n_kv):
+        reader = GGUFFile(gguf_path)
+        permuted = gguf_family(reader.architecture).gguf_fix is unpermute_qk
+        for t in reader.tensors.values():
+            qtype = t.type_name
+            if len(t.shape) != 2 or qtype in FLOAT_TYPES:
+                continue
+            if qtype not in LAYOUTS:
+                self.untranscodable.setdefault(qtype, []).append(t.name)
+                continue
+            raw = reader.raw(t.name)
+            deq = dequantize(raw, qtype, t.shape)  # (N, K) float32, bit-identical to gguf-py's
+            perm = _row_perm(t.name, t.shape[0], n_head, n_kv) if permuted else None
+            if perm is not None:
+                deq = deq[perm]
             names = by_digest.get(_digest(deq), [])
             if not names:
                 continue
-            if qtype == "Q4_1":
-                blk = BlockLinear(qtype, codes, scales, offset=(scales * (8.0 - zp)).astype(np.float32))
-            else:
-                blk = BlockLinear(qtype, codes, scales)
+            codes, scales, offset = split_blocks(raw, qtype, t.shape)
+            if perm is not None:
+                codes, scales, offset = codes[perm], scales[perm], None if offset is None else offset[perm]
+            bits, block, _ = LAYOUTS[qtype]
+            blk = BlockLinear(qtype, codes, scales, offset, None, bits, block)
             self.max_abs_error = max(self.max_abs_error, float(np.abs(blk.dequantize() - deq).max()))
             for n in names:
                 self.blocks[n] = blk
-            self.kinds[qtype] = self.kinds.get(qtype, 0) + 1  # GGUF tensors used
+            self.kinds[qtype] = self.kinds.get(qtype, 0) + 1
 
     def linear(self, name: str) -> FloatLinear | BlockLinear:
         blk = self.blocks.get(name)
         if blk is None:
             return super().linear(name)
         bias = self.state.get(name + ".bias")
-        return BlockLinear(blk.qtype, blk.codes, blk.scales, blk.offset,
-                           None if bias is None else bias.astype(np.float32))
+        return dataclasses.replace(blk, bias=None if bias is None else bias.astype(np.float32))
 
     def embedding(self, name: str) -> FloatLinear | BlockLinear:
+        """The GGUF's blocks (GatherBlockQuantized; tied, the lm_head shares them)."""
         blk = self.blocks.get(name)
-        return blk if blk is not None and blk.qtype == "Q8_0" else super().embedding(name)
+        return blk if blk is not None else super().embedding(name)

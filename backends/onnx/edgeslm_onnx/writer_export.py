@@ -34,13 +34,19 @@ def write_graph(source, spec, out_dir: Path, steps) -> dict[str, Any]:
         if source.kind != "gguf":
             raise ExportError("precision int4-gguf transcodes a GGUF's own 4-bit blocks; the source is not a GGUF "
                               "file (use int4 to quantize float weights)")
+        from .gguf_blocks import LAYOUTS
         from .weights import GgufWeights
 
         with steps.step("Reading the GGUF's blocks"):
             weights = GgufWeights(state, str(source.path), source.spec.num_heads, source.spec.num_kv_heads)
+        if weights.untranscodable:
+            qtype, names = next(iter(weights.untranscodable.items()))
+            raise ExportError(f"{source.path}: int4-gguf cannot transcode {qtype} blocks ({len(names)} tensors, "
+                              f"e.g. '{names[0]}'; it transcodes {', '.join(LAYOUTS)}); use -p int4 to re-quantize "
+                              "the dequantized weights")
         if not weights.kinds:
-            raise ExportError(f"{source.path}: no Q4_1/Q8_0 tensor of the GGUF matches a weight of the model; "
-                              "int4-gguf needs the unmodified GGUF as the source")
+            raise ExportError(f"{source.path}: no quantized tensor of the GGUF ({', '.join(LAYOUTS)}) matches a "
+                              "weight of the model; int4-gguf needs the unmodified GGUF as the source")
     else:
         from .weights import FloatWeights
 
@@ -69,13 +75,17 @@ def write_graph(source, spec, out_dir: Path, steps) -> dict[str, Any]:
         kinds = writer.counts
         head = "model.embed_tokens" if cfg.tie_word_embeddings else "lm_head"
         out["quantization"] = {
-            "precision": "int4-gguf", "accuracy_level": accuracy_level, "block_size": 32,
+            "precision": "int4-gguf", "accuracy_level": accuracy_level,
+            "block_size": min((b.block for b in weights.blocks.values()), default=32),
+            "block_sizes": {b.qtype: b.block for b in weights.blocks.values()},
             "matmuls_quantized": sum(v for k, v in kinds.items() if k.startswith("MatMulNBits")),
             "matmuls_kept_float": kinds.get("MatMul fp32", 0),
             "embedding": _kind(weights, "model.embed_tokens"), "lm_head": _kind(weights, head),
             "max_abs_weight_error": weights.max_abs_error,
             "details": {"gguf_tensors_mapped": weights.kinds, "kernels": kinds,
-                        "q4_1_as": "symmetric 4-bit MatMulNBits + exact per-block offset; q/k/v and gate/up packed"}}
+                        "gguf_as": "each GGUF block type as MatMulNBits 4/8-bit codes unchanged (+ exact per-block "
+                                   "offset for Q4_1/Q5_1/Q4_K/Q5_K); q/k/v and gate/up packed where one layout; "
+                                   "a tied embedding shares the lm_head's codes"}}
     return out
 
 
