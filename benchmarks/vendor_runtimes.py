@@ -12,6 +12,7 @@ Every run: the same prompt (--prompt-tokens ids of the chat-free bench text; Lit
 text, which tokenizes to the same ids), --new-tokens greedy tokens, rounds interleaved
 (ours, theirs, ours, theirs ...) so machine drift hits both; medians reported. Prefill tok/s =
 prompt tokens / time to first logits; decode tok/s = tokens after the first / their time.
+Process CPU time per token (every thread of the runtime) is reported beside the rates.
 OpenVINO is measured at our engine's exact-f32 setting and at each side's CPU default (bf16
 inference, u8 KV cache on AVX512-BF16 CPUs). Bundles are exported once into --cache without the
 parity check (the interop tests check parity); results -> benchmarks/results/vendor_runtimes.{json,md}.
@@ -45,13 +46,14 @@ def run_ours(bundle_dir: Path, ids: list[int], n: int, threads: int, options: di
         eng.reset()
         eng.prefill(ids[:8])  # warm-up (first-call allocations, compiled kernels)
         eng.reset()
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         logits = eng.prefill(ids)
-        t1 = time.perf_counter()
+        c1, t1 = time.process_time(), time.perf_counter()
         for _ in range(n - 1):
             logits = eng.decode(int(np.argmax(logits)))
-        t2 = time.perf_counter()
-    return {"prefill_tps": len(ids) / (t1 - t0), "decode_tps": (n - 1) / (t2 - t1), "ttft_s": t1 - t0}
+        c2, t2 = time.process_time(), time.perf_counter()
+    return {"prefill_tps": len(ids) / (t1 - t0), "decode_tps": (n - 1) / (t2 - t1), "ttft_s": t1 - t0,
+            "prefill_cpu_ms_tok": (c1 - c0) / len(ids) * 1e3, "decode_cpu_ms_tok": (c2 - c1) / (n - 1) * 1e3}
 
 
 # -- their side -----------------------------------------------------------------------------
@@ -106,19 +108,24 @@ def run_litertlm(bundle_dir: Path, text: str, n: int, threads: int, cache_dir: s
         def once(prompt):
             s = engine.create_session(apply_prompt_template=False, max_output_tokens=n,
                                       sampler_config=interfaces.SamplerConfig(top_k=1))
+            c0 = time.process_time()
             s.run_prefill([prompt])
+            c1 = time.process_time()
             s.run_decode()
+            c2 = time.process_time()
             info = s.get_benchmark_info()
             s.close()
-            return info
+            return info, c1 - c0, c2 - c1
 
         once("hello")  # warm-up
-        info = once(text)
+        info, pcpu, dcpu = once(text)
     finally:
         engine.close()
     return {"prefill_tps": info.last_prefill_tokens_per_second, "decode_tps": info.last_decode_tokens_per_second,
             "ttft_s": info.time_to_first_token_in_second, "decode_tokens": info.last_decode_token_count,
-            "prefill_tokens": info.last_prefill_token_count}
+            "prefill_tokens": info.last_prefill_token_count,
+            "prefill_cpu_ms_tok": pcpu / max(1, info.last_prefill_token_count) * 1e3,
+            "decode_cpu_ms_tok": dcpu / max(1, info.last_decode_token_count) * 1e3}
 
 
 # -- driver ---------------------------------------------------------------------------------
@@ -212,8 +219,9 @@ def summarize(raw):
         med = {}
         for label, runs in by_label.items():
             ok = [r for r in runs if "error" not in r]
-            med[label] = ({k: statistics.median(r[k] for r in ok) for k in ("prefill_tps", "decode_tps", "ttft_s")}
-                          if ok else {"error": runs[-1]["error"]})
+            keys = [k for k in ("prefill_tps", "decode_tps", "ttft_s", "prefill_cpu_ms_tok", "decode_cpu_ms_tok")
+                    if ok and all(k in r for r in ok)]
+            med[label] = {k: statistics.median(r[k] for r in ok) for k in keys} if ok else {"error": runs[-1]["error"]}
         labels = list(med)
         for ours, theirs in zip(labels[0::2], labels[1::2]):
             a, b = med[ours], med[theirs]
@@ -231,7 +239,8 @@ def to_markdown(out) -> str:
              f"median of {out['rounds']} interleaved rounds; {out['machine']['cpu']}, {out['machine']['cores']} cores, "
              f"load average at the end {', '.join(f'{x:.1f}' for x in out['loadavg_at_end'])}.", "",
              "| bundle | threads | ours | decode tok/s | prefill tok/s | vendor | decode tok/s | prefill tok/s "
-             "| decode ratio | prefill ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| decode ratio | prefill ratio | decode CPU ms/tok ours / vendor |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(m, k):
         return f"{m[k]:.1f}" if k in m else m.get("error", "-")[:60]
@@ -240,7 +249,8 @@ def to_markdown(out) -> str:
         lines.append(f"| {r['pair']} | {r['threads']} | {r['ours']} | {cell(r['ours_m'], 'decode_tps')} | "
                      f"{cell(r['ours_m'], 'prefill_tps')} | {r['vendor']} | {cell(r['vendor_m'], 'decode_tps')} | "
                      f"{cell(r['vendor_m'], 'prefill_tps')} | {r.get('decode_ratio', float('nan')):.2f}x | "
-                     f"{r.get('prefill_ratio', float('nan')):.2f}x |")
+                     f"{r.get('prefill_ratio', float('nan')):.2f}x | "
+                     f"{cell(r['ours_m'], 'decode_cpu_ms_tok')} / {cell(r['vendor_m'], 'decode_cpu_ms_tok')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -66,3 +66,33 @@ def library_stdout() -> Iterator[None]:
     then it goes to stderr: it is never a verb's result)."""
     with contextlib.redirect_stdout(sys.stderr if _verbose else io.StringIO()):
         yield
+
+
+_exit_silenced = False
+
+
+def native_teardown_quiet() -> None:
+    """From now on, the process ends with fd 2 pointed at /dev/null (unless verbose then).
+
+    For native libraries that log from C++ static destructors, after Python has finished:
+    LiteRT's TensorBuffer wrapper brings up a process-wide environment on the first buffer
+    write and destroys it at exit with "INFO: ... DestroyAccelerator" lines. An ``atexit``
+    handler registered once; it runs after every handler registered later (LIFO), flushes
+    ``sys.stderr`` first, and leaves fd 2 alone when :func:`set_verbose` is on at exit."""
+    global _exit_silenced
+    if _exit_silenced:
+        return
+    _exit_silenced = True
+
+    def _silence() -> None:
+        if _verbose:
+            return
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+
+    import atexit
+
+    atexit.register(_silence)

@@ -255,6 +255,20 @@ def test_native_stderr_drops_only_the_known_lines(capfd):
         set_verbose(previous)
 
 
+def test_native_teardown_quiet_drops_only_what_comes_after_python():
+    """What a library writes to fd 2 after the last atexit handlers (LiteRT's C++ teardown) is
+    dropped; what came before stays, and -v keeps everything."""
+    code = ("import atexit, os, sys\n"
+            "atexit.register(lambda: os.write(2, b'late\\n'))  # runs after the handler below (LIFO)\n"
+            "from edgeslm.quiet import native_teardown_quiet, set_verbose\n"
+            "set_verbose(len(sys.argv) > 1)\n"
+            "native_teardown_quiet(); native_teardown_quiet()\n"
+            "sys.stderr.write('early\\n')\n")
+    for args, want in (([], "early\n"), (["-v"], "early\nlate\n")):
+        p = subprocess.run([sys.executable, "-c", code, *args], check=False, capture_output=True, text=True)
+        assert p.returncode == 0 and p.stderr == want, p.stderr
+
+
 @requires_export
 def test_litert_delegate_line_only_with_verbose(bundle_factory):
     """LiteRT logs 'INFO: Created TensorFlow Lite XNNPACK delegate' from C++ once per process."""
