@@ -130,10 +130,14 @@ def export(source, fmt: str, prec: str, cache: Path) -> Path:
     out = cache / f"{fmt}-{prec}"
     if (out / "manifest.json").exists():
         m = json.loads((out / "manifest.json").read_text())
-        if m.get("interop") and m["model"]["source_sha256"] == source.sha256:
+        if all(i.get("written", True) for i in (m.get("interop") or {"-": {"written": False}}).values()) \
+                and m["model"]["source_sha256"] == source.sha256:
             return out
     print(f"== exporting {fmt}/{prec}", flush=True)
-    export_model(source, out, format=fmt, precision=prec, context_length=512, parity=False, overwrite=True)
+    # onnx: the graph writer's IO is not onnxruntime-genai's (no interop files): the torch graph is
+    options = {"graph": "torch"} if fmt == "onnx" else None
+    export_model(source, out, format=fmt, precision=prec, context_length=512, parity=False, overwrite=True,
+                 options=options)
     return out
 
 
