@@ -89,8 +89,9 @@ class DecoderWriter:
     #: MatMul) instead of Reshape + ReduceSum; "rows" the block sums as nb extra output rows of
     #: the projection's own MatMulNBits (code 1 in block b), then Split + MatMul + Add;
     #: "int8" the offsets (m + 8d) as an 8-bit MatMulNBits weight over the block sums (blocks of
-    #: 16, absmax scales; NOT exact: 9 bits of offset instead of fp32, 36-40 instead of 72 bytes
-    #: per row at K=576); "none" drops the offset (NOT exact: a speed reference only).
+    #: 16, absmax scales; NOT exact: per output row 40 instead of 72 bytes at K=576, 60 instead
+    #: of 192 at K=1536; measured within noise of "matmul"); "none" drops the offset (NOT exact:
+    #: a speed reference only, the bound of any exact form).
     OFFSETS = ("reduce", "matmul", "rows", "int8", "none")
 
     def __init__(self, cfg: DecoderConfig, weights, max_len: int, accuracy_level: int = 4, offsets: str = "matmul"):
