@@ -8,14 +8,21 @@ One run, one machine: bundles are exported once (cached in out/bench/), the peer
 greedy decoding through the same Generator, runs are interleaved (A B C A B C ...) so machine
 drift hits all alike, and results are reported as ratios to llama.cpp. Also measured: memory
 read bandwidth and each engine's fraction of the bandwidth bound, greedy top-1 agreement of
-each engine with the torch fp32 source (teacher-forced, 3 prompts x 32 tokens).
+each engine with the torch fp32 source (teacher-forced, 3 prompts x 32 tokens) and, with
+llama.cpp installed, with llama.cpp's own 128 greedy tokens (teacher-forced).
+
+Peers: llama.cpp (llama-cpp-python) on the GGUF itself, and onnxruntime-genai on its own model
+builder's int4 model (``ortgenai_engine.py``: the builder run offline on the GGUF's weights
+dequantized to a Hugging Face folder; cached in --cache). Both optional.
+
+--only takes ``format:precision[@graph][+option=value...]`` (any exporter option, e.g.
+``onnx:int4-gguf+q4_1_offsets=none``), ``llama.cpp`` and ``onnxruntime-genai``.
 
 Writes benchmarks/results/latest.{json,md} and benchmarks/results/decode.png.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import gc
 import importlib.util
@@ -30,8 +37,22 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from bench_args import only_set, parser, thread_counts  # noqa: E402
+
 DEFAULT_PRECISIONS = {"onnx": ["fp32", "int8", "int4", "int4-gguf", "int4-gguf@torch"], "openvino": ["fp32", "int8", "int4"]}
-# "precision@graph": the same precision exported with --option graph=... (onnx: writer | torch)
+# "precision@graph": the same precision exported with --option graph=... (onnx: writer | torch);
+# "precision+key=value": with --option key=value (e.g. int4-gguf+q4_1_offsets=none)
+LLAMACPP, ORTGENAI = "llama.cpp/Q4_1", "onnxruntime-genai/int4 (its builder)"
+
+
+def label_options(label: str) -> tuple[str, dict]:
+    """'int4-gguf@torch+q4_1_offsets=none' -> ('int4-gguf', {'graph': 'torch', 'q4_1_offsets': 'none'})."""
+    head, *opts = label.split("+")
+    prec, _, graph = head.partition("@")
+    options = dict(o.split("=", 1) for o in opts)
+    if graph:
+        options["graph"] = graph
+    return prec, options
 
 
 def measure_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
@@ -58,8 +79,8 @@ def export_all(source, combos, cache: Path):
 
     bundles = {}
     for fmt, label in combos:
-        prec, _, graph = label.partition("@")
-        out = cache / f"{fmt}-{label.replace('@', '-')}"
+        prec, options = label_options(label)
+        out = cache / f"{fmt}-{label.replace('@', '-').replace('+', '-').replace('=', '-')}"
         try:
             b = Bundle.open(out)
             if b.manifest["model"]["source_sha256"] == source.sha256 and b.manifest.get("parity"):
@@ -71,7 +92,7 @@ def export_all(source, combos, cache: Path):
         try:
             bundles[(fmt, label)] = export_model(source, out, format=fmt, precision=prec, context_length=512,
                                                  overwrite=True, steps=Steps(),
-                                                 options={"graph": graph} if graph else None)
+                                                 options=options or None)
         except Exception as exc:  # a failed parity still leaves a bundle worth measuring
             print(f"   {fmt}/{label}: {exc}", flush=True)
             try:
@@ -114,16 +135,10 @@ def teacher_forced(eng, prompt, tokens: list[int]) -> float:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--prompt-tokens", type=int, default=128)
-    ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--only", default="", help="comma list of format:precision (and/or llama.cpp)")
-    ap.add_argument("--cache", default="out/bench")
+    ap = parser(__doc__, rounds=5, cache="out/bench", only_help="comma list of format:precision[@graph][+opt=val], "
+                "llama.cpp, onnxruntime-genai")
     ap.add_argument("--spin-variant", action="store_true",
                     help="also onnx int4-gguf without spinning threads (2+ threads; the engine spins by default)")
-    ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args(argv)
 
     from edgeslm.bench import machine_info, prompt_ids
@@ -132,15 +147,25 @@ def main(argv=None) -> int:
     from edgeslm.sources import load_source
     from edgeslm.verify.parity import reference_run, run_parity
 
-    only = {x for x in args.only.split(",") if x}
+    only = only_set(args)
     source = load_source("smollm2-135m")
     combos = []
     for fmt in available(EXPORTERS):
-        for prec in DEFAULT_PRECISIONS.get(fmt, []):
-            if prec.partition("@")[0] in get_exporter(fmt).precisions and (not only or f"{fmt}:{prec}" in only):
+        asked = [o.split(":", 1)[1] for o in only if o.startswith(fmt + ":")]  # any label, not just the defaults
+        for prec in (asked if only else DEFAULT_PRECISIONS.get(fmt, [])):
+            if label_options(prec)[0] in get_exporter(fmt).precisions:
                 combos.append((fmt, prec))
     bundles = export_all(source, combos, Path(args.cache))
+    have_ortgenai = importlib.util.find_spec("onnxruntime_genai") is not None and (not only or "onnxruntime-genai" in only)
+    if have_ortgenai:
+        import ortgenai_engine
+
+        t0 = time.perf_counter()
+        genai_dir = ortgenai_engine.build(source, Path(args.cache) / "ortgenai-int4")
+        print(f"onnxruntime-genai peer: {genai_dir} ({time.perf_counter() - t0:.1f} s; build times in "
+              f"{ortgenai_engine.STAMP})", flush=True)
     tokenizer = next(iter(bundles.values())).load_tokenizer() if bundles else source.tokenizer
+    source_spec = source.spec
     refs = reference_run(source, new_tokens=32)
     del source
     gc.collect()
@@ -155,7 +180,7 @@ def main(argv=None) -> int:
 
     bw = measure_bandwidth()
     results = {}
-    for threads in [int(t) for t in args.threads.split(",")]:
+    for threads in thread_counts(args):
         engines = {}
         for (fmt, prec), b in bundles.items():
             engines[f"{fmt}/{prec}"] = (get_engine(fmt)(b, threads=threads), weight_bytes(b))
@@ -164,10 +189,13 @@ def main(argv=None) -> int:
         if have_llamacpp:
             from llamacpp_engine import LlamaCppEngine
 
-            engines["llama.cpp/Q4_1"] = (LlamaCppEngine(str(gguf_path), spec, threads), gguf_path.stat().st_size)
+            engines[LLAMACPP] = (LlamaCppEngine(str(gguf_path), spec or source_spec, threads), gguf_path.stat().st_size)
+        if have_ortgenai:
+            engines[ORTGENAI] = (ortgenai_engine.OrtGenaiEngine(genai_dir, spec or source_spec, threads),
+                                 ortgenai_engine.model_bytes(genai_dir))
         samples = {k: {"decode": [], "prefill": [], "ttft": [], "overhead": [], "step_wall": [], "step_cpu": []}
                    for k in engines}
-        ref_tokens = greedy_tokens(engines["llama.cpp/Q4_1"][0], prompt, 128) if have_llamacpp else None
+        ref_tokens = greedy_tokens(engines[LLAMACPP][0], prompt, 128) if have_llamacpp else None
         for name, (eng, _) in engines.items():  # warm-up + agreement (teacher-forced vs torch fp32)
             Generator(eng, tokenizer).generate(prompt, max_new_tokens=8, stop_on_eos=False)
             if name not in results.get("agreement", {}):
@@ -198,7 +226,7 @@ def main(argv=None) -> int:
                           "step_cpu_ms": statistics.median(s["step_cpu"]) * 1000,
                           "bound_tok_s": bw / nbytes, "fraction_of_bound": dec / (bw / nbytes)}
             eng.close()
-        ref = rows.get("llama.cpp/Q4_1", {}).get("decode_tok_s")
+        ref = rows.get(LLAMACPP, {}).get("decode_tok_s")
         for row in rows.values():
             row["ratio_to_llamacpp"] = row["decode_tok_s"] / ref if ref else None
         results[f"threads_{threads}"] = rows

@@ -20,7 +20,6 @@ parity check (the interop tests check parity); results -> benchmarks/results/ven
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
@@ -33,6 +32,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_args import only_set, parser, thread_counts  # noqa: E402
 PAIRS = {"onnx:int4-gguf": "onnxruntime-genai", "openvino:int8": "openvino-genai",
          "litert:dynamic-int8": "litert-lm"}
 
@@ -60,9 +62,9 @@ def run_ours(bundle_dir: Path, ids: list[int], n: int, threads: int, options: di
 def run_ortgenai(bundle_dir: Path, ids: list[int], n: int, threads: int, options: dict) -> dict:
     import onnxruntime_genai as og
 
-    config = og.Config(str(bundle_dir))
-    config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
-    model = og.Model(config)
+    from ortgenai_engine import genai_model
+
+    model = genai_model(bundle_dir, threads)
 
     def once(prompt, new):
         params = og.GeneratorParams(model)
@@ -135,10 +137,14 @@ def export(source, fmt: str, prec: str, cache: Path) -> Path:
     out = cache / f"{fmt}-{prec}"
     if (out / "manifest.json").exists():
         m = json.loads((out / "manifest.json").read_text())
-        if m.get("interop") and m["model"]["source_sha256"] == source.sha256:
+        if all(i.get("written", True) for i in (m.get("interop") or {"-": {"written": False}}).values()) \
+                and m["model"]["source_sha256"] == source.sha256:
             return out
     print(f"== exporting {fmt}/{prec}", flush=True)
-    export_model(source, out, format=fmt, precision=prec, context_length=512, parity=False, overwrite=True)
+    # onnx: the graph writer's IO is not onnxruntime-genai's (no interop files): the torch graph is
+    options = {"graph": "torch"} if fmt == "onnx" else None
+    export_model(source, out, format=fmt, precision=prec, context_length=512, parity=False, overwrite=True,
+                 options=options)
     return out
 
 
@@ -163,21 +169,14 @@ def cases(pair: str, bundle: Path, ids, text, n, cache_dir):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--prompt-tokens", type=int, default=128)
-    ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--only", default="", help="comma list of " + ", ".join(PAIRS))
-    ap.add_argument("--cache", default="out/bench-vendor")
-    ap.add_argument("--out", default=str(HERE / "results"))
+    ap = parser(__doc__, rounds=3, cache="out/bench-vendor", only_help="comma list of " + ", ".join(PAIRS))
     args = ap.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     from edgeslm.bench import machine_info
     from edgeslm.sources import load_source
 
-    pairs = [p for p in PAIRS if not args.only or p in args.only.split(",")]
+    pairs = [p for p in PAIRS if not args.only or p in only_set(args)]
     source = load_source("smollm2-135m")
     bundles = {p: export(source, *p.split(":"), Path(args.cache)) for p in pairs}
     tok = source.tokenizer
@@ -187,7 +186,7 @@ def main(argv=None) -> int:
         text = text.rsplit(" ", 1)[0]
         ids = tok.encode(text)
     del source
-    threads = [int(t) for t in args.threads.split(",")]
+    threads = thread_counts(args)
     cache_dir = tempfile.mkdtemp(prefix="edgeslm-litertlm-cache-")
     raw: dict[str, dict[str, list[dict]]] = {}
     for pair in pairs:

@@ -92,8 +92,11 @@ class DecoderWriter:
     #: "reduce" Reshape + ReduceSum of x, then MatMul + Add; "matmul" x @ block-indicator (one
     #: MatMul) instead of Reshape + ReduceSum; "rows" the block sums as nb extra output rows of
     #: the projection's own MatMulNBits (code 1 in block b), then Split + MatMul + Add;
-    #: "none" drops the offset (NOT exact: a speed reference only).
-    OFFSETS = ("reduce", "matmul", "rows", "none")
+    #: "int8" the offsets (m + 8d) as an 8-bit MatMulNBits weight over the block sums (blocks of
+    #: 16, absmax scales; NOT exact: per output row 40 instead of 72 bytes at K=576, 60 instead
+    #: of 192 at K=1536; measured within noise of "matmul"); "none" drops the offset (NOT exact:
+    #: a speed reference only, the bound of any exact form).
+    OFFSETS = ("reduce", "matmul", "rows", "int8", "none")
 
     def __init__(self, cfg: DecoderConfig, weights, max_len: int, accuracy_level: int = 4, offsets: str = "matmul"):
         self.cfg, self.w, self.max_len, self.accuracy_level = cfg, weights, int(max_len), int(accuracy_level)
@@ -216,7 +219,8 @@ class DecoderWriter:
                  "scales": g.const(base + ".scales", lin.scales.reshape(-1))}
         if lin.bits == 8:
             names["zp"] = g.const(base + ".zp", np.full(lin.scales.size, 128, np.uint8))
-        if lin.offset is not None:
+        if lin.offset is not None and (key is not None or self.offsets not in ("int8", "none")):
+            # (int8 writes its own 8-bit offsets, none drops them; a shared embedding reads offsetT)
             names["offsetT"] = g.const(base + ".offsetT", np.ascontiguousarray(lin.offset.T))
         if key is not None:
             self._block_inits[key] = names
@@ -268,7 +272,9 @@ class DecoderWriter:
                 y, self._blocksums[(x, k_dim)] = g.op(
                     "Split", [y, g.shared(("split", n, k_dim // BLOCK), np.array([n, k_dim // BLOCK], np.int64))],
                     base + ".split_blocksums", outputs=2, axis=-1)  # (..., N), (..., K/32)
-            if lin.offset is not None and self.offsets != "none":  # exact: + blocksum(x) @ offset.T
+            if lin.offset is not None and self.offsets == "int8":
+                y = g.op("Add", [y, self.offset_int8(x, lin.offset, base, k_dim)], base + ".add_offset")
+            elif lin.offset is not None and self.offsets != "none":  # exact: + blocksum(x) @ offset.T
                 off = g.op("MatMul", [self.blocksum(x, k_dim), names["offsetT"]], base + ".offset")  # (..., N)
                 y = g.op("Add", [y, off], base + ".add_offset")
         if lin.bias is not None:
@@ -290,6 +296,28 @@ class DecoderWriter:
             self._blocksums[key] = g.op("ReduceSum", [blocks, g.shared(("axis", -1), np.array([-1], np.int64))],
                                         "blocksum", keepdims=0)  # (S, K/32)
         return self._blocksums[key]
+
+    def offset_int8(self, x: str, offset: np.ndarray, base: str, k_dim: int) -> str:
+        """blocksum(x) @ offset.T with ``offset`` (N, K/32) as an 8-bit MatMulNBits weight: the
+        block sums come zero-padded to a multiple of 16 from one ``x @ indicator`` MatMul."""
+        g, nb = self.g, k_dim // BLOCK
+        kp = -(-nb // 16) * 16
+        key = (x, k_dim, "padded")
+        if key not in self._blocksums:
+            indicator = np.zeros((k_dim, kp), np.float32)
+            indicator[:, :nb] = np.repeat(np.eye(nb, dtype=np.float32), BLOCK, axis=0)
+            self._blocksums[key] = g.op("MatMul", [x, g.shared(("blockind_padded", k_dim), indicator)], "blocksum")
+        n = offset.shape[0]
+        w = np.zeros((n, kp), np.float32)
+        w[:, :nb] = offset
+        blocks = w.reshape(n, kp // 16, 16)
+        scales = (np.abs(blocks).max(-1) / 127).astype(np.float32)
+        scales[scales == 0] = 1.0
+        codes = (np.clip(np.round(blocks / scales[..., None]), -127, 127) + 128).astype(np.uint8)  # zero point 128
+        self._count_kind("Q4_1 offsets as MatMulNBits 8-bit")
+        return g.op("MatMulNBits", [self._blocksums[key], g.const(base + ".offset_q8", codes),
+                                    g.const(base + ".offset_scales", scales.reshape(-1))], base + ".offset",
+                    domain=MS, K=kp, N=n, bits=8, block_size=16, accuracy_level=self.accuracy_level)
 
     def make_attention(self, i: int, x: str) -> str:
         g, a = self.g, self.cfg.blocks[i].attention

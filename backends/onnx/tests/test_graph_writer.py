@@ -138,6 +138,31 @@ def test_q4_1_offset_forms_are_exact(tiny_gguf_q4, tmp_path, offsets):
     np.testing.assert_allclose(np.stack(got), ref[11:], atol=1e-3 * max(1.0, float(np.abs(ref).max())))
 
 
+def test_q4_1_int8_offsets_are_close_not_exact(tiny_gguf_q4, tmp_path):
+    """offsets=int8 (the offsets as an 8-bit MatMulNBits weight over zero-padded block sums) is
+    not exact, but with fp32 compute its logits stay within 8-bit rounding of the reference."""
+    import onnx
+
+    from edgeslm.sources import load_source
+    from edgeslm_onnx.graph_writer import DecoderWriter
+    from edgeslm_onnx.weights import GgufWeights
+
+    source = load_source(tiny_gguf_q4)
+    state = {k: v.detach().float().numpy() for k, v in source.module.state_dict().items()}
+    weights = GgufWeights(state, str(source.path), source.spec.num_heads, source.spec.num_kv_heads)
+    writer = DecoderWriter(source.spec.description, weights, CTX, 0, "int8")
+    onnx.save_model(writer.model(), str(tmp_path / "m.onnx"))
+    assert writer.counts["Q4_1 offsets as MatMulNBits 8-bit"] == 4 * source.spec.num_layers  # qkv, o, gate/up, down
+    ids = list(range(5, 21))
+    ref, _ = reference(source, ids)
+    run = _Runner(tmp_path / "m.onnx", source.spec.vocab_size)
+    got = np.stack([run.step(ids[:12])] + [run.step([t]) for t in ids[12:]])
+    err = float(np.abs(got - ref[11:]).max()) / max(1.0, float(np.abs(ref).max()))
+    print("int8 offsets: max relative logit error", err)
+    assert 0 < err < 2e-2, err
+    assert (got.argmax(-1) == ref[11:].argmax(-1)).mean() >= 0.8
+
+
 class _Runner:
     """The engine's binding, without a bundle: shared KV buffers, lengths updated in place."""
 
