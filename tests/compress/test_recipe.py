@@ -180,3 +180,16 @@ def test_recipe_runs_stops_is_interrupted_resumes_and_its_bundle_runs(family_sou
     assert "[1/4] structured pruning: heads -50%, MLP -50%: done earlier, kept" in err
     assert "[2/4] recover" in err and "done earlier" in err.split("[2/4]")[1].split("\n")[0]
     assert "✓ [3/4] int4 weights (gptq" in err and "✓ [4/4] export to onnx" in err
+
+
+def test_target_goes_to_the_last_export_or_adds_one():
+    from edgeslm.compress.recipe_run import preflight, with_target
+
+    rec = with_target(load_recipe("int4"), "raspberry-pi-5")
+    assert [s.kind for s in rec.steps] == ["quantize", "export"] and rec.steps[-1].params.target == "raspberry-pi-5"
+    assert rec.steps[-1].params.format == "onnx"  # the recipe's format stays; the target plans the rest
+    rec = with_target(parse_recipe({"step": [{"kind": "prune", "method": "wanda", "amount": 0.5}]}), "raspberry-pi-5")
+    assert [s.kind for s in rec.steps] == ["prune", "export"]
+    preflight(rec)  # a known target passes
+    with pytest.raises(RecipeError, match="step 2 \\(export\\)"):
+        preflight(with_target(rec, "no-such-device"))
