@@ -129,6 +129,7 @@ class Runner:
                               "--resume continues it, or choose another -o")
         if state is None and self.out.is_dir() and any(self.out.iterdir()):
             raise RecipeError(f"{self.out} exists and is not a recipe run; choose an empty or new folder")
+        self.model = _model_id(self.model) if self.model else ""
         if state is not None:
             if self.model and state["model"] != self.model:
                 raise RecipeError(f"{self.out} was started from {state['model']}, not {self.model}")
@@ -184,6 +185,11 @@ class Runner:
                 self.note(f"{title}: done earlier, kept ({self.dirs[i]})")
                 if s.kind in MODEL_KINDS:
                     current, current_dir = None, folder
+                if self.evaluate and not entry.get("row"):  # interrupted while being measured
+                    if s.kind in MODEL_KINDS:
+                        with self.steps.step(f"Loading {folder.name}"):
+                            current = load_model(folder)
+                    self._measure_step(entry, s, current if s.kind in MODEL_KINDS else None, folder)
                 continue
             if current is None:
                 with self.steps.step(f"Loading {current_dir.name}"):
@@ -212,19 +218,25 @@ class Runner:
                 shutil.rmtree(folder / "checkpoints", ignore_errors=True)
                 entry["parameters"] = result.spec.num_parameters
                 current, current_dir = result, folder
+            self._save()
             self.note(f"✓ {title} ({entry['wall_seconds']:.1f} s, {entry['cpu_seconds'] / 60:.2f} CPU-min)")
             if self.evaluate:
-                with self.steps.step(f"Measuring step {i + 1} against the source"):
-                    label = f"{i + 1}. {entry['what']}" if s.kind in MODEL_KINDS else \
-                        f"{i + 1}. {entry['format']} {entry['precision']} bundle" + \
-                        (f" for {s.params.target}" if s.params.target else "")
-                    entry["row"] = self._measure(label, result if s.kind in MODEL_KINDS else str(folder))
-            self._save()
+                self._measure_step(entry, s, result if s.kind in MODEL_KINDS else None, folder)
             if self.stop_after is not None and i + 1 >= self.stop_after and i + 1 < n:
                 stopped = i + 1
                 self.note(f"stopped after step {stopped} of {n} (--stop-after); --resume continues")
                 break
         return self._finish(stopped)
+
+    def _measure_step(self, entry, step: Step, model, folder: Path) -> None:
+        """The step's report row (a model step: its torch model; an export: the bundle's engine)."""
+        i = entry["index"]
+        label = f"{i}. {entry['what']}" if model is not None else \
+            f"{i}. {entry['format']} {entry['precision']} bundle" + \
+            (f" for {step.params.target}" if step.params.target else "")
+        with self.steps.step(f"Measuring step {i} against the source"):
+            entry["row"] = self._measure(label, model if model is not None else str(folder))
+        self._save()
 
     def _measure(self, label: str, model) -> dict[str, Any]:
         from .report import measure
@@ -335,6 +347,12 @@ class Runner:
                 "steps": self.state["steps"], "stopped_after": stopped,
                 "complete": all(e["status"] == "done" for e in self.state["steps"]),
                 "bundle": bundles[-1] if bundles else None, "report": rows}
+
+
+def _model_id(model: str) -> str:
+    """A model argument as recorded in the state: a path made absolute (resume from any folder)."""
+    p = Path(model).expanduser()
+    return str(p.resolve()) if p.exists() else model
 
 
 def _technique(fn, model, *args):
