@@ -193,3 +193,17 @@ def test_target_goes_to_the_last_export_or_adds_one():
     preflight(rec)  # a known target passes
     with pytest.raises(RecipeError, match="step 2 \\(export\\)"):
         preflight(with_target(rec, "no-such-device"))
+
+
+def test_json_results_and_errors_are_one_document(tmp_path, capsys):
+    from edgeslm.cli import main
+
+    assert main(["recipe", "list", "--json"]) == 0
+    assert "prune25-recover-int4" in [r["name"] for r in json.loads(capsys.readouterr().out)]
+    assert main(["recipe", "show", "int4", "--json"]) == 0
+    assert [s["kind"] for s in json.loads(capsys.readouterr().out)["steps"]] == ["quantize", "export"]
+    f = tmp_path / "bad.toml"
+    f.write_text('[[step]]\nkind = "distil"')
+    assert main(["recipe", "run", str(f), "-m", "smollm2-135m", "-o", str(tmp_path / "o"), "--json"]) == 1
+    err = json.loads(capsys.readouterr().out)
+    assert err["type"] == "RecipeError" and "unknown kind 'distil'" in err["error"]
