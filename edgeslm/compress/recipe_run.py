@@ -318,6 +318,17 @@ class Runner:
     def _export(self, p, model, folder, entry):
         quantized = any(s.kind == "quantize" for s in self.recipe.steps[:entry["index"] - 1])
         precision = p.precision or ("int4" if quantized and not p.target else None)
+        if quantized and p.target and not p.precision:  # the int4-grid weights: int4 where the target runs it
+            from ..errors import EdgeSLMError
+            from ..targets.catalog import load_target
+            from ..targets.plan import plan_export
+
+            try:
+                plan_export(model.spec, load_target(p.target), format=p.format or None, precision="int4",
+                            context=p.context_length or None)
+                precision = "int4"
+            except EdgeSLMError:
+                self.note(f"note: {p.target} runs no int4 in the formats installed; its own precision is used")
         common = dict(precision=precision, context_length=p.context_length or None, parity_tokens=p.parity_tokens,
                       overwrite=True, steps=self.steps, options=dict(p.options))
         if p.target:

@@ -207,3 +207,20 @@ def test_json_results_and_errors_are_one_document(tmp_path, capsys):
     assert main(["recipe", "run", str(f), "-m", "smollm2-135m", "-o", str(tmp_path / "o"), "--json"]) == 1
     err = json.loads(capsys.readouterr().out)
     assert err["type"] == "RecipeError" and "unknown kind 'distil'" in err["error"]
+
+
+def test_target_export_after_quantize_is_int4_and_planned(tiny_hf, tmp_path, capsys):
+    pytest.importorskip("edgeslm_onnx")
+    from edgeslm.bundle import Bundle
+    from edgeslm.cli import main
+
+    f = tmp_path / "q.toml"
+    f.write_text('[[step]]\nkind = "quantize"\n[[step]]\nkind = "export"\nformat = "onnx"\ncontext_length = 64\n'
+                 'parity_tokens = 8\noptions = {accuracy_level = 0}\n')
+    out = tmp_path / "out"
+    assert main(["recipe", "run", str(f), "-m", str(tiny_hf), "-o", str(out), "--target", "raspberry-pi-5",
+                 "--no-eval", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    manifest = Bundle.open(summary["bundle"]).manifest
+    assert (manifest["format"], manifest["precision"], manifest["target"]) == ("onnx", "int4", "raspberry-pi-5")
+    assert summary["report"] == [] and not (out / "report.md").exists()
