@@ -136,11 +136,10 @@ class Runner:
             self.model = state["model"]
         if not self.model:
             raise RecipeError("no model: give -m MODEL (or model = \"...\" in the recipe)")
-        make_dir(self.out)
         old = (state or {}).get("steps", [])
         self.state = {"version": STATE_VERSION, "recipe": self.recipe.name, "model": self.model,
                       "source_row": (state or {}).get("source_row"), "steps": []}
-        first_rerun = None
+        first_rerun, self._stale = None, []
         for i, s in enumerate(self.recipe.steps):
             entry = {"index": i + 1, "kind": s.kind, "what": s.params.describe(), "digest": s.digest(),
                      "output": self.dirs[i], "status": "pending"}
@@ -155,8 +154,14 @@ class Runner:
                 keep = first_rerun is None and same
                 first_rerun = i if first_rerun is None else first_rerun
                 if not keep and folder.exists():
-                    shutil.rmtree(folder)
+                    self._stale.append(folder)
             self.state["steps"].append(entry)
+
+    def _commit(self) -> None:
+        """Write OUT's recipe and state (after the model loaded: a typo in -m leaves no run behind)."""
+        make_dir(self.out)
+        for folder in self._stale:
+            shutil.rmtree(folder)
         (self.out / "recipe.toml").write_text(self.recipe.to_toml())
         self._save()
 
@@ -169,6 +174,7 @@ class Runner:
         n = len(self.recipe.steps)
         with self.steps.step(f"Loading {self.model}"):
             self.source = load_model(self.model)
+        self._commit()
         self.ev = None
         if self.evaluate:
             with self.steps.step("Reference run of the source (for the report)"):

@@ -224,3 +224,24 @@ def test_target_export_after_quantize_is_int4_and_planned(tiny_hf, tmp_path, cap
     manifest = Bundle.open(summary["bundle"]).manifest
     assert (manifest["format"], manifest["precision"], manifest["target"]) == ("onnx", "int4", "raspberry-pi-5")
     assert summary["report"] == [] and not (out / "report.md").exists()
+
+
+def test_recover_on_teacher_text_from_the_step_input_and_a_bad_model_leaves_nothing(tiny_hf, tmp_path, capsys):
+    from edgeslm.cli import main
+
+    f = tmp_path / "r.toml"
+    f.write_text('[[step]]\nkind = "prune"\nmethod = "magnitude"\namount = 0.5\n'
+                 '[[step]]\nkind = "recover"\nteacher = "input"\nsteps = 2\nseq_len = 16\nbatch_size = 2\n'
+                 'generate_tokens = 8\nsamples = 1\ncheckpoint_every = 0\n')
+    out = tmp_path / "out"
+    assert main(["recipe", "run", str(f), "-m", str(tmp_path / "no-such-model"), "-o", str(out)]) == 1
+    assert not out.exists()
+    capsys.readouterr()
+    assert main(["recipe", "run", str(f), "-m", str(tiny_hf), "-o", str(out), "--no-eval", "--json"]) == 0
+    steps = json.loads(capsys.readouterr().out)["steps"]
+    assert [s["status"] for s in steps] == ["done", "done"]
+    assert json.loads((out / "02-recover" / "train_ids.json").read_text())  # the teacher's samples, kept
+    from edgeslm.compress.prune import sparsity
+    from edgeslm.compress.model import load_model
+
+    assert sparsity(load_model(out / "02-recover").module) == pytest.approx(0.5)  # keep_zeros = auto
