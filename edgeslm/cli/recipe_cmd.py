@@ -117,9 +117,10 @@ def recipe_list(as_json):
         emit_json([{"name": r.name, "description": r.description, "steps": [s.kind for s in r.steps]}
                    for r in recipes])
         return
-    width = max(len(r.name) for r in recipes)
-    for r in recipes:
-        click.echo(f"{r.name:<{width}}  {' -> '.join(s.kind for s in r.steps):<36}  {r.description}")
+    chains = [" -> ".join(s.kind for s in r.steps) for r in recipes]
+    width, cw = max(len(r.name) for r in recipes), max(len(c) for c in chains)
+    for r, chain in zip(recipes, chains):
+        click.echo(f"{r.name:<{width}}  {chain:<{cw}}  {r.description}")
 
 
 @recipe_group.command("show")

@@ -172,6 +172,11 @@ class Runner:
 
         self._prepare()
         n = len(self.recipe.steps)
+        if all(e["status"] == "done" and (e.get("row") or not self.evaluate) for e in self.state["steps"]) \
+                and (self.state["source_row"] or not self.evaluate):
+            self._commit()
+            self.note(f"all {n} steps done earlier, kept")
+            return self._finish(None)  # nothing to run: the model is not even loaded
         with self.steps.step(f"Loading {self.model}"):
             self.source = load_model(self.model)
         self._commit()
@@ -187,6 +192,10 @@ class Runner:
         for i, s in enumerate(self.recipe.steps):
             entry, folder = self.state["steps"][i], self.out / self.dirs[i]
             title = f"[{i + 1}/{n}] {entry['what']}"
+            if self.stop_after is not None and i >= self.stop_after:
+                stopped = self.stop_after
+                self.note(f"stopped after step {stopped} of {n} (--stop-after); --resume continues")
+                break
             if entry["status"] == "done":
                 self.note(f"{title}: done earlier, kept ({self.dirs[i]})")
                 if s.kind in MODEL_KINDS:
@@ -228,10 +237,6 @@ class Runner:
             self.note(f"✓ {title} ({entry['wall_seconds']:.1f} s, {entry['cpu_seconds'] / 60:.2f} CPU-min)")
             if self.evaluate:
                 self._measure_step(entry, s, result if s.kind in MODEL_KINDS else None, folder)
-            if self.stop_after is not None and i + 1 >= self.stop_after and i + 1 < n:
-                stopped = i + 1
-                self.note(f"stopped after step {stopped} of {n} (--stop-after); --resume continues")
-                break
         return self._finish(stopped)
 
     def _measure_step(self, entry, step: Step, model, folder: Path) -> None:

@@ -64,7 +64,7 @@ def _recipe(tmp_path, text=RECIPE) -> Path:
     ('name = "x"', "no steps"),
 ])
 def test_bad_recipes_are_refused_with_the_step_and_key(body, message):
-    import tomllib
+    from edgeslm.compress.recipe import tomllib  # tomli on Python 3.10
 
     with pytest.raises(RecipeError) as err:
         parse_recipe(tomllib.loads(body), where="r.toml")
@@ -91,7 +91,7 @@ def test_cli_refuses_before_any_work(tiny_hf, tmp_path, capsys):
 
 
 def test_builtin_recipes_and_the_help_example_are_valid(capsys):
-    import tomllib
+    from edgeslm.compress.recipe import tomllib  # tomli on Python 3.10
 
     from edgeslm.cli import main
     from edgeslm.cli.recipe_cmd import EXAMPLE
@@ -172,6 +172,12 @@ def test_recipe_runs_stops_is_interrupted_resumes_and_its_bundle_runs(family_sou
     # 4. the exported bundle runs
     assert main(["run", summary["bundle"], "--raw", "--prompt", "def fibonacci", "-n", "4", "-q"]) == 0
     assert capsys.readouterr().out.strip()
+
+    # a finished run resumed: nothing to do, the same report
+    assert main(["recipe", "run", str(recipe), "-o", str(out), "--resume", "--json"]) == 0
+    again = captured = capsys.readouterr()
+    assert "all 4 steps done earlier, kept" in captured.err
+    assert json.loads(again.out)["report"] == json.loads(json.dumps(summary["report"]))
 
     # 5. a changed step reruns from there; the steps before it are kept
     recipe.write_text(RECIPE.replace('method = "rtn"', 'method = "gptq"\ncalibration_tokens = 64'))
