@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import click
@@ -79,7 +80,7 @@ def recipe_run(recipe, model, out_dir, target, resume, stop_after, no_eval, spee
     values, files, exporters, targets) before any work. Progress goes to stderr; the
     report (OUT/report.md and report.json: params, bytes, top-1 / KL / perplexity vs the
     source, CPU-minutes per step) is printed at the end. Ctrl-C stops cleanly; --resume
-    continues.
+    continues. A recipe file (`edgeslm recipe show NAME` prints any built-in one in full):
     """
     from ..compress.recipe import load_recipe
     from ..compress.recipe_run import Runner, with_target
@@ -104,6 +105,17 @@ def recipe_run(recipe, model, out_dir, target, resume, stop_after, no_eval, spee
     tail = f"; bundle {summary['bundle']}" if summary["bundle"] else ""
     click.echo(f"{out_dir}: {done} of {len(summary['steps'])} steps done{tail}"
                + ("" if summary["complete"] else " (--resume continues)"))
+
+
+recipe_run.help = inspect.cleandoc(recipe_run.help) + "\n\n" + EXAMPLE + """
+\b
+Examples:
+  edgeslm recipe run prune25-recover-int4 -m smollm2-135m -o out/p25
+  edgeslm recipe run my.toml -m smollm2-135m -o out/mine --target raspberry-pi-5
+  edgeslm recipe run my.toml -o out/mine --stop-after 1      # look at step 1, then:
+  edgeslm recipe run my.toml -o out/mine --resume
+  edgeslm run out/p25/04-export --prompt "What is an edge device?"
+"""
 
 
 @recipe_group.command("list")
