@@ -12,6 +12,8 @@
 :mod:`.evaluate`              top-1 / KL / perplexity vs a reference, via edgeslm.verify
 :mod:`.report`                the params / bytes / tok/s / quality table
 :mod:`.model`                 derive(), save_hf_folder(), load_model(): the shared contract
+:mod:`.recipe`                a TOML list of steps (prune, lowrank, recover, quantize, export)
+:mod:`.recipe_run`            runs a recipe step by step: state file, resume, report
 ============================  ==========================================================
 
 Results are standard transformers models of the source's family (smaller, or with factorized

@@ -91,13 +91,15 @@ def measure(label: str, model, evaluator, speed_tokens: int = 64, engine_options
     return row
 
 
-def to_markdown(rows: list[dict[str, Any]], notes: bool = True) -> str:
-    head = "| " + " | ".join(h for _, h, _ in COLUMNS) + (" | note |" if notes else " |")
-    sep = "|" + "---|" * (len(COLUMNS) + (1 if notes else 0))
+def to_markdown(rows: list[dict[str, Any]], notes: bool = True, columns=None) -> str:
+    """A markdown table of ``rows``; ``columns``: (key, header, format) triples [default: COLUMNS]."""
+    columns = columns or COLUMNS
+    head = "| " + " | ".join(h for _, h, _ in columns) + (" | note |" if notes else " |")
+    sep = "|" + "---|" * (len(columns) + (1 if notes else 0))
     lines = [head, sep]
     for r in rows:
         cells = []
-        for key, _, fmt in COLUMNS:
+        for key, _, fmt in columns:
             v = r.get(key)
             cells.append("n/a" if v is None else fmt.format(v))
         if notes:

@@ -129,14 +129,15 @@ def test_gptq_lowers_the_output_error_of_round_to_nearest():
     assert err(gptq(w, h)) < 0.8 * err(rtn(w))
 
 
+@pytest.mark.parametrize("method", ["gptq", "rtn"])
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
-def test_gptq_model_exports_to_int4_with_the_same_weights(family_source, family, tmp_path):
+def test_int4_model_exports_to_int4_with_the_same_weights(family_source, family, method, tmp_path):
     pytest.importorskip("onnxruntime")
     from edgeslm.compress.gptq import QuantizeConfig, quantize_weights
     from edgeslm.exporting import export_model
 
     src = family_source(family)
-    q = quantize_weights(src, QuantizeConfig(method="gptq", calibration_tokens=128))
+    q = quantize_weights(src, QuantizeConfig(method=method, calibration_tokens=128))
     assert q.spec.num_parameters == src.spec.num_parameters
     bundle = export_model(q, tmp_path / "b", format="onnx", precision="int4", context_length=64, parity_tokens=8,
                           options={"accuracy_level": 0})
