@@ -45,13 +45,14 @@ def run_ours(bundle_dir: Path, ids: list[int], n: int, threads: int, options: di
         eng.reset()
         eng.prefill(ids[:8])  # warm-up (first-call allocations, compiled kernels)
         eng.reset()
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         logits = eng.prefill(ids)
-        t1 = time.perf_counter()
+        c1, t1 = time.process_time(), time.perf_counter()
         for _ in range(n - 1):
             logits = eng.decode(int(np.argmax(logits)))
-        t2 = time.perf_counter()
-    return {"prefill_tps": len(ids) / (t1 - t0), "decode_tps": (n - 1) / (t2 - t1), "ttft_s": t1 - t0}
+        c2, t2 = time.process_time(), time.perf_counter()
+    return {"prefill_tps": len(ids) / (t1 - t0), "decode_tps": (n - 1) / (t2 - t1), "ttft_s": t1 - t0,
+            "prefill_cpu_s": c1 - c0, "decode_cpu_ms_per_token": 1000 * (c2 - c1) / (n - 1), "cpu_s": c2 - c0}
 
 
 # -- their side -----------------------------------------------------------------------------
@@ -89,11 +90,14 @@ def run_ovgenai(bundle_dir: Path, ids: list[int], n: int, threads: int, options:
     cfg = og.GenerationConfig()
     cfg.max_new_tokens, cfg.do_sample, cfg.ignore_eos = n, False, True
     pipe.generate(ov.Tensor(np.array([ids[:8]], dtype=np.int64)), cfg)  # warm-up
+    c0 = time.process_time()
     res = pipe.generate(ov.Tensor(np.array([ids], dtype=np.int64)), cfg)
+    c2 = time.process_time()
     pm = res.perf_metrics
     ttft = pm.get_ttft().mean / 1000.0
     tpot = pm.get_tpot().mean / 1000.0
-    return {"prefill_tps": len(ids) / ttft, "decode_tps": 1.0 / tpot, "ttft_s": ttft}
+    return {"prefill_tps": len(ids) / ttft, "decode_tps": 1.0 / tpot, "ttft_s": ttft,
+            "cpu_s": c2 - c0}  # the whole generate call: prefill + decode, all threads
 
 
 def run_litertlm(bundle_dir: Path, text: str, n: int, threads: int, cache_dir: str) -> dict:
@@ -212,7 +216,8 @@ def summarize(raw):
         med = {}
         for label, runs in by_label.items():
             ok = [r for r in runs if "error" not in r]
-            med[label] = ({k: statistics.median(r[k] for r in ok) for k in ("prefill_tps", "decode_tps", "ttft_s")}
+            med[label] = ({k: statistics.median(r[k] for r in ok)
+                           for k in ("prefill_tps", "decode_tps", "ttft_s", "cpu_s") if all(k in r for r in ok)}
                           if ok else {"error": runs[-1]["error"]})
         labels = list(med)
         for ours, theirs in zip(labels[0::2], labels[1::2]):
@@ -229,9 +234,10 @@ def to_markdown(out) -> str:
     lines = [f"# Our engines vs the vendor runtimes on the same bundle ({out['date']})", "",
              f"SmolLM2-135M-Instruct, {out['prompt_tokens']}-token prompt, {out['new_tokens']} greedy tokens, "
              f"median of {out['rounds']} interleaved rounds; {out['machine']['cpu']}, {out['machine']['cores']} cores, "
-             f"load average at the end {', '.join(f'{x:.1f}' for x in out['loadavg_at_end'])}.", "",
+             f"load average at the end {', '.join(f'{x:.1f}' for x in out['loadavg_at_end'])}. CPU s: process CPU "
+             "time (all threads) of the measured prefill + decode.", "",
              "| bundle | threads | ours | decode tok/s | prefill tok/s | vendor | decode tok/s | prefill tok/s "
-             "| decode ratio | prefill ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| decode ratio | prefill ratio | CPU s ours / vendor |", "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(m, k):
         return f"{m[k]:.1f}" if k in m else m.get("error", "-")[:60]
@@ -240,7 +246,8 @@ def to_markdown(out) -> str:
         lines.append(f"| {r['pair']} | {r['threads']} | {r['ours']} | {cell(r['ours_m'], 'decode_tps')} | "
                      f"{cell(r['ours_m'], 'prefill_tps')} | {r['vendor']} | {cell(r['vendor_m'], 'decode_tps')} | "
                      f"{cell(r['vendor_m'], 'prefill_tps')} | {r.get('decode_ratio', float('nan')):.2f}x | "
-                     f"{r.get('prefill_ratio', float('nan')):.2f}x |")
+                     f"{r.get('prefill_ratio', float('nan')):.2f}x | {cell(r['ours_m'], 'cpu_s')} / "
+                     f"{cell(r['vendor_m'], 'cpu_s')} |")
     return "\n".join(lines) + "\n"
 
 
