@@ -60,7 +60,9 @@ def main(argv=None) -> int:
     variants = [parse_variant(v) for v in args.variant]
     with edgeslm.load(variants[0][1]) as m:
         tok = m.tokenizer
-    ids = tok.encode(" ".join(["The quick brown fox jumps over the lazy dog near the river bank."] * 20))
+    sentence = "The quick brown fox jumps over the lazy dog near the river bank."
+    text = " ".join([sentence] * (args.prompt_tokens // 10 + 1))
+    ids = tok.encode(text)
     ids = ids[:args.prompt_tokens]
     keys = ("decode_tps", "decode_cpu_ms_per_token", "prefill_tps", "prefill_cpu_ms_per_token")
     for t in [int(x) for x in args.threads.split(",")]:

@@ -7,7 +7,7 @@ OpenVINO GenAI's stateful pipeline (its SDPA backend on CPU) needs, next to our 
     openvino_model.xml   inputs  input_ids      i64 (1, S)     our graph's only real input
                                  attention_mask i64 (1, P+S)   accepted, unused (batch 1: all ones)
                                  position_ids   i64 (1, S)     accepted, unused (positions come from P)
-                                 beam_idx       i32 (1,)       reorders the cache (exporter.make_stateful); 0 for one sequence
+                                 beam_idx       i32 (1,)       reorders the cache (make_stateful): 0, one sequence
                          output  logits         f32 (1, 1, V)  last position only, as optimum's exports
     openvino_tokenizer.xml / openvino_detokenizer.xml          openvino-tokenizers, from tokenizer.json
     generation_config.json                                     bos / eos ids (every stop token)
