@@ -87,6 +87,9 @@ def test_engine_options_reach_the_runtime(fp32_bundle):
         assert str(eng.compiled.get_property("INFERENCE_PRECISION_HINT")) in ("<Type: 'float32'>", "f32")
         assert len(eng.request.query_state()) == 2 * eng.spec.num_layers
         fp32 = m.generate("The capital of France is", max_new_tokens=8, stop_on_eos=False).token_ids
+    with edgeslm.load(fp32_bundle, engine_options={"threads": 2, "cpu_pinning": False}) as m:
+        assert m.engine.compiled.get_property("ENABLE_CPU_PINNING") is False
+        assert m.generate("The capital of France is", max_new_tokens=8, stop_on_eos=False).token_ids == fp32
     # bf16 (this CPU's default) runs too; it is not held to fp32 parity
     with edgeslm.load(fp32_bundle, engine_options={"inference_precision": "bf16"}) as m:
         assert len(m.generate("The capital of France is", max_new_tokens=8, stop_on_eos=False).token_ids) == 8
