@@ -55,7 +55,8 @@ def run_ours(bundle_dir: Path, ids: list[int], n: int, threads: int, options: di
             logits = eng.decode(int(np.argmax(logits)))
         c2, t2 = time.process_time(), time.perf_counter()
     return {"prefill_tps": len(ids) / (t1 - t0), "decode_tps": (n - 1) / (t2 - t1), "ttft_s": t1 - t0,
-            "prefill_cpu_ms_tok": (c1 - c0) / len(ids) * 1e3, "decode_cpu_ms_tok": (c2 - c1) / (n - 1) * 1e3}
+            "prefill_cpu_ms_tok": (c1 - c0) / len(ids) * 1e3, "decode_cpu_ms_tok": (c2 - c1) / (n - 1) * 1e3,
+            "cpu_s": c2 - c0}
 
 
 # -- their side -----------------------------------------------------------------------------
@@ -93,11 +94,14 @@ def run_ovgenai(bundle_dir: Path, ids: list[int], n: int, threads: int, options:
     cfg = og.GenerationConfig()
     cfg.max_new_tokens, cfg.do_sample, cfg.ignore_eos = n, False, True
     pipe.generate(ov.Tensor(np.array([ids[:8]], dtype=np.int64)), cfg)  # warm-up
+    c0 = time.process_time()
     res = pipe.generate(ov.Tensor(np.array([ids], dtype=np.int64)), cfg)
+    c2 = time.process_time()
     pm = res.perf_metrics
     ttft = pm.get_ttft().mean / 1000.0
     tpot = pm.get_tpot().mean / 1000.0
-    return {"prefill_tps": len(ids) / ttft, "decode_tps": 1.0 / tpot, "ttft_s": ttft}
+    return {"prefill_tps": len(ids) / ttft, "decode_tps": 1.0 / tpot, "ttft_s": ttft,
+            "cpu_s": c2 - c0}  # the whole generate call: prefill + decode, all threads
 
 
 def run_litertlm(bundle_dir: Path, text: str, n: int, threads: int, cache_dir: str) -> dict:
@@ -127,7 +131,7 @@ def run_litertlm(bundle_dir: Path, text: str, n: int, threads: int, cache_dir: s
             "ttft_s": info.time_to_first_token_in_second, "decode_tokens": info.last_decode_token_count,
             "prefill_tokens": info.last_prefill_token_count,
             "prefill_cpu_ms_tok": pcpu / max(1, info.last_prefill_token_count) * 1e3,
-            "decode_cpu_ms_tok": dcpu / max(1, info.last_decode_token_count) * 1e3}
+            "decode_cpu_ms_tok": dcpu / max(1, info.last_decode_token_count) * 1e3, "cpu_s": pcpu + dcpu}
 
 
 # -- driver ---------------------------------------------------------------------------------
@@ -218,7 +222,7 @@ def summarize(raw):
         med = {}
         for label, runs in by_label.items():
             ok = [r for r in runs if "error" not in r]
-            keys = [k for k in ("prefill_tps", "decode_tps", "ttft_s", "prefill_cpu_ms_tok", "decode_cpu_ms_tok")
+            keys = [k for k in ("prefill_tps", "decode_tps", "ttft_s", "prefill_cpu_ms_tok", "decode_cpu_ms_tok", "cpu_s")
                     if ok and all(k in r for r in ok)]
             med[label] = {k: statistics.median(r[k] for r in ok) for k in keys} if ok else {"error": runs[-1]["error"]}
         labels = list(med)
@@ -236,10 +240,11 @@ def to_markdown(out) -> str:
     lines = [f"# Our engines vs the vendor runtimes on the same bundle ({out['date']})", "",
              f"SmolLM2-135M-Instruct, {out['prompt_tokens']}-token prompt, {out['new_tokens']} greedy tokens, "
              f"median of {out['rounds']} interleaved rounds; {out['machine']['cpu']}, {out['machine']['cores']} cores, "
-             f"load average at the end {', '.join(f'{x:.1f}' for x in out['loadavg_at_end'])}.", "",
+             f"load average at the end {', '.join(f'{x:.1f}' for x in out['loadavg_at_end'])}. CPU s: process CPU "
+             "time (all threads) of the measured prefill + decode.", "",
              "| bundle | threads | ours | decode tok/s | prefill tok/s | vendor | decode tok/s | prefill tok/s "
-             "| decode ratio | prefill ratio | decode CPU ms/tok ours / vendor |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| decode ratio | prefill ratio | decode CPU ms/tok ours / vendor | CPU s ours / vendor |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(m, k):
         return f"{m[k]:.1f}" if k in m else m.get("error", "-")[:60]
@@ -249,7 +254,8 @@ def to_markdown(out) -> str:
                      f"{cell(r['ours_m'], 'prefill_tps')} | {r['vendor']} | {cell(r['vendor_m'], 'decode_tps')} | "
                      f"{cell(r['vendor_m'], 'prefill_tps')} | {r.get('decode_ratio', float('nan')):.2f}x | "
                      f"{r.get('prefill_ratio', float('nan')):.2f}x | "
-                     f"{cell(r['ours_m'], 'decode_cpu_ms_tok')} / {cell(r['vendor_m'], 'decode_cpu_ms_tok')} |")
+                     f"{cell(r['ours_m'], 'decode_cpu_ms_tok')} / {cell(r['vendor_m'], 'decode_cpu_ms_tok')} | "
+                     f"{cell(r['ours_m'], 'cpu_s')} / {cell(r['vendor_m'], 'cpu_s')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -5,8 +5,10 @@
     Decoder (torch) --ov.convert_model--> ov.Model                    (KV cache as graph IO)
         input_ids       i64 (1, seq)                 logits          f32 (1, vocab)
         past_key_{i}    f32 (1, kv, past, hd)   -->  present_key_{i} f32 (1, kv, past+seq, hd)
-                        --apply_make_stateful_transformation(past_* -> present_*)-->
-    ov.Model: input_ids -> logits, with one ReadValue/Assign variable per past/present pair
+                        --make_stateful: Gather(past, beam_idx), apply_make_stateful_transformation,
+                          an empty-cache initializer per ReadValue-->
+    ov.Model: input_ids, beam_idx -> logits, one ReadValue/Assign variable per past/present pair,
+              in the pattern the CPU plugin fuses into one stateful ScaledDotProductAttention
                         --nncf.compress_weights (int8 | int4)--> ov.save_model
 
 A stateful export is also an OpenVINO GenAI model folder: the IR takes GenAI's extra inputs and
@@ -23,6 +25,8 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from edgeslm._deps import require
 from edgeslm.errors import ExportError
@@ -96,16 +100,47 @@ def to_openvino(source, context_length: int | None = None):
 
 
 def make_stateful(model) -> None:
-    """Turn every past_*/present_* pair into an internal variable (ReadValue -> ... -> Assign)."""
+    """Turn every past_*/present_* pair into an internal variable, in the shape the CPU plugin's
+    stateful-SDPA fusion (``StatefulSDPAFusion``) matches::
+
+        ReadValue(init: zeros (1, kv, 0, hd)) -> Gather(beam_idx, axis 0) -> Concat(past, new) -> [GQA] -> SDPA
+                                                                               Concat -> Assign
+
+    The plugin then runs one ``ScaledDotProductAttention`` node that owns the cache (appends in
+    place, no Concat copy of the whole cache per step, and ``KV_CACHE_PRECISION`` applies). Both
+    the ``beam_idx`` Gather and the ReadValue initializer are required: without the Gather the
+    matcher does not fire (attention is decomposed to MatMul + Softmax and the cache grows by a
+    Concatenation); with the Gather but an initializer-less ReadValue the 2026.4 CPU plugin fails
+    to compile ("ReadValue ... contains less parent edges than 0").
+    """
+    import openvino as ov
+    from openvino import opset13 as ops
     from openvino._offline_transformations import apply_make_stateful_transformation
 
+    beam_idx = ops.parameter(ov.PartialShape([-1]), ov.Type.i32, name="beam_idx")  # GenAI feeds it (genai.py)
+    beam_idx.output(0).get_tensor().set_names({"beam_idx"})
+    axis = ops.constant(np.int64(0))
     pairs = {}
-    for port in model.inputs:
-        name = port.get_any_name()
-        if name.startswith("past_"):
-            pairs[name] = "present_" + name[len("past_"):]
+    for param in model.get_parameters():
+        name = param.output(0).get_any_name()
+        if not name.startswith("past_"):
+            continue
+        pairs[name] = "present_" + name[len("past_"):]
+        # only the cache concat reads the reordered past; ShapeOf (the past length) stays on the state
+        concats = [t for t in param.output(0).get_target_inputs() if t.get_node().get_type_name() == "Concat"]
+        reordered = ops.gather(param, beam_idx, axis)
+        for target in concats:
+            target.replace_source_output(reordered.output(0))
+    model.add_parameters([beam_idx])
+    model.validate_nodes_and_infer_types()
     apply_make_stateful_transformation(model, pairs)
-    if [p.get_any_name() for p in model.inputs] != ["input_ids"]:
+    for op in model.get_ops():  # an empty cache as each variable's initial value: (1, kv, 0, hd)
+        if op.get_type_name() == "ReadValue" and op.get_input_size() == 0:
+            dims = [d.get_length() if d.is_static else 0 for d in op.get_output_partial_shape(0)]
+            zero = ops.constant(np.zeros((), dtype=op.get_output_element_type(0).to_dtype()))
+            op.set_arguments([ops.broadcast(zero, ops.constant(np.array(dims, dtype=np.int64)))])
+    model.validate_nodes_and_infer_types()
+    if [p.get_any_name() for p in model.inputs] != ["input_ids", "beam_idx"]:
         raise ExportError("making the KV cache stateful left cache inputs behind")
 
 

@@ -7,14 +7,17 @@ OpenVINO GenAI's stateful pipeline (its SDPA backend on CPU) needs, next to our 
     openvino_model.xml   inputs  input_ids      i64 (1, S)     our graph's only real input
                                  attention_mask i64 (1, P+S)   accepted, unused (batch 1: all ones)
                                  position_ids   i64 (1, S)     accepted, unused (positions come from P)
-                                 beam_idx       i32 (1,)       accepted, unused (one sequence, no beams)
+                                 beam_idx       i32 (1,)       reorders the cache (make_stateful): 0, one sequence
                          output  logits         f32 (1, 1, V)  last position only, as optimum's exports
     openvino_tokenizer.xml / openvino_detokenizer.xml          openvino-tokenizers, from tokenizer.json
     generation_config.json                                     bos / eos ids (every stop token)
 
-The extra inputs are Parameters with no consumers: the graph computes positions and the causal
-mask from the cache length itself, which is what GenAI feeds for one sequence. Our engine feeds
-them too (:func:`extra_inputs`), so one IR serves both runtimes and the parity check covers it.
+``attention_mask`` and ``position_ids`` are Parameters with no consumers: the graph computes
+positions and the causal mask from the cache length itself, which is what GenAI feeds for one
+sequence. ``beam_idx`` is a real input, added by the exporter's ``make_stateful``: the CPU
+plugin's stateful-SDPA fusion needs the cache read through ``Gather(past, beam_idx)``. Our
+engine feeds all three (:func:`extra_inputs`), so one IR serves both runtimes and the parity
+check covers it.
 The tokenizer IR is converted with the post-processor that adds exactly what our Tokenizer adds
 (BOS only when the model says ``add_bos``), so both tokenize a prompt to the same ids.
 

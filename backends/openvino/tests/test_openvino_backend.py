@@ -43,12 +43,38 @@ def test_ir_is_stateful(fp32_bundle, tiny_source):
     import openvino as ov
 
     model = ov.Core().read_model(str(fp32_bundle / "openvino_model.xml"))
-    # input_ids is the graph's only real input; the others are OpenVINO GenAI's (genai.py, unused)
-    assert [p.get_any_name() for p in model.inputs] == ["input_ids", "attention_mask", "position_ids", "beam_idx"]
+    # beam_idx reorders the cache (the CPU plugin's stateful-SDPA fusion needs that Gather); the
+    # other two are only OpenVINO GenAI's (genai.py, unused)
+    assert [p.get_any_name() for p in model.inputs] == ["input_ids", "beam_idx", "attention_mask", "position_ids"]
     assert [p.get_any_name() for p in model.outputs] == ["logits"]
     assert str(model.output("logits").get_partial_shape()) == f"[1,1,{tiny_source.spec.vocab_size}]"
     assert len(model.get_variables()) == 2 * tiny_source.spec.num_layers
     assert str(model.input("input_ids").get_partial_shape()) == "[1,?]"
+
+
+def _layer_type(node) -> str:
+    return node.get_rt_info()["layerType"].astype(str)
+
+
+@pytest.mark.parametrize("options", [{}, {"inference_precision": "default"}])
+def test_cpu_plugin_fuses_attention_with_the_cache(fp32_bundle, tiny_source, options):
+    """In the compiled (runtime) graph each layer's attention is one ScaledDotProductAttention node
+    that reads its two cache states directly (the plugin's StatefulSDPAFusion fired): no
+    Concatenation copies the cache each step and no MatMul + Softmax decomposition is left."""
+    import edgeslm
+
+    with edgeslm.load(fp32_bundle, engine_options=options) as m:
+        ops = m.engine.compiled.get_runtime_model().get_ordered_ops()
+    sdpa = [op for op in ops if _layer_type(op) == "ScaledDotProductAttention"]
+    assert len(sdpa) == tiny_source.spec.num_layers
+    for op in sdpa:
+        assert [_layer_type(i.get_source_output().get_node()) for i in op.inputs()].count("MemoryInput") == 2
+    states = [op for op in ops if _layer_type(op) == "MemoryInput"]
+    assert len(states) == 2 * tiny_source.spec.num_layers
+    for op in states:
+        assert {_layer_type(t.get_node()) for t in op.output(0).get_target_inputs()} <= {"ScaledDotProductAttention",
+                                                                                          "ShapeOf"}
+    assert "Softmax" not in {_layer_type(op) for op in ops}
 
 
 def test_engine_options_reach_the_runtime(fp32_bundle):
@@ -61,6 +87,9 @@ def test_engine_options_reach_the_runtime(fp32_bundle):
         assert str(eng.compiled.get_property("INFERENCE_PRECISION_HINT")) in ("<Type: 'float32'>", "f32")
         assert len(eng.request.query_state()) == 2 * eng.spec.num_layers
         fp32 = m.generate("The capital of France is", max_new_tokens=8, stop_on_eos=False).token_ids
+    with edgeslm.load(fp32_bundle, engine_options={"threads": 2, "cpu_pinning": False}) as m:
+        assert m.engine.compiled.get_property("ENABLE_CPU_PINNING") is False
+        assert m.generate("The capital of France is", max_new_tokens=8, stop_on_eos=False).token_ids == fp32
     # bf16 (this CPU's default) runs too; it is not held to fp32 parity
     with edgeslm.load(fp32_bundle, engine_options={"inference_precision": "bf16"}) as m:
         assert len(m.generate("The capital of France is", max_new_tokens=8, stop_on_eos=False).token_ids) == 8
