@@ -12,7 +12,7 @@ from edgeslm.errors import ExportError
 from .graph_writer import DecoderWriter, Unsupported
 
 MODEL_FILE = "model.onnx"
-PRECISIONS = ("fp32", "int4-gguf")
+PRECISIONS = ("fp32", "int4-gguf", "int4-minmax")
 
 
 def write_graph(source, spec, out_dir: Path, steps) -> dict[str, Any]:
@@ -41,6 +41,10 @@ def write_graph(source, spec, out_dir: Path, steps) -> dict[str, Any]:
         if not weights.kinds:
             raise ExportError(f"{source.path}: no Q4_1/Q8_0 tensor of the GGUF matches a weight of the model; "
                               "int4-gguf needs the unmodified GGUF as the source")
+    elif spec.precision == "int4-minmax":
+        from .weights import MinMaxWeights
+
+        weights = MinMaxWeights(state)
     else:
         from .weights import FloatWeights
 
@@ -65,20 +69,22 @@ def write_graph(source, spec, out_dir: Path, steps) -> dict[str, Any]:
                                          "graph": {"kind": "writer", "kv_cache": "shared-buffer",
                                                    "max_length": spec.context_length, "nodes": len(model.graph.node),
                                                    "ops": ops, "seconds": round(time.perf_counter() - t0, 1)}}}
-    if spec.precision == "int4-gguf":
+    if spec.precision in ("int4-gguf", "int4-minmax"):
         kinds = writer.counts
         head = "model.embed_tokens" if cfg.tie_word_embeddings else "lm_head"
         out["quantization"] = {
-            "precision": "int4-gguf", "accuracy_level": accuracy_level, "block_size": 32,
+            "precision": spec.precision, "accuracy_level": accuracy_level, "block_size": 32,
             "matmuls_quantized": sum(v for k, v in kinds.items() if k.startswith("MatMulNBits")),
             "matmuls_kept_float": kinds.get("MatMul fp32", 0),
-            "embedding": _kind(weights, "model.embed_tokens"), "lm_head": _kind(weights, head),
+            "embedding": _kind(weights, "model.embed_tokens", spec.precision),
+            "lm_head": _kind(weights, head, spec.precision),
             "max_abs_weight_error": weights.max_abs_error,
-            "details": {"gguf_tensors_mapped": weights.kinds, "kernels": kinds,
+            "details": {("gguf_tensors_mapped" if spec.precision == "int4-gguf" else "tensors_quantized"): weights.kinds,
+                        "kernels": kinds,
                         "q4_1_as": "symmetric 4-bit MatMulNBits + exact per-block offset; q/k/v and gate/up packed"}}
     return out
 
 
-def _kind(weights, name: str) -> str:
+def _kind(weights, name: str, precision: str = "int4-gguf") -> str:
     blk = weights.blocks.get(name)
-    return f"gguf-{blk.qtype}" if blk is not None else "fp32"
+    return ("gguf-" if precision == "int4-gguf" else "") + blk.qtype if blk is not None else "fp32"
