@@ -14,6 +14,12 @@ map to codes 0 and 15). GPTQ's error updates move weights after the grid is chos
 could lose its extremes and be re-gridded; GPTQ here therefore *pins* them: the weight that set
 a block's minimum (maximum) gets code 0 (15), and its rounding error is spread like any other.
 The exported int4 model then holds exactly these weights (tests/compress/test_quantize.py).
+
+``grid="minmax"`` uses Q4_1's grid instead (``scale = (max - min) / 15``, the float minimum at
+code 0; no zero forced into range), which ``edgeslm export -p int4-minmax`` (ONNX) stores
+exactly; weights that already lie on it (a dequantized Q4_1 GGUF) come back unchanged.
+``act_order=True``: GPTQ visits columns by decreasing ``diag(X^T X)``, every block's grid fixed
+from the original weights first (blocks stay contiguous, as the exporters store them).
 """
 
 from __future__ import annotations
