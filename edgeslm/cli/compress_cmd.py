@@ -26,7 +26,7 @@ def _export_options(f):
     f = click.option("--bundle", "bundle_dir", type=OutputDir("bundle folder"), default=None,
                      help="Bundle directory for --export [default: OUT-FORMAT-PRECISION].")(f)
     f = click.option("--precision", default="fp32", show_default=True,
-                     help="Export precision, one the exporter writes (onnx: fp32, int8, int4, int4-gguf ...).")(f)
+                     help="Export precision, one the exporter writes (onnx: fp32, int8, int4, int4-gguf, int4-minmax ...).")(f)
     f = click.option("--export", "export_format", default=None, metavar="FORMAT",
                      help="Also export the result to this bundle format (onnx, openvino ...).")(f)
     return f
@@ -105,12 +105,16 @@ def _load(model, steps):
               help="unstructured, or N:M such as 2:4 (wanda; implies 50% for 2:4).")
 @click.option("--int4", "int4_method", type=click.Choice(["gptq", "rtn"]), default=None,
               help="Put the decoder weights on the int4 grid (GPTQ: calibrated); export with -p int4 keeps them.")
+@click.option("--int4-grid", type=click.Choice(["onnx", "minmax"]), default="onnx", show_default=True,
+              help="onnx: MatMulNBits' grid (export -p int4); minmax: Q4_1's float-minimum blocks "
+              "(export -p int4-minmax; what a Q4_1 GGUF's weights already lie on).")
+@click.option("--int4-act-order", is_flag=True, help="GPTQ: quantize columns by decreasing input energy.")
 @_export_options
 @_report_option
 @json_option
 def compress_command(model, out_dir, prune_heads, prune_mlp, heads_mode, calibration, low_rank_energy,
                      low_rank_size, low_rank_targets, low_rank_whiten, low_rank_global, sparsity, sparsity_method,
-                     sparsity_pattern, int4_method, export_format, precision, bundle_dir, report, as_json):
+                     sparsity_pattern, int4_method, int4_grid, int4_act_order, export_format, precision, bundle_dir, report, as_json):
     """Compress MODEL: structured pruning, low-rank factorization, sparsity, int4 weights (in
     that order, any combination), then optionally export with a quantization precision.
 
@@ -123,6 +127,7 @@ def compress_command(model, out_dir, prune_heads, prune_mlp, heads_mode, calibra
       edgeslm compress smollm2-135m --low-rank-size 0.74 --low-rank-targets mlp,attention \\
           --low-rank-whiten --low-rank-global -o out/lr
       edgeslm compress MODEL --int4 gptq -o out/gptq --export onnx --precision int4
+      edgeslm compress MODEL --int4 gptq --int4-grid minmax -o out/q --export onnx --precision int4-minmax
     """
     steps = current().steps()
     source = _load(model, steps)
@@ -175,7 +180,8 @@ def compress_command(model, out_dir, prune_heads, prune_mlp, heads_mode, calibra
         from ..compress.gptq import QuantizeConfig, quantize_weights
 
         with steps.step(f"int4 weights ({int4_method})"):
-            result = quantize_weights(result, QuantizeConfig(method=int4_method), text)
+            result = quantize_weights(result, QuantizeConfig(method=int4_method, grid=int4_grid,
+                                                             act_order=int4_act_order), text)
     if result is source and not export_format:
         raise click.UsageError("nothing to do: give a technique (--prune-heads/--prune-mlp, --low-rank-energy, "
                                "--sparsity, --int4) or --export with a --precision")

@@ -39,6 +39,7 @@ class DistillConfig:
     warmup: int = 10
     temperature: float = 1.0  # softens both distributions in the KL term
     hard_weight: float = 0.0  # weight of cross-entropy on the text's own next tokens
+    kd_weight: float = 1.0  # weight of the KL term (0 with hard_weight > 0: the no-teacher baseline)
     checkpoint_every: int = 50  # steps between checkpoints (0 = none)
     seed: int = 0
     # keep zeroed decoder weights at zero (recovering a sparse model: the mask is the point)
@@ -139,10 +140,13 @@ def kd_loss(student_logits, teacher_logits, temperature: float = 1.0):
 
 
 def distill(teacher: SourceModel, student: SourceModel, data: Sequence[Sequence[int]], config: DistillConfig,
-            out_dir: str | Path | None = None, resume: bool = False, progress: bool = True) -> SourceModel:
+            out_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
+            on_step=None) -> SourceModel:
     """Train ``student`` on ``data`` (token-id sequences) to match ``teacher``; returns the trained model.
 
     Checkpoints go to ``out_dir/checkpoints/step-NNNNNN.pt`` (the last two are kept).
+    ``on_step(steps_done, module)``, if given, is called after every optimizer step (e.g. to
+    evaluate a recovery curve); the module is in train mode and must be left as found.
     """
     import math
 
@@ -151,6 +155,8 @@ def distill(teacher: SourceModel, student: SourceModel, data: Sequence[Sequence[
 
     if teacher.spec.vocab_size != student.spec.vocab_size:
         raise ValueError("teacher and student must share the vocabulary")
+    if config.kd_weight <= 0 and config.hard_weight <= 0:
+        raise ValueError("kd_weight and hard_weight are both 0: nothing to train on")
     data_t = windows(data, config.seq_len)  # (N, seq)
     model = student.module
     model.train()
@@ -184,10 +190,12 @@ def distill(teacher: SourceModel, student: SourceModel, data: Sequence[Sequence[
         for step in range(start, config.steps):
             idx = torch.randint(len(data_t), (config.batch_size,), generator=gen)
             batch = data_t[idx]  # (batch, seq)
-            with torch.no_grad():
-                t_logits = teacher.module(batch).logits  # (batch, seq, vocab)
             s_logits = model(batch).logits
-            loss = kd_loss(s_logits, t_logits, config.temperature)
+            loss = s_logits.new_zeros(())
+            if config.kd_weight > 0:
+                with torch.no_grad():
+                    t_logits = teacher.module(batch).logits  # (batch, seq, vocab)
+                loss = loss + config.kd_weight * kd_loss(s_logits, t_logits, config.temperature)
             if config.hard_weight:
                 ce = F.cross_entropy(s_logits[:, :-1].reshape(-1, s_logits.shape[-1]), batch[:, 1:].reshape(-1))
                 loss = loss + config.hard_weight * ce
@@ -204,6 +212,8 @@ def distill(teacher: SourceModel, student: SourceModel, data: Sequence[Sequence[
             history.append(loss.item())
             bar.update(task, advance=1, loss=history[-1])
             done = step + 1
+            if on_step is not None:
+                on_step(done, model)
             if ckpt_dir and config.checkpoint_every and (done % config.checkpoint_every == 0 or done == config.steps):
                 _save_checkpoint(ckpt_dir, done, model, opt, gen, history)
     model.eval()

@@ -172,3 +172,64 @@ def test_sparsegpt_compensates_and_beats_wanda_on_the_output_error(nm):
         assert ((s != 0).view(64, 32, 4).sum(-1) <= 2).all()
     err = lambda q: float(((x @ (w - q).T) ** 2).sum())  # noqa: E731
     assert err(s) < err(w * wanda_mask(w, h.diagonal(), 0.5, nm))
+
+
+def test_minmax_grid_reproduces_q4_1_blocks_exactly():
+    """Weights already on Q4_1 blocks (a dequantized GGUF) come back unchanged from the
+    min/max round-to-nearest, in torch and in the ONNX writer's blocks alike."""
+    pytest.importorskip("edgeslm_onnx")
+    from edgeslm.compress.gptq import rtn
+    from edgeslm_onnx.weights import q4_1_blocks
+
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 16, (16, 4, 32))
+    codes[..., 0], codes[..., 1] = 0, 15  # llama.cpp's Q4_1: the block's min and max are codes 0 and 15
+    d = rng.uniform(0.001, 0.05, (16, 4, 1)).astype(np.float16).astype(np.float32)
+    m = rng.uniform(-0.4, 0.0, (16, 4, 1)).astype(np.float16).astype(np.float32)
+    w = (codes * d + m).astype(np.float32).reshape(16, 128)
+    np.testing.assert_allclose(rtn(torch.from_numpy(w), grid="minmax").numpy(), w, atol=1e-6)
+    np.testing.assert_allclose(q4_1_blocks(w).dequantize(), w, atol=1e-6)
+    # the MatMulNBits grid (0 in range, integer zero point) cannot hold them
+    assert np.abs(rtn(torch.from_numpy(w)).numpy() - w).max() > 1e-3
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_on_the_minmax_grid_is_stored_exactly_and_beats_rtn(act_order):
+    pytest.importorskip("edgeslm_onnx")
+    from edgeslm.compress.gptq import gptq, rtn
+    from edgeslm_onnx.weights import q4_1_blocks
+
+    torch.manual_seed(0)
+    w = torch.randn(64, 128)
+    x = torch.randn(512, 128) @ torch.randn(128, 128) * 0.3
+    h = (x.T @ x).double()
+    q = gptq(w, h, grid="minmax", act_order=act_order)
+    np.testing.assert_allclose(q4_1_blocks(q.numpy()).dequantize(), q.numpy(), atol=1e-5)  # export re-grids to it
+    err = lambda q: float(((x @ (w - q).T) ** 2).sum())  # noqa: E731
+    assert err(q) < 0.8 * err(rtn(w, grid="minmax"))
+
+
+def test_act_order_gptq_stays_on_the_onnx_grid():
+    pytest.importorskip("onnxruntime")
+    from edgeslm.compress.gptq import gptq
+
+    torch.manual_seed(0)
+    w = torch.randn(48, 128)
+    x = torch.randn(300, 128) * torch.linspace(0.1, 3, 128)
+    q = gptq(w, (x.T @ x).double(), act_order=True)
+    np.testing.assert_allclose(_ort_roundtrip(q), q.numpy(), atol=1e-5)
+
+
+def test_minmax_model_exports_to_int4_minmax_with_the_same_weights(family_source, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from edgeslm.compress.gptq import QuantizeConfig, quantize_weights
+    from edgeslm.exporting import export_model
+
+    src = family_source("llama")
+    q = quantize_weights(src, QuantizeConfig(method="gptq", grid="minmax", act_order=True, calibration_tokens=128))
+    bundle = export_model(q, tmp_path / "b", format="onnx", precision="int4-minmax", context_length=64,
+                          parity_tokens=8, options={"accuracy_level": 0})
+    quant = bundle.manifest["quantization"]
+    assert quant["precision"] == "int4-minmax" and quant["matmuls_kept_float"] == 0
+    assert quant["embedding"] == "Q8_0"
+    assert bundle.manifest["parity"]["top1_agreement"] == 1.0

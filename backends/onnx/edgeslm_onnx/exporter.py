@@ -4,7 +4,8 @@ where it applies) or through torch.onnx's dynamo exporter (``--option graph=torc
 ``graph=writer`` (:mod:`.graph_writer`): onnxruntime contrib ops (GroupQueryAttention with
 rotary inside and the KV cache as one preallocated buffer written in place,
 SkipSimplifiedLayerNormalization, packed projections, MatMulNBits on the GGUF's own blocks);
-fp32 and int4-gguf. ``graph=auto`` (the default) uses it for those precisions when the model
+fp32, int4-gguf and int4-minmax (float weights put on Q4_1's min/scale blocks here, written
+like int4-gguf's). ``graph=auto`` (the default) uses it for those precisions when the model
 fits the contrib ops and falls back to torch otherwise, recording the reason in the manifest
 (``artifacts.graph``). Its IO is documented in :mod:`.graph_writer`.
 
@@ -40,7 +41,7 @@ OPSET_PLAIN = 20
 
 class OnnxExporter(Exporter):
     name = "onnx"
-    precisions = ("fp32", "int8", "int4", "int4-gguf")
+    precisions = ("fp32", "int8", "int4", "int4-gguf", "int4-minmax")
     #: fp32 must match exactly. int4-gguf carries the GGUF's own weights; with the default
     #: accuracy_level 4 (int8 activations in the 4-bit kernel) SmolLM2 agrees 96.9% with its
     #: fp32 source, with accuracy_level=0 (fp32 compute, ~10x slower here) 99.0%.
@@ -50,6 +51,8 @@ class OnnxExporter(Exporter):
         graph = str(spec.options.get("graph", "auto")).lower()
         if graph not in ("auto", "writer", "torch"):
             raise ExportError(f"option graph={graph!r}: expected auto, writer or torch")
+        if graph == "torch" and spec.precision == "int4-minmax":
+            raise ExportError("precision int4-minmax is written by the graph writer only (graph=auto or writer)")
         reason = None
         if graph == "auto" and "fused_ops" in spec.options:  # an option of the torch export: the user means it
             graph, reason = "torch", "option fused_ops selects the torch export"
@@ -64,7 +67,7 @@ class OnnxExporter(Exporter):
                     "--option graph=torch for a bundle onnxruntime_genai.Model opens"}}
                 return out
             except WriterUnsupported as exc:
-                if graph == "writer":
+                if graph == "writer" or spec.precision == "int4-minmax":
                     raise ExportError(f"the graph writer cannot export this model: {exc}") from exc
                 reason = str(exc)
         out = self._export_torch(source, spec, out_dir, steps)

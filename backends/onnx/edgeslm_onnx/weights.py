@@ -187,3 +187,66 @@ class GgufWeights(FloatWeights):
         """The GGUF's blocks (GatherBlockQuantized; tied, the lm_head shares them)."""
         blk = self.blocks.get(name)
         return blk if blk is not None else super().embedding(name)
+
+
+def q4_1_blocks(w: np.ndarray) -> BlockLinear:
+    """Float ``w`` (N, K) -> Q4_1 blocks of 32 (llama.cpp's grid: ``d = (max - min) / 15``, float
+    minimum ``m``, codes ``round((w - m) / d)``), stored like a GGUF's Q4_1: offset ``m + 8d``.
+    Weights already on such a grid (a dequantized Q4_1 GGUF) come back exactly."""
+    n, k = w.shape
+    if k % BLOCK:
+        raise ValueError(f"{k} inputs are not a multiple of {BLOCK}")
+    b = w.astype(np.float32).reshape(n, k // BLOCK, BLOCK)
+    lo, hi = b.min(-1), b.max(-1)
+    d = ((hi - lo) / np.float32(15)).astype(np.float32)
+    safe = np.where(d == 0, np.float32(1), d)
+    codes = np.clip(np.rint((b - lo[..., None]) / safe[..., None]), 0, 15).astype(np.uint8)
+    # the offset in the form the GGUF transcoder uses for Q4_1 (gguf_blocks._q4_1): d * (8 + m/d)
+    offset = np.where(d == 0, lo, d * (np.float32(8) + lo / safe))
+    return BlockLinear("Q4_1", codes, d, offset=offset.astype(np.float32))
+
+
+def q8_0_blocks(w: np.ndarray) -> BlockLinear:
+    """Float ``w`` (N, K) -> Q8_0 blocks of 32 (symmetric, ``d = max|w| / 127``), codes +128."""
+    n, k = w.shape
+    b = w.astype(np.float32).reshape(n, k // BLOCK, BLOCK)
+    d = (np.abs(b).max(-1) / np.float32(127)).astype(np.float32)
+    safe = np.where(d == 0, np.float32(1), d)
+    codes = (np.clip(np.rint(b / safe[..., None]), -127, 127) + 128).astype(np.uint8)
+    return BlockLinear("Q8_0", codes, d, bits=8)
+
+
+class MinMaxWeights(FloatWeights):
+    """Float weights quantized here to the GGUF's block kinds: decoder linears (``.layers.``) to
+    Q4_1 (4-bit, float minimum per block of 32), the embedding (and a tied or separate lm_head)
+    to Q8_0; norms and biases stay float. Written like int4-gguf's blocks (MatMulNBits 4-bit +
+    exact per-block offset), so a model put on this grid in float (``quantize_weights`` with
+    ``grid="minmax"``) is stored exactly."""
+
+    def __init__(self, state: dict[str, np.ndarray]):
+        super().__init__(state)
+        self.blocks: dict[str, BlockLinear] = {}
+        self.max_abs_error = 0.0
+        self.kinds: dict[str, int] = {}
+
+    def _blocks(self, name: str, fn) -> BlockLinear | None:
+        w = self.state.get(name + ".weight")
+        if w is None or w.ndim != 2 or w.shape[1] % BLOCK:
+            return None
+        if name not in self.blocks:
+            blk = fn(w)
+            self.max_abs_error = max(self.max_abs_error, float(np.abs(blk.dequantize() - w).max()))
+            self.blocks[name] = blk
+            self.kinds[blk.qtype] = self.kinds.get(blk.qtype, 0) + 1
+        return self.blocks[name]
+
+    def linear(self, name: str) -> FloatLinear | BlockLinear:
+        fn = q4_1_blocks if ".layers." in f".{name}." else q8_0_blocks if name == "lm_head" else None
+        blk = self._blocks(name, fn) if fn is not None else None
+        if blk is None:
+            return super().linear(name)
+        bias = self.state.get(name + ".bias")
+        return dataclasses.replace(blk, bias=None if bias is None else bias.astype(np.float32))
+
+    def embedding(self, name: str) -> FloatLinear | BlockLinear:
+        return self._blocks(name, q8_0_blocks) or super().embedding(name)

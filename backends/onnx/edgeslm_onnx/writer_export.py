@@ -12,7 +12,7 @@ from edgeslm.errors import ExportError
 from .graph_writer import DecoderWriter, Unsupported
 
 MODEL_FILE = "model.onnx"
-PRECISIONS = ("fp32", "int4-gguf")
+PRECISIONS = ("fp32", "int4-gguf", "int4-minmax")
 
 
 def write_graph(source, spec, out_dir: Path, steps) -> dict[str, Any]:
@@ -47,6 +47,10 @@ def write_graph(source, spec, out_dir: Path, steps) -> dict[str, Any]:
         if not weights.kinds:
             raise ExportError(f"{source.path}: no quantized tensor of the GGUF ({', '.join(LAYOUTS)}) matches a "
                               "weight of the model; int4-gguf needs the unmodified GGUF as the source")
+    elif spec.precision == "int4-minmax":
+        from .weights import MinMaxWeights
+
+        weights = MinMaxWeights(state)
     else:
         from .weights import FloatWeights
 
@@ -71,24 +75,26 @@ def write_graph(source, spec, out_dir: Path, steps) -> dict[str, Any]:
                                          "graph": {"kind": "writer", "kv_cache": "shared-buffer",
                                                    "max_length": spec.context_length, "nodes": len(model.graph.node),
                                                    "ops": ops, "seconds": round(time.perf_counter() - t0, 1)}}}
-    if spec.precision == "int4-gguf":
+    if spec.precision in ("int4-gguf", "int4-minmax"):
         kinds = writer.counts
         head = "model.embed_tokens" if cfg.tie_word_embeddings else "lm_head"
         out["quantization"] = {
-            "precision": "int4-gguf", "accuracy_level": accuracy_level,
+            "precision": spec.precision, "accuracy_level": accuracy_level,
             "block_size": min((b.block for b in weights.blocks.values()), default=32),
             "block_sizes": {b.qtype: b.block for b in weights.blocks.values()},
             "matmuls_quantized": sum(v for k, v in kinds.items() if k.startswith("MatMulNBits")),
             "matmuls_kept_float": kinds.get("MatMul fp32", 0),
-            "embedding": _kind(weights, "model.embed_tokens"), "lm_head": _kind(weights, head),
+            "embedding": _kind(weights, "model.embed_tokens", spec.precision),
+            "lm_head": _kind(weights, head, spec.precision),
             "max_abs_weight_error": weights.max_abs_error,
-            "details": {"gguf_tensors_mapped": weights.kinds, "kernels": kinds,
+            "details": {("gguf_tensors_mapped" if spec.precision == "int4-gguf" else "tensors_quantized"): weights.kinds,
+                        "kernels": kinds,
                         "gguf_as": "each GGUF block type as MatMulNBits 4/8-bit codes unchanged (+ exact per-block "
                                    "offset for Q4_1/Q5_1/Q4_K/Q5_K); q/k/v and gate/up packed where one layout; "
                                    "a tied embedding shares the lm_head's codes"}}
     return out
 
 
-def _kind(weights, name: str) -> str:
+def _kind(weights, name: str, precision: str = "int4-gguf") -> str:
     blk = weights.blocks.get(name)
-    return f"gguf-{blk.qtype}" if blk is not None else "fp32"
+    return ("gguf-" if precision == "int4-gguf" else "") + blk.qtype if blk is not None else "fp32"

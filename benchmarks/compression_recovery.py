@@ -1,0 +1,193 @@
+"""Issue #19: recovery curves (top-1 / KL / perplexity vs CPU-minutes of training) on SmolLM2-135M.
+
+    python benchmarks/compression_recovery.py --rows pruned --steps 250 --evals 0,30,100,250
+    python benchmarks/compression_recovery.py --rows student_kd,student_ce --steps 150
+
+One training run per row (``edgeslm.compress.distill.distill``, KD on the teacher's logits,
+cosine schedule over ``--steps``), scored with the parity check's functions at the steps in
+``--evals`` (same prompts and metrics as benchmarks/compression_useful.py). A point of the curve is
+therefore a step of the longest run (its learning rate had not decayed yet), not a separate shorter
+run. CPU-minutes are process CPU time of compression + training so far, evaluation excluded.
+
+Rows:
+  pruned       structured -24.7% (heads 9->6, MLP 1536->1024) + KD
+  wanda50      Wanda 50% unstructured + KD with the zeros kept
+  lowrank      whitened SVD, ranks by sensitivity, 74% of the linears' weights (-20.5%) + KD
+  student_kd   4-layer student (MLP 1024) trained on the teacher's logits
+  student_ce   the same student, same text and steps, trained on the text alone (no teacher)
+
+Training text: the teacher's sampled continuations of prompts that are *not* the evaluation
+prompts (cached), followed by docs/*.md files not used for calibration. The student rows use the
+docs text only, so the no-teacher baseline sees nothing the teacher wrote.
+Writes benchmarks/results/compression_recovery.json after every evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+OUT = ROOT / "benchmarks" / "results" / "compression_recovery.json"
+
+#: teacher-text prompts; none is (or continues) an evaluation prompt of edgeslm.verify.parity
+PROMPTS = (
+    "Once upon a time, in a small village,",
+    "def quicksort(items):\n",
+    "import numpy as np\n\n\ndef normalize(",
+    "The most important invention of the 20th century was",
+    "Photosynthesis is the process by which",
+    "The history of the Roman Empire",
+    "Water boils at",
+    "My favourite recipe for a quick dinner is",
+    "<|im_start|>user\nExplain how a battery works.<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_start|>user\nGive me three tips for learning to cook.<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_start|>user\nWhat is an edge device?<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_start|>user\nHow do vaccines work?<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_start|>user\nWrite a short poem about the sea.<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_start|>user\nWhat is the difference between weather and climate?<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_start|>user\nWrite a Python function that reverses a string.<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_start|>user\nWhy do cats purr?<|im_end|>\n<|im_start|>assistant\n",
+)
+
+
+def teacher_ids(source, cache: Path, samples: int, new_tokens: int) -> tuple[list[list[int]], float]:
+    from edgeslm.compress.distill import teacher_text
+
+    if cache.is_file():
+        d = json.loads(cache.read_text())
+        if d.get("samples") == samples and d.get("new_tokens") == new_tokens:
+            return d["ids"], d["cpu_seconds"]
+    t0 = time.process_time()
+    ids = teacher_text(source, PROMPTS, new_tokens=new_tokens, samples=samples)
+    cpu = time.process_time() - t0
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"samples": samples, "new_tokens": new_tokens, "cpu_seconds": cpu, "ids": ids}))
+    return ids, cpu
+
+
+def build(name: str, source, args):
+    """(compressed start model, DistillConfig overrides)."""
+    from compression_useful import calibration_text
+    from edgeslm.compress.distill import StudentConfig, make_student
+    from edgeslm.compress.lowrank import LowRankConfig, low_rank_factorize
+    from edgeslm.compress.prune import StructuredPruneConfig, structured_prune
+    from edgeslm.compress.sparsity import SparsityConfig, activation_sparsify
+
+    cal = calibration_text()
+    if name == "pruned":
+        return structured_prune(source, StructuredPruneConfig(head_ratio=0.34, mlp_ratio=1 / 3), cal), {"lr": 2e-4}
+    if name == "wanda50":
+        return activation_sparsify(source, SparsityConfig(0.5), cal, args.calib_tokens), {"lr": 1e-4, "keep_zeros": True}
+    if name == "lowrank":
+        cfg = LowRankConfig(energy=None, size_ratio=0.74, targets=("mlp", "attention"), whiten=True,
+                            allocation="global", calibration_tokens=args.lowrank_calib_tokens)
+        return low_rank_factorize(source, cfg, cal), {"lr": 1e-4}
+    if name in ("student_kd", "student_ce"):
+        student = make_student(source, StudentConfig(num_layers=4, intermediate_size=1024), cal)
+        over = {"lr": 5e-4}
+        if name == "student_ce":
+            over.update(kd_weight=0.0, hard_weight=1.0)
+        return student, over
+    raise SystemExit(f"unknown row {name}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--rows", default="pruned")
+    ap.add_argument("--steps", type=int, default=250)
+    ap.add_argument("--evals", default="0,30,100,250")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--calib-tokens", type=int, default=512)
+    ap.add_argument("--lowrank-calib-tokens", type=int, default=2048)
+    ap.add_argument("--teacher-samples", type=int, default=4)
+    ap.add_argument("--teacher-tokens", type=int, default=96)
+    ap.add_argument("--train-tokens", type=int, default=20000)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--save", default="", help="folder: save each row's final model there (HF folder)")
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from compression_table import EVAL_TEXT
+    from compression_useful import training_ids
+    from edgeslm.compress.distill import DistillConfig, distill
+    from edgeslm.compress.evaluate import Evaluator, TorchEngine
+    from edgeslm.compress.model import derive, save_hf_folder
+    from edgeslm.sources import load_source
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.is_file() else {"rows": {}}
+    source = load_source(args.model)
+    ev = Evaluator(source, new_tokens=32, text=EVAL_TEXT)
+    evals = sorted({int(e) for e in args.evals.split(",") if e})
+    t_ids, t_cpu = teacher_ids(source, Path("/tmp/h-quality/teacher_text.json"), args.teacher_samples,
+                               args.teacher_tokens)
+    docs = training_ids(source, args.train_tokens)
+    for name in [r for r in args.rows.split(",") if r]:
+        p0 = time.process_time()
+        start, over = build(name, source, args)
+        build_cpu = time.process_time() - p0
+        data = docs if name.startswith("student") else t_ids + docs
+        cfg = DistillConfig(steps=args.steps, seq_len=args.seq, batch_size=args.batch, warmup=10,
+                            checkpoint_every=0, **over)
+        row = {"row": name, "parameters": start.spec.num_parameters, "build_cpu_minutes": round(build_cpu / 60, 2),
+               "teacher_text_cpu_minutes": round(t_cpu / 60, 2) if data is not docs else 0.0,
+               "train_tokens": sum(len(s) for s in data), "config": {k: v for k, v in vars(cfg).items()},
+               "points": []}
+        results["rows"][name] = row
+        eval_cpu = [0.0]
+        t_start = time.process_time()
+        w_start = time.perf_counter()
+
+        def score(step, module):
+            e0 = time.process_time()
+            was_training = module.training
+            module.eval()
+            cand = derive(start, module, {"technique": "checkpoint", "step": step})
+            rep = ev.score(TorchEngine(cand)).to_dict()
+            if was_training:
+                module.train()
+            train_cpu = (e0 - t_start) - eval_cpu[0]
+            pt = {"step": step, "tokens": step * args.batch * args.seq,
+                  "train_cpu_minutes": round(train_cpu / 60, 2),
+                  "total_cpu_minutes": round((build_cpu + train_cpu) / 60 + row["teacher_text_cpu_minutes"], 2),
+                  "wall_minutes": round((time.perf_counter() - w_start) / 60, 2), "load": round(os.getloadavg()[0], 1),
+                  **{k: rep[k] for k in ("top1_agreement", "kl_mean", "perplexity_export") if k in rep}}
+            row["points"].append(pt)
+            eval_cpu[0] += time.process_time() - e0
+            results["measured"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+            out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+            print(f"{name:11s} step {step:4d}  top1 {pt['top1_agreement']:.1%}  KL {pt['kl_mean']:.3f}  "
+                  f"ppl {pt['perplexity_export']:.1f}  train cpu {pt['train_cpu_minutes']} min  "
+                  f"wall {pt['wall_minutes']} min  load {pt['load']}", flush=True)
+
+        if 0 in evals:
+            score(0, start.module)
+
+        def on_step(done, module):
+            if done in evals:
+                score(done, module)
+
+        model = distill(source, start, data, cfg, progress=False, on_step=on_step)
+        row["loss_first_last"] = [model.spec.extra["compression"][-1].get("loss_first"),
+                                  model.spec.extra["compression"][-1].get("loss_last")]
+        out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+        if args.save:
+            save_hf_folder(model, Path(args.save) / name)
+        del model, start
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
