@@ -17,7 +17,8 @@ Torch graph IO (names fixed; the engine relies on them)::
     present_key_{i}  float32 (1, kv_heads, past + seq, head_dim)
 
 Weights go to ``model.onnx.data`` (external data) so the graph file stays small.
-``model_genai.onnx`` + ``genai_config.json`` (``genai.py``) let onnxruntime-genai open the bundle too.
+``model_genai.onnx`` + ``genai_config.json`` (``genai.py``) let onnxruntime-genai open the bundle too
+(both graphs; the writer's with a shared KV buffer and an attention_mask front-end).
 """
 
 from __future__ import annotations
@@ -61,10 +62,8 @@ class OnnxExporter(Exporter):
 
             try:
                 out = write_graph(source, spec, out_dir, steps)
-                out["interop"] = {"onnxruntime-genai": {
-                    "written": False, "reason": "the graph writer's IO (preallocated KV buffers bound as past and "
-                    "present, length inputs) is not the one onnxruntime-genai feeds; export with "
-                    "--option graph=torch for a bundle onnxruntime_genai.Model opens"}}
+                out["interop"] = {"onnxruntime-genai": _genai(out_dir / MODEL_FILE, source, spec, shared_buffer=True)}
+                out["artifacts"]["files"] = sorted(p.name for p in out_dir.iterdir())
                 return out
             except WriterUnsupported as exc:
                 if graph == "writer" or spec.precision == "int4-minmax":
@@ -108,12 +107,12 @@ class OnnxExporter(Exporter):
         return {"artifacts": {"model": MODEL_FILE, "opset": _opset(path)}, **fields}
 
 
-def _genai(path: Path, source, spec: ExportSpec) -> dict[str, Any]:
+def _genai(path: Path, source, spec: ExportSpec, shared_buffer: bool = False) -> dict[str, Any]:
     """The files onnxruntime_genai.Model(bundle_dir) reads (genai.py); a failure is recorded, not fatal."""
     from .genai import write_genai_files
 
     try:
-        files = write_genai_files(path, source, spec.context_length)
+        files = write_genai_files(path, source, spec.context_length, shared_buffer)
     except Exception as exc:
         return {"written": False, "reason": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
     return {"written": True, "files": files, "open_with": "onnxruntime_genai.Model(bundle_dir)"}

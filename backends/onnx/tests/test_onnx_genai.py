@@ -1,5 +1,7 @@
 """The ONNX bundle opened by onnxruntime-genai (genai_config.json + model_genai.onnx): same greedy
-tokens as our engine, on tiny models of every family (fast) and SmolLM2 int4-gguf (slow)."""
+tokens as our engine, on tiny models of every family (fast) and SmolLM2 int4-gguf (slow), for
+both graphs: the torch.onnx graph (concat cache) and the graph writer's (GroupQueryAttention,
+shared KV buffer, attention_mask front-end in model_genai.onnx)."""
 
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ pytestmark = pytest.mark.skipif(
     not all(importlib.util.find_spec(m) for m in ("torch", "transformers", "onnxscript")),
     reason="needs the export extra: pip install 'edgeslm-onnx[export]'")
 
-#: onnxruntime-genai opens the torch-exported graph (the graph writer's IO is not the one it feeds)
+#: onnxruntime-genai opens both graphs; writer families: those the graph writer writes (others fall back to torch)
 GENAI = {"graph": "torch"}
+WRITER = {"graph": "writer"}
+GRAPHS = {"torch": GENAI, "writer": WRITER}
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"]
 
 
@@ -43,10 +47,17 @@ def _ours(bundle_dir, prompt_ids, n):
         return engine_greedy(m.engine, prompt_ids, n)
 
 
+@pytest.mark.parametrize("graph", list(GRAPHS))
 @pytest.mark.parametrize("family", FAMILIES)
-def test_genai_greedy_equals_engine(bundle_factory, family):
-    bundle = bundle_factory("onnx", family=family, options=GENAI)
+def test_genai_greedy_equals_engine(bundle_factory, family, graph):
+    try:
+        bundle = bundle_factory("onnx", family=family, options=GRAPHS[graph])
+    except Exception as exc:
+        if graph == "writer" and "graph writer cannot export" in str(exc):
+            pytest.skip(str(exc))
+        raise
     manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["artifacts"]["graph"]["kind"] == graph
     genai = manifest["interop"]["onnxruntime-genai"]
     assert genai["written"], genai
     assert set(genai["files"]) <= set(manifest["files"])  # hashed like every file
@@ -57,12 +68,34 @@ def test_genai_greedy_equals_engine(bundle_factory, family):
     assert theirs == ours[:cut]
 
 
-def test_genai_tokenizer_matches_ours(bundle_factory):
+def test_writer_genai_graph_shares_the_weights(bundle_factory):
+    """model_genai.onnx of a graph-writer bundle: attention_mask in, length inputs computed in-graph,
+    KV dims symbolic, every weight read from model.onnx's external data file (no second copy)."""
+    import onnx
+
+    bundle = bundle_factory("onnx", options=WRITER)
+    config = json.loads((bundle / "genai_config.json").read_text())
+    assert config["search"]["past_present_share_buffer"] is True
+    assert config["search"]["max_length"] == config["model"]["context_length"] == 128
+    assert config["model"]["decoder"]["inputs"]["attention_mask"] == "attention_mask"
+    g = onnx.load(str(bundle / "model_genai.onnx"), load_external_data=False).graph
+    names = [i.name for i in g.input]
+    assert names[:2] == ["input_ids", "attention_mask"] and "seqlens_k" not in names
+    assert {i.type.tensor_type.shape.dim[2].dim_param for i in g.input if i.name.startswith("past_")} == {"max_length"}
+    locations = {e.value for t in g.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"model.onnx.data"}
+    weights = (bundle / "model.onnx.data").stat().st_size
+    graphs = sum((bundle / f).stat().st_size for f in ("model.onnx", "model_genai.onnx"))
+    assert sorted(p.name for p in bundle.glob("*.data")) == ["model.onnx.data"] and graphs < weights
+
+
+@pytest.mark.parametrize("graph", list(GRAPHS))
+def test_genai_tokenizer_matches_ours(bundle_factory, graph):
     import onnxruntime_genai as og
 
     import edgeslm
 
-    bundle = bundle_factory("onnx", options=GENAI)
+    bundle = bundle_factory("onnx", options=GRAPHS[graph])
     with edgeslm.load(bundle) as m:
         text = m.tokenizer.apply_chat_template([{"role": "user", "content": "the quick brown fox"}])
         ours = m.tokenizer.encode(text)
@@ -71,8 +104,10 @@ def test_genai_tokenizer_matches_ours(bundle_factory):
 
 
 @pytest.mark.slow
-def test_smollm2_in_onnxruntime_genai(smollm2_source, tmp_path_factory):
-    """SmolLM2 int4-gguf: genai's greedy answer to a chat prompt equals our engine's, ids and text."""
+@pytest.mark.parametrize("graph", list(GRAPHS))
+def test_smollm2_in_onnxruntime_genai(smollm2_source, tmp_path_factory, graph):
+    """SmolLM2 int4-gguf: genai's greedy answer to a chat prompt equals our engine's, ids and text;
+    writer: the default export (graph=auto writes the graph writer's graph for int4-gguf)."""
     import onnxruntime_genai as og
 
     import edgeslm
@@ -81,7 +116,8 @@ def test_smollm2_in_onnxruntime_genai(smollm2_source, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("smollm2-ortg") / "int4"
     export_model(smollm2_source, out, format="onnx", precision="int4-gguf", context_length=256, parity=False,
-                 options=GENAI)
+                 options=GENAI if graph == "torch" else None)
+    assert json.loads((out / "manifest.json").read_text())["artifacts"]["graph"]["kind"] == graph
     with edgeslm.load(out) as m:
         text = m.tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
         prompt = m.tokenizer.encode(text)
@@ -93,11 +129,12 @@ def test_smollm2_in_onnxruntime_genai(smollm2_source, tmp_path_factory):
     assert theirs == ours[:cut]
 
 
-def test_verify_vendor_runs_onnxruntime_genai(bundle_factory, capsys):
+@pytest.mark.parametrize("graph", list(GRAPHS))
+def test_verify_vendor_runs_onnxruntime_genai(bundle_factory, capsys, graph):
     """`edgeslm verify --vendor` opens the bundle in onnxruntime-genai and finds the same greedy tokens."""
     from edgeslm.cli import main
 
-    bundle = bundle_factory("onnx", options=GENAI)
+    bundle = bundle_factory("onnx", options=GRAPHS[graph])
     capsys.readouterr()
     assert main(["verify", str(bundle), "--vendor", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
