@@ -77,6 +77,14 @@ class OpenVINOEngine(Engine):
             raise BundleError(f"{path.name} has neither cache inputs nor state variables")
         self.present_names = ["present_" + n[len("past_"):] for n in self.past_names]
         self.genai_inputs = set(names) & set(GENAI_INPUTS)  # an IR LLMPipeline opens too (genai.py)
+        self._logits = self.compiled.output("logits")
+        if self.stateful and "beam_idx" in self.genai_inputs:  # constant for one sequence: bound once
+            self.request.set_tensor("beam_idx", ov.Tensor(np.zeros((1,), dtype=np.int32)))
+        # step inputs live in engine-owned buffers the request reads in place (no per-step arrays)
+        self._one = np.zeros((1, 1), dtype=np.int64)
+        self._one_t = ov.Tensor(self._one, shared_memory=True)
+        self._ones = np.ones((1, self.max_context), dtype=np.int64)
+        self._arange = np.arange(self.max_context, dtype=np.int64)
         s = self.spec
         self._empty = np.zeros((1, s.num_kv_heads, 0, s.head_dim), dtype=np.float32)  # (1, kv, 0, hd)
         self.cache: list[np.ndarray] = []
@@ -139,19 +147,38 @@ class OpenVINOEngine(Engine):
     def _run(self, ids: np.ndarray) -> np.ndarray:
         if self.request is None:
             raise GenerationError("the engine is closed")
+        if self.stateful:  # the cache never leaves the runtime
+            return self._run_stateful(ids)
         feed = {"input_ids": ids.reshape(1, -1)}  # (1, S) int64
         if self.genai_inputs:
             feed.update(extra_inputs(self.genai_inputs, self.position, ids.size))
-        if self.stateful:  # the cache never leaves the runtime
-            out = self.request.infer(feed)
-            logits = out["logits"]
-        else:  # (1, kv, P, hd) in, (1, kv, P+S, hd) out, through numpy every step
-            feed.update(zip(self.past_names, self.cache))
-            out = self.request.infer(feed)
-            self.cache = [out[n] for n in self.present_names]
-            logits = out["logits"]
+        # stateless: (1, kv, P, hd) in, (1, kv, P+S, hd) out, through numpy every step
+        feed.update(zip(self.past_names, self.cache))
+        out = self.request.infer(feed)
+        self.cache = [out[n] for n in self.present_names]
+        logits = out["logits"]
         self.position += ids.size
         return np.asarray(logits, dtype=np.float32).reshape(-1, logits.shape[-1])[-1]  # (1, [1,] V) -> (V,)
+
+    def _run_stateful(self, ids: np.ndarray) -> np.ndarray:
+        """Tensors bound on the request (no per-step dict); only the last logits row is copied out."""
+        import openvino as ov
+
+        req, n, p = self.request, ids.size, self.position
+        if n == 1:  # decode: the preallocated (1, 1) buffer the request already holds
+            self._one[0, 0] = ids[0]
+            req.set_tensor("input_ids", self._one_t)
+        else:
+            req.set_tensor("input_ids", ov.Tensor(ids.reshape(1, -1)))  # (1, S) int64, copied
+        if "attention_mask" in self.genai_inputs:  # unused by the graph, but GenAI's IR declares it
+            req.set_tensor("attention_mask", ov.Tensor(self._ones[:, :p + n], shared_memory=True))  # (1, P+S)
+        if "position_ids" in self.genai_inputs:
+            req.set_tensor("position_ids", ov.Tensor(self._arange[None, p:p + n], shared_memory=True))  # (1, S)
+        req.start_async()  # + wait(): ~2% less CPU per decode token than infer() here, same result
+        req.wait()
+        logits = req.get_tensor(self._logits).data  # the request's own buffer: (1, [1,] V)
+        self.position += n
+        return np.array(logits.reshape(-1, logits.shape[-1])[-1], dtype=np.float32)  # (V,), a copy the caller keeps
 
 
 def _config(inference_precision, kv_cache_precision, threads, performance_hint, cpu_pinning=None) -> dict[str, Any]:
