@@ -114,6 +114,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--save", default="", help="folder: save each row's final model there (HF folder)")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--teacher-cache", default="out/compression_recovery/teacher_text.json",
+                    help="the teacher-written training ids, generated once and reused")
     args = ap.parse_args(argv)
 
     import torch
@@ -131,7 +133,7 @@ def main(argv=None) -> int:
     source = load_source(args.model)
     ev = Evaluator(source, new_tokens=32, text=EVAL_TEXT)
     evals = sorted({int(e) for e in args.evals.split(",") if e})
-    t_ids, t_cpu = teacher_ids(source, Path("/tmp/h-quality/teacher_text.json"), args.teacher_samples,
+    t_ids, t_cpu = teacher_ids(source, Path(args.teacher_cache), args.teacher_samples,
                                args.teacher_tokens)
     docs = training_ids(source, args.train_tokens)
     for name in [r for r in args.rows.split(",") if r]:
