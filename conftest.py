@@ -91,6 +91,24 @@ def bundle_factory(family_source, tmp_path_factory):
     return make
 
 
+@pytest.fixture
+def verify_vendor(capsys):
+    """``verify_vendor(bundle, runtime)``: `edgeslm verify BUNDLE --vendor --json` exits 0, the named
+    vendor runtime found our greedy tokens, and the manifest lists every file the bundle holds."""
+
+    def check(bundle, runtime: str) -> None:
+        from edgeslm.cli import main
+
+        capsys.readouterr()
+        assert main(["verify", str(bundle), "--vendor", "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["vendor"][runtime]["passed"] is True, result["vendor"]
+        listed = json.loads((bundle / "manifest.json").read_text())["files"]
+        assert sorted(p.name for p in bundle.iterdir()) == sorted([*listed, "manifest.json"])
+
+    return check
+
+
 @pytest.fixture(scope="session")
 def onnx_bundle(bundle_factory):
     pytest.importorskip("edgeslm_onnx", reason="needs the onnx backend: pip install -e backends/onnx")

@@ -17,33 +17,16 @@ import argparse
 import json
 import statistics
 import sys
-import time
+from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from vendor_runtimes import run_ours  # noqa: E402  (the same measured loop as the vendor pairs)
 
 
 def parse_variant(text: str) -> tuple[str, str, dict]:
     label, _, rest = text.partition("=")
     path, sep, opts = rest.partition(":{")
     return label, path, (json.loads("{" + opts) if sep else {})
-
-
-def run_once(path: str, ids: list[int], n: int, threads: int, options: dict) -> dict:
-    import edgeslm
-
-    with edgeslm.load(path, engine_options={"threads": threads, **options}) as m:
-        eng = m.engine
-        eng.prefill(ids[:8])  # warm-up
-        eng.reset()
-        c0, t0 = time.process_time(), time.perf_counter()
-        logits = eng.prefill(ids)
-        c1, t1 = time.process_time(), time.perf_counter()
-        for _ in range(n - 1):
-            logits = eng.decode(int(np.argmax(logits)))
-        c2, t2 = time.process_time(), time.perf_counter()
-    return {"prefill_tps": len(ids) / (t1 - t0), "decode_tps": (n - 1) / (t2 - t1),
-            "prefill_cpu_ms_per_token": 1000 * (c1 - c0) / len(ids),
-            "decode_cpu_ms_per_token": 1000 * (c2 - c1) / (n - 1)}
 
 
 def main(argv=None) -> int:
@@ -64,12 +47,12 @@ def main(argv=None) -> int:
     text = " ".join([sentence] * (args.prompt_tokens // 10 + 1))
     ids = tok.encode(text)
     ids = ids[:args.prompt_tokens]
-    keys = ("decode_tps", "decode_cpu_ms_per_token", "prefill_tps", "prefill_cpu_ms_per_token")
+    keys = ("decode_tps", "decode_cpu_ms_tok", "prefill_tps", "prefill_cpu_ms_tok")
     for t in [int(x) for x in args.threads.split(",")]:
         raw: dict[str, list[dict]] = {label: [] for label, _, _ in variants}
         for r in range(args.rounds):
             for label, path, opts in variants:
-                res = run_once(path, ids, args.new_tokens, t, opts)
+                res = run_ours(path, ids, args.new_tokens, t, opts)
                 raw[label].append(res)
                 print(f"t={t} round {r} {label}: " + ", ".join(f"{k} {res[k]:.2f}" for k in keys), flush=True)
         med = {label: {k: statistics.median(x[k] for x in runs) for k in keys} for label, runs in raw.items()}
@@ -79,9 +62,9 @@ def main(argv=None) -> int:
               "| decode CPU vs first |")
         print("|---|---|---|---|---|---|")
         for label, m in med.items():
-            print(f"| {label} | {m['decode_tps']:.1f} | {m['decode_cpu_ms_per_token']:.2f} | {m['prefill_tps']:.0f} | "
-                  f"{m['prefill_cpu_ms_per_token']:.2f} | "
-                  f"{base['decode_cpu_ms_per_token'] / m['decode_cpu_ms_per_token']:.2f}x |", flush=True)
+            print(f"| {label} | {m['decode_tps']:.1f} | {m['decode_cpu_ms_tok']:.2f} | {m['prefill_tps']:.0f} | "
+                  f"{m['prefill_cpu_ms_tok']:.2f} | "
+                  f"{base['decode_cpu_ms_tok'] / m['decode_cpu_ms_tok']:.2f}x |", flush=True)
     return 0
 
 

@@ -113,13 +113,6 @@ def test_smollm2_in_litert_lm(smollm2_source, tmp_path_factory, tmp_path):
     _check(out, [text], 16, tmp_path)
 
 
-def test_verify_vendor_runs_litert_lm(bundle_factory, capsys):
+def test_verify_vendor_runs_litert_lm(bundle_factory, verify_vendor):
     """`edgeslm verify --vendor` opens the bundle in litert-lm and finds the same greedy tokens."""
-    from edgeslm.cli import main
-
-    bundle = bundle_factory("litert")
-    capsys.readouterr()
-    assert main(["verify", str(bundle), "--vendor", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["vendor"]["litert-lm"]["passed"] is True, result["vendor"]
-    assert sorted(p.name for p in bundle.iterdir()) == sorted([*json.loads((bundle / "manifest.json").read_text())["files"], "manifest.json"])
+    verify_vendor(bundle_factory("litert"), "litert-lm")

@@ -130,13 +130,6 @@ def test_smollm2_in_onnxruntime_genai(smollm2_source, tmp_path_factory, graph):
 
 
 @pytest.mark.parametrize("graph", list(GRAPHS))
-def test_verify_vendor_runs_onnxruntime_genai(bundle_factory, capsys, graph):
+def test_verify_vendor_runs_onnxruntime_genai(bundle_factory, verify_vendor, graph):
     """`edgeslm verify --vendor` opens the bundle in onnxruntime-genai and finds the same greedy tokens."""
-    from edgeslm.cli import main
-
-    bundle = bundle_factory("onnx", options=GRAPHS[graph])
-    capsys.readouterr()
-    assert main(["verify", str(bundle), "--vendor", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["vendor"]["onnxruntime-genai"]["passed"] is True, result["vendor"]
-    assert sorted(p.name for p in bundle.iterdir()) == sorted([*json.loads((bundle / "manifest.json").read_text())["files"], "manifest.json"])
+    verify_vendor(bundle_factory("onnx", options=GRAPHS[graph]), "onnxruntime-genai")
