@@ -32,7 +32,7 @@ def write_graph(source, spec, out_dir: Path, steps) -> dict[str, Any]:
     state = {k: v.detach().float().numpy() for k, v in source.module.state_dict().items()}
     weights = _weights(source, spec, state, steps)
     with steps.step("Writing the ONNX graph (graph writer)"):
-        offsets = str(spec.options.get("q4_1_offsets", "matmul"))
+        offsets = str(spec.options.get("q4_1_offsets", "rows"))
         if offsets not in DecoderWriter.OFFSETS:
             raise ExportError(f"option q4_1_offsets={offsets!r}: expected one of {', '.join(DecoderWriter.OFFSETS)}")
         writer = DecoderWriter(cfg, weights, spec.context_length, accuracy_level, offsets)
@@ -52,7 +52,7 @@ def write_graph(source, spec, out_dir: Path, steps) -> dict[str, Any]:
                                                    "max_length": spec.context_length, "nodes": len(model.graph.node),
                                                    "ops": ops, "seconds": round(time.perf_counter() - t0, 1)}}}
     if spec.precision in ("int4-gguf", "int4-minmax"):
-        out["quantization"] = _quantization(spec, cfg, writer.counts, weights, accuracy_level)
+        out["quantization"] = _quantization(spec, cfg, writer, weights, accuracy_level)
     return out
 
 
@@ -87,8 +87,9 @@ def _weights(source, spec, state: dict, steps):
     return weights
 
 
-def _quantization(spec, cfg, kinds: dict, weights, accuracy_level: int) -> dict[str, Any]:
+def _quantization(spec, cfg, writer: DecoderWriter, weights, accuracy_level: int) -> dict[str, Any]:
     """The manifest's ``quantization`` record of a block-weight export."""
+    kinds = writer.counts
     head = "model.embed_tokens" if cfg.tie_word_embeddings else "lm_head"
     gguf = spec.precision == "int4-gguf"
     return {
@@ -100,6 +101,7 @@ def _quantization(spec, cfg, kinds: dict, weights, accuracy_level: int) -> dict[
         "embedding": _kind(weights, "model.embed_tokens", spec.precision),
         "lm_head": _kind(weights, head, spec.precision),
         "max_abs_weight_error": weights.max_abs_error,
+        "q4_1_offsets": writer.offsets if any(b.offset is not None for b in weights.blocks.values()) else None,
         "details": {("gguf_tensors_mapped" if gguf else "tensors_quantized"): weights.kinds, "kernels": kinds,
                     "gguf_as": ("each GGUF block type" if gguf else "float weights quantized to Q4_1 (decoder linears) "
                                 "and Q8_0 (embedding, lm_head) blocks, each")

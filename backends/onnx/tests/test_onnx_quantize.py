@@ -40,7 +40,8 @@ def test_requantized_graph_uses_nbits_kernels(bundle_factory, precision, bits):
     assert edgeslm.load(b).bundle.bytes < edgeslm.load(fp32).bundle.bytes
 
 
-@pytest.mark.parametrize("graph,matmuls,blocksums", [("writer", 2 * 4 + 1, {"MatMul": 2 * 4 * 2, "ReduceSum": 0}),
+@pytest.mark.parametrize("graph,matmuls,blocksums", [("writer", 2 * 4 + 1, {"MatMul": 2 * 4, "Split": 2 * 4 + 2,
+                                                                            "ReduceSum": 0}),
                                                      ("torch", 15, {"ReduceSum": 2 * 4})])
 def test_transcoded_gguf_is_the_gguf(gguf_q4_source, tmp_path, graph, matmuls, blocksums):
     # accuracy_level 0 computes in fp32, so parity isolates the weights; the default (4, int8
@@ -56,7 +57,9 @@ def test_transcoded_gguf_is_the_gguf(gguf_q4_source, tmp_path, graph, matmuls, b
     p = b.manifest["parity"]
     assert p["passed"] and p["top1_agreement"] >= 0.97
     ops = op_counts(b.path)
-    # block sums: 4 distinct inputs per layer (writer: x @ block-indicator, then the offset MatMul)
+    # block sums: 4 distinct inputs per layer; the writer's default (q4_1_offsets=rows) gets them as
+    # extra output rows of each MatMulNBits (a Split each, + gate/up's own Split), then the offset MatMul
+    assert q.get("q4_1_offsets") == ("rows" if graph == "writer" else None)
     assert ops["MatMulNBits"] == matmuls and {k: ops[k] for k in blocksums} == blocksums
 
 
