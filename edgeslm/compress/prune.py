@@ -87,6 +87,9 @@ def structured_prune(source: SourceModel, config: StructuredPruneConfig = Struct
                      calibration_text: str | None = None) -> SourceModel:
     """Remove heads and MLP channels uniformly per layer; returns a smaller model of the same family."""
     spec = source.spec
+    for what, ratio in (("heads", config.head_ratio), ("MLP channels", config.mlp_ratio)):
+        if not 0 <= ratio < 1:
+            raise ValueError(f"the fraction of {what} to remove must be in [0, 1), not {ratio}")
     if config.heads_mode not in ("query", "kv_group"):
         raise ValueError(f"heads_mode must be 'query' or 'kv_group', not {config.heads_mode!r}")
     group = spec.num_heads // spec.num_kv_heads

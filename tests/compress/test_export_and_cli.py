@@ -71,6 +71,13 @@ def test_cli_nothing_to_do_is_a_usage_error(tiny_hf, tmp_path):
     assert main(["compress", str(tiny_hf), "-o", str(tmp_path / "x")]) == 2
 
 
+def test_cli_prune_fraction_out_of_range_is_a_usage_error(tiny_hf, tmp_path, capsys):
+    from edgeslm.cli import main
+
+    assert main(["compress", str(tiny_hf), "--prune-heads", "1.5", "-o", str(tmp_path / "x")]) == 2
+    assert "fraction of heads to remove must be in [0, 1), not 1.5" in capsys.readouterr().err
+
+
 def test_cli_distill_with_checkpoints_and_finetune(tiny_hf, tmp_path, capsys):
     pytest.importorskip("peft")
     from edgeslm.cli import main

@@ -36,6 +36,12 @@ def test_structured_prune_at_zero_is_identity(tiny_source):
     torch.testing.assert_close(logits(p), logits(tiny_source))
 
 
+@pytest.mark.parametrize("heads, mlp", [(1.5, 0.3), (0.3, 1.0), (-0.1, 0.0)])
+def test_structured_prune_refuses_a_fraction_out_of_range(tiny_source, heads, mlp):
+    with pytest.raises(ValueError, match=r"fraction of .* must be in \[0, 1\)"):
+        structured_prune(tiny_source, StructuredPruneConfig(head_ratio=heads, mlp_ratio=mlp))
+
+
 def test_pruned_model_saves_as_a_standard_hf_folder(tiny_source, tmp_path):
     p = structured_prune(tiny_source, StructuredPruneConfig(0.5, 0.5, multiple_of=8))
     q = load_model(save_hf_folder(p, tmp_path / "pruned"))
