@@ -138,13 +138,10 @@ def _add_llama_keys(w, cfg: dict, quant: str) -> None:
     """The "llama" architecture's metadata for the Hugging Face config ``cfg``."""
     import gguf
 
+    from .testing_gguf import add_shape_keys
+
     w.add_name("tiny-llama")
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_block_count(cfg["num_hidden_layers"])
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(cfg["num_attention_heads"])
-    w.add_head_count_kv(cfg["num_key_value_heads"])
+    add_shape_keys(w, cfg)
     w.add_rope_freq_base((cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 10000.0)))
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     w.add_rope_dimension_count(cfg["head_dim"])

@@ -120,6 +120,16 @@ def permute_qk(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def add_shape_keys(w, cfg: dict[str, Any]) -> None:
+    """Context length, widths, layer count and head counts of the Hugging Face config ``cfg``."""
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+
+
 def add_bpe_tokenizer(w, tok_json: dict[str, Any], specials, eos_token_id: int = 2,
                       eot_token_id: int | None = None) -> None:
     """A byte-level BPE vocabulary (``tok_json``: a tokenizer.json dict) as llama.cpp's "gpt2"
@@ -220,12 +230,7 @@ def _add_hparams(w, family: str, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
     import gguf
 
     hd = cfg["head_dim"]
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_block_count(cfg["num_hidden_layers"])
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(cfg["num_attention_heads"])
-    w.add_head_count_kv(cfg["num_key_value_heads"])
+    add_shape_keys(w, cfg)
     w.add_key_length(hd)
     w.add_value_length(hd)
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
