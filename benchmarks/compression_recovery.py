@@ -25,7 +25,6 @@ Writes benchmarks/results/compression_recovery.json after every evaluation.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import sys
@@ -118,20 +117,14 @@ def main(argv=None) -> int:
                     help="the teacher-written training ids, generated once and reused")
     args = ap.parse_args(argv)
 
-    import torch
-
-    from compression_table import EVAL_TEXT
+    from compression_setup import save, setup
     from compression_useful import training_ids
     from edgeslm.compress.distill import DistillConfig, distill
-    from edgeslm.compress.evaluate import Evaluator, TorchEngine
+    from edgeslm.compress.evaluate import TorchEngine
     from edgeslm.compress.model import derive, save_hf_folder
-    from edgeslm.sources import load_source
 
-    torch.set_num_threads(args.threads)
     out = Path(args.out)
-    results = json.loads(out.read_text()) if out.is_file() else {"rows": {}}
-    source = load_source(args.model)
-    ev = Evaluator(source, new_tokens=32, text=EVAL_TEXT)
+    results, source, ev = setup(args, out)
     evals = sorted({int(e) for e in args.evals.split(",") if e})
     t_ids, t_cpu = teacher_ids(source, Path(args.teacher_cache), args.teacher_samples,
                                args.teacher_tokens)
@@ -168,8 +161,7 @@ def main(argv=None) -> int:
                   **{k: rep[k] for k in ("top1_agreement", "kl_mean", "perplexity_export") if k in rep}}
             row["points"].append(pt)
             eval_cpu[0] += time.process_time() - e0
-            results["measured"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-            out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+            save(results, out)
             print(f"{name:11s} step {step:4d}  top1 {pt['top1_agreement']:.1%}  KL {pt['kl_mean']:.3f}  "
                   f"ppl {pt['perplexity_export']:.1f}  train cpu {pt['train_cpu_minutes']} min  "
                   f"wall {pt['wall_minutes']} min  load {pt['load']}", flush=True)

@@ -19,8 +19,6 @@ Writes benchmarks/results/compression_useful.json after every row.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
 import platform
 import sys
@@ -162,18 +160,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
 
-    import torch
-
-    from compression_table import EVAL_TEXT
-    from edgeslm.compress.evaluate import Evaluator, TorchEngine
+    from compression_setup import save, setup
+    from edgeslm.compress.evaluate import TorchEngine
     from edgeslm.compress.model import count_nonzero
-    from edgeslm.sources import load_source
 
-    torch.set_num_threads(args.threads)
     out = Path(args.out)
-    results = json.loads(out.read_text()) if out.is_file() else {"rows": {}}
-    source = load_source(args.model)
-    ev = Evaluator(source, new_tokens=32, text=EVAL_TEXT)
+    results, source, ev = setup(args, out)
     base_params = source.spec.num_parameters
     table = rows(args)
     chosen = [r for r in args.only.split(",") if r] or list(table)
@@ -192,8 +184,7 @@ def main(argv=None) -> int:
                "load_at_start": round(load0, 1), "steps": model.spec.extra.get("compression", [])[-3:],
                **{k: rep[k] for k in ("top1_agreement", "kl_mean", "perplexity_export", "perplexity_source") if k in rep}}
         results["rows"][key] = row
-        results["measured"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+        save(results, out)
         print(f"{key:18s} top1 {row['top1_agreement']:.1%}  KL {row['kl_mean']:.4f}  ppl {row.get('perplexity_export', 0):.2f}"
               f"  params -{row['parameters_removed']:.1%}  cpu {row['cpu_minutes']} min", flush=True)
         del model

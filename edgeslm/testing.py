@@ -113,57 +113,54 @@ def make_tiny_hf_folder(path: str | Path, architecture: str = "llama", seed: int
     return path
 
 
-def _permute(w, n_head: int):
-    """llama.cpp's Q/K row order (interleaved rotary halves); transformers undoes it on load."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
 def make_tiny_gguf(path: str | Path, hf_folder: str | Path, quant: str = "f32") -> Path:
     """Write ``hf_folder``'s weights and tokenizer as a GGUF file.
 
     ``quant``: "f32" (exact), or "q4_1" (matrices Q4_1, embedding Q8_0, like SmolLM2's file).
     """
     import gguf
-    import numpy as np
     from safetensors.numpy import load_file
+
+    from .testing_gguf import add_bpe_tokenizer, write_gguf
 
     path, hf_folder = Path(path), Path(hf_folder)
     cfg = json.loads((hf_folder / "config.json").read_text())
     tok = json.loads((hf_folder / "tokenizer.json").read_text())
-    weights = load_file(str(hf_folder / "model.safetensors"))
-    h, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-
     w = gguf.GGUFWriter(str(path), "llama")
+    _add_llama_keys(w, cfg, quant)
+    add_bpe_tokenizer(w, tok, {a["content"] for a in tok["added_tokens"]})
+    _add_llama_tensors(w, cfg, load_file(str(hf_folder / "model.safetensors")), quant)
+    write_gguf(w)
+    return path
+
+
+def _add_llama_keys(w, cfg: dict, quant: str) -> None:
+    """The "llama" architecture's metadata for the Hugging Face config ``cfg``."""
+    import gguf
+
+    from .testing_gguf import add_shape_keys
+
     w.add_name("tiny-llama")
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_block_count(cfg["num_hidden_layers"])
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(h)
-    w.add_head_count_kv(kv)
+    add_shape_keys(w, cfg)
     w.add_rope_freq_base((cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 10000.0)))
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     w.add_rope_dimension_count(cfg["head_dim"])
     w.add_vocab_size(cfg["vocab_size"])
     w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_1 if quant == "q4_1" else gguf.LlamaFileType.ALL_F32)
-    # tokenizer: gpt2-style BPE
-    vocab = tok["model"]["vocab"]
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv_: kv_[1])]
-    specials = {a["content"] for a in tok["added_tokens"]}
-    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types([gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in tokens])
-    w.add_token_merges(merges)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_add_bos_token(False)
-    w.add_chat_template(CHAT_TEMPLATE)
 
-    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+
+_LLAMA_LEAVES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+                 "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+                 "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+
+
+def _add_llama_tensors(w, cfg: dict, weights: dict, quant: str) -> None:
+    """The embedding, output norm and layers under llama.cpp's names, Q/K rows permuted; with
+    "q4_1" the matrices Q4_1 and the embedding Q8_0, else everything F32."""
+    import gguf
+    import numpy as np
+
+    from .testing_gguf import permute_qk
 
     def add(name: str, arr, matrix: bool, qtype=gguf.GGMLQuantizationType.Q4_1):
         arr = np.ascontiguousarray(arr.astype(np.float32))
@@ -174,19 +171,13 @@ def make_tiny_gguf(path: str | Path, hf_folder: str | Path, quant: str = "f32") 
 
     add("token_embd.weight", weights["model.embed_tokens.weight"], True, gguf.GGMLQuantizationType.Q8_0)
     add("output_norm.weight", weights["model.norm.weight"], False)
+    heads = {"self_attn.q_proj": cfg["num_attention_heads"], "self_attn.k_proj": cfg["num_key_value_heads"]}
     for i in range(cfg["num_hidden_layers"]):
-        for hf, gg in names.items():
+        for hf, gg in _LLAMA_LEAVES.items():
             arr = weights[f"model.layers.{i}.{hf}.weight"]
-            if hf == "self_attn.q_proj":
-                arr = _permute(arr, h)
-            elif hf == "self_attn.k_proj":
-                arr = _permute(arr, kv)
+            if hf in heads:
+                arr = permute_qk(arr, heads[hf])
             add(f"blk.{i}.{gg}.weight", arr, arr.ndim == 2)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
 
 
 class ScriptedEngine(Engine):

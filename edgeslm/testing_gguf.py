@@ -115,8 +115,48 @@ def _gguf_name(family: str, hf: str) -> str:
     return f"blk.{layer}.{_LEAVES.get(family, _LLAMA)[leaf]}.{suffix}"
 
 
-def _permute(w: np.ndarray, heads: int) -> np.ndarray:
+def permute_qk(w: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp's Q/K row order (interleaved rotary halves); transformers undoes it on load."""
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def add_shape_keys(w, cfg: dict[str, Any]) -> None:
+    """Context length, widths, layer count and head counts of the Hugging Face config ``cfg``."""
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+
+
+def add_bpe_tokenizer(w, tok_json: dict[str, Any], specials, eos_token_id: int = 2,
+                      eot_token_id: int | None = None) -> None:
+    """A byte-level BPE vocabulary (``tok_json``: a tokenizer.json dict) as llama.cpp's "gpt2"
+    tokenizer: tokens by id, ``specials`` as CONTROL, merges, bos 1, the eos (and end-of-turn)
+    ids, no automatic bos, and the ChatML template."""
+    import gguf
+
+    tokens = [t for t, _ in sorted(tok_json["model"]["vocab"].items(), key=lambda kv: kv[1])]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in tokens])
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok_json["model"]["merges"]])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(eos_token_id)
+    if eot_token_id is not None:
+        w.add_eot_token_id(eot_token_id)
+    w.add_add_bos_token(False)
+    w.add_chat_template(CHAT_TEMPLATE)
+
+
+def write_gguf(w) -> None:
+    """Write what ``w`` (a gguf.GGUFWriter) holds: header, metadata, tensors; close the file."""
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
 
 
 def _encode(w: np.ndarray, type_name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -167,21 +207,30 @@ def make_family_gguf(path: str | Path, family: str, types: dict[str, str] | tupl
     import gguf
 
     path = Path(path)
-    arch = GGUF_ARCH[family]
     tok = make_tiny_tokenizer()
-    tok_json = json.loads(tok.to_str())
     cfg = gguf_hf_config(family, tok.get_vocab_size())
-    hd, n_layers = cfg["head_dim"], cfg["num_hidden_layers"]
     hf_weights = _random_weights(cfg, seed)
 
-    w = gguf.GGUFWriter(str(path), arch)
+    w = gguf.GGUFWriter(str(path), GGUF_ARCH[family])
     w.add_name(f"tiny-{family}")
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_block_count(n_layers)
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(cfg["num_attention_heads"])
-    w.add_head_count_kv(cfg["num_key_value_heads"])
+    extra = _add_hparams(w, family, cfg)
+    # the end-of-turn token reaches the loader through the template (gemma3: eos is
+    # <|endoftext|>) or through eot_token_id (qwen3)
+    eos = {"gemma3": 0, "qwen3": 0}.get(family, 2)
+    add_bpe_tokenizer(w, json.loads(tok.to_str()), SPECIAL_TOKENS, eos, 2 if family == "qwen3" else None)
+    reference, written = _add_tensors(w, family, cfg, hf_weights, types, extra)
+    write_gguf(w)
+    return TinyGGUF(path=path, family=family, hf_config=cfg, weights=reference, types=written,
+                    eos_token_ids=(eos,) if eos == 2 else (eos, 2))
+
+
+def _add_hparams(w, family: str, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The model's shape and RoPE keys, as convert_hf_to_gguf.py writes them, then the family's
+    own; returns the F32 tensors that go with them (Llama 3 rope_freqs, Phi-3 LongRoPE factors)."""
+    import gguf
+
+    hd = cfg["head_dim"]
+    add_shape_keys(w, cfg)
     w.add_key_length(hd)
     w.add_value_length(hd)
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
@@ -189,20 +238,30 @@ def make_family_gguf(path: str | Path, family: str, types: dict[str, str] | tupl
     rope = cfg.get("rope_parameters") or {}
     theta = (rope.get("full_attention") or rope).get("rope_theta", cfg.get("rope_theta", 10000.0))
     w.add_rope_freq_base(theta)
-    rotary = int(hd * cfg.get("partial_rotary_factor", 1.0))
-    w.add_rope_dimension_count(rotary)
+    w.add_rope_dimension_count(int(hd * cfg.get("partial_rotary_factor", 1.0)))
     extra: dict[str, np.ndarray] = {}
     scaling = cfg.get("rope_scaling") or {}
     if scaling.get("rope_type") == "llama3":  # convert_hf_to_gguf.py: factors, no parameters
         from .arch.gguf_common import llama3_factors
 
         extra["rope_freqs.weight"] = llama3_factors(scaling, theta, hd).astype(np.float32)
+    extra.update(_add_family_keys(w, family, cfg))
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M)
+    return extra
+
+
+def _add_family_keys(w, family: str, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Gemma's soft-capping and sliding windows, Gemma 3's linear RoPE scaling, Phi-3's LongRoPE
+    (keys, and the factor tensors it returns)."""
+    import gguf
+
+    extra: dict[str, np.ndarray] = {}
     if family == "gemma2":
         w.add_attn_logit_softcapping(cfg["attn_logit_softcapping"])
         w.add_final_logit_softcapping(cfg["final_logit_softcapping"])
         w.add_sliding_window(cfg["sliding_window"])
     if family == "gemma3":
-        glob = rope["full_attention"]
+        glob = cfg["rope_parameters"]["full_attention"]
         if glob.get("rope_type") == "linear":
             w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
             w.add_rope_scaling_factor(glob["factor"])
@@ -213,37 +272,26 @@ def make_family_gguf(path: str | Path, family: str, types: dict[str, str] | tupl
     if family == "phi3":
         import math
 
-        w.add_rope_scaling_orig_ctx_len(cfg["original_max_position_embeddings"])
+        orig = cfg["original_max_position_embeddings"]
+        w.add_rope_scaling_orig_ctx_len(orig)
         w.add_sliding_window(cfg.get("sliding_window") or 0)
-        scale = cfg["max_position_embeddings"] / cfg["original_max_position_embeddings"]
-        w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(cfg["original_max_position_embeddings"])))
-        extra["rope_factors_long.weight"] = np.asarray(scaling["long_factor"], np.float32)
-        extra["rope_factors_short.weight"] = np.asarray(scaling["short_factor"], np.float32)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M)
+        scale = cfg["max_position_embeddings"] / orig
+        w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(orig)))
+        extra["rope_factors_long.weight"] = np.asarray(cfg["rope_scaling"]["long_factor"], np.float32)
+        extra["rope_factors_short.weight"] = np.asarray(cfg["rope_scaling"]["short_factor"], np.float32)
+    return extra
 
-    # tokenizer: byte-level BPE; the end-of-turn token reaches the loader through the template
-    # (gemma3: eos is <|endoftext|>) or through eot_token_id (qwen3)
-    vocab = tok_json["model"]["vocab"]
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types([gguf.TokenType.CONTROL if t in SPECIAL_TOKENS else gguf.TokenType.NORMAL for t in tokens])
-    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok_json["model"]["merges"]])
-    w.add_bos_token_id(1)
-    eos = {"gemma3": 0, "qwen3": 0}.get(family, 2)
-    w.add_eos_token_id(eos)
-    eos_ids = (eos,) if eos == 2 else (eos, 2)
-    if family == "qwen3":
-        w.add_eot_token_id(2)
-    w.add_add_bos_token(False)
-    w.add_chat_template(CHAT_TEMPLATE)
 
-    # tensors, in llama.cpp's order: embedding, output norm, output, then the layers
+def _add_tensors(w, family: str, cfg: dict[str, Any], hf_weights: dict[str, np.ndarray], types,
+                 extra: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Write ``extra`` (F32), then the weights in llama.cpp's order (embedding, output norm,
+    output, then the layers), each in its planned type; returns (Hugging Face name -> float32 as
+    the file decodes, gguf name -> type name)."""
+    import gguf
+
     order = sorted(hf_weights, key=lambda n: (0 if n in _GLOBAL else 1,
                                               int(n.split(".")[2]) if n.startswith("model.layers.") else -1, n))
-    plan_dict = types if isinstance(types, dict) else None
-    cycle = iter(types * 1000) if not isinstance(types, dict) else None
+    choose = _type_plan(types)
     reference, written = {}, {}
     for name in extra:
         w.add_tensor(name, extra[name])
@@ -251,24 +299,34 @@ def make_family_gguf(path: str | Path, family: str, types: dict[str, str] | tupl
     for hf in order:
         arr = hf_weights[hf]
         name = _gguf_name(family, hf)
-        if arr.ndim == 1:
-            kind = "F32"
-        else:
-            kind = plan_dict.get(name, "F32") if plan_dict is not None else next(cycle)
-            if kind in K_TYPES and arr.shape[-1] % 256:
-                kind = "Q8_0"
+        kind = "F32" if arr.ndim == 1 else choose(name, arr)
         data, decoded = _encode(arr, kind)
         reference[hf] = decoded
-        if family in ("llama", "mistral", "smollm3") and (".q_proj." in hf or ".k_proj." in hf):
-            heads = cfg["num_attention_heads"] if ".q_proj." in hf else cfg["num_key_value_heads"]
-            data = _permute(data, heads)  # rows of blocks: the same as encoding permuted rows
-        if family.startswith("gemma") and hf.endswith("norm.weight"):
-            data = data + np.float32(1.0)
+        data = _as_llama_cpp_stores(family, cfg, hf, data)
         qtype = gguf.GGMLQuantizationType[kind]
         w.add_tensor(name, data, raw_dtype=qtype if data.dtype == np.uint8 else None)
         written[name] = kind
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return TinyGGUF(path=path, family=family, hf_config=cfg, weights=reference, types=written, eos_token_ids=eos_ids)
+    return reference, written
+
+
+def _type_plan(types: dict[str, str] | tuple[str, ...]):
+    """(gguf name, 2-D weight) -> ggml type name: from the dict (unlisted: F32) or the next of the
+    cycle; a K-quant on rows that are not whole 256-value blocks falls back to Q8_0."""
+    cycle = iter(types * 1000) if not isinstance(types, dict) else None
+
+    def choose(name: str, arr: np.ndarray) -> str:
+        kind = types.get(name, "F32") if cycle is None else next(cycle)
+        return "Q8_0" if kind in K_TYPES and arr.shape[-1] % 256 else kind
+
+    return choose
+
+
+def _as_llama_cpp_stores(family: str, cfg: dict[str, Any], hf: str, data: np.ndarray) -> np.ndarray:
+    """An encoded tensor as llama.cpp stores it: Llama-family Q/K rows permuted (rows of blocks:
+    the same as encoding permuted rows), Gemma norms as ``1 + w``."""
+    if family in ("llama", "mistral", "smollm3") and (".q_proj." in hf or ".k_proj." in hf):
+        heads = cfg["num_attention_heads"] if ".q_proj." in hf else cfg["num_key_value_heads"]
+        data = permute_qk(data, heads)
+    if family.startswith("gemma") and hf.endswith("norm.weight"):
+        data = data + np.float32(1.0)
+    return data

@@ -63,39 +63,20 @@ def agent_command(bundle, fleet_id, device, interval, buffer_path, buffer_max, h
     status topic says online/offline; the broker's last will covers crashes. Ctrl-C or SIGTERM
     stops cleanly (final interval flushed, status 'offline').
     """
-    import edgeslm  # the runtime only: the agent never imports torch
-
-    from ..errors import TelemetryError
     from ..telemetry.agent import Agent, AgentConfig
     from ..telemetry.serve import serve
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if buffer_path is None:
         buffer_path = Path.home() / ".cache" / "edgeslm" / f"agent-{fleet_id}-{device}.db"
-    options = {"threads": threads} if threads else {}
     config = AgentConfig(fleet=fleet_id, device=device, broker=broker, interval_s=interval, buffer_path=buffer_path,
                          buffer_max=buffer_max, end_to_end=delivery == "end-to-end")  # refuses bad ids first
     http = _host_port(http_addr, "--http") if http_addr != "off" else None  # bad addresses before the model loads
     openai = _host_port(openai_addr, "--openai") if openai_addr != "off" else None
-    if state_dir is None and bundle is None:
-        raise TelemetryError("give --bundle (and --state-dir to take model updates)")
-    if state_dir is not None and (not keys or openai):
-        raise TelemetryError("--state-dir needs --key (unsigned updates are refused) and cannot be combined "
-                             "with --openai (that server keeps the model it started with)")
+    _check_sources(bundle, state_dir, keys, openai)
     agent = Agent(config)
-    deployer = None
-    if state_dir is not None:
-        from ..telemetry.ota.device import Deployer
-
-        deployer = Deployer(state_dir, list(keys), lambda p: edgeslm.load(p, engine_options=options,
-                                                                          trusted_keys=list(keys)),
-                            agent.event, fleet_id, device, artifact_ca_file)
-        model = deployer.boot(bundle)
-        agent.attach(model)
-        agent.use_deployer(deployer)
-    else:
-        model = edgeslm.load(bundle, engine_options=options, trusted_keys=list(keys) or None)
-        agent.attach(model)
+    options = {"threads": threads} if threads else {}
+    model, deployer = _attach_model(agent, bundle, state_dir, list(keys), options, artifact_ca_file)
     server = serve(agent, *http) if http else None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -112,14 +93,49 @@ def agent_command(bundle, fleet_id, device, interval, buffer_path, buffer_max, h
     except KeyboardInterrupt:
         pass
     finally:
-        if server is not None:
-            server.shutdown()
-        if deployer is not None:
-            deployer.stop()
-        agent.stop()
-        agent.model.close()
-        s = agent.stats()
-        current().note(f"agent stopped: {s['delivered']} messages confirmed by a collector, {s['acked']} by the broker, "
+        _stop(agent, server, deployer)
+
+
+def _check_sources(bundle, state_dir, keys, openai) -> None:
+    """A bundle or a state dir to serve; a state dir only with trusted keys and without --openai."""
+    from ..errors import TelemetryError
+
+    if state_dir is None and bundle is None:
+        raise TelemetryError("give --bundle (and --state-dir to take model updates)")
+    if state_dir is not None and (not keys or openai):
+        raise TelemetryError("--state-dir needs --key (unsigned updates are refused) and cannot be combined "
+                             "with --openai (that server keeps the model it started with)")
+
+
+def _attach_model(agent, bundle, state_dir, keys: list, options: dict, artifact_ca_file):
+    """Load the model the agent serves: ``bundle``, or with a state dir the Deployer's current slot
+    (booting from ``bundle`` the first time). Returns (model, deployer or None)."""
+    import edgeslm  # the runtime only: the agent never imports torch
+
+    if state_dir is None:
+        model = edgeslm.load(bundle, engine_options=options, trusted_keys=keys or None)
+        agent.attach(model)
+        return model, None
+    from ..telemetry.ota.device import Deployer
+
+    deployer = Deployer(state_dir, keys, lambda p: edgeslm.load(p, engine_options=options, trusted_keys=keys),
+                        agent.event, agent.config.fleet, agent.config.device, artifact_ca_file)
+    model = deployer.boot(bundle)
+    agent.attach(model)
+    agent.use_deployer(deployer)
+    return model, deployer
+
+
+def _stop(agent, server, deployer) -> None:
+    """Stop the endpoint, the deployer and the agent (its final interval flushed); say what was sent."""
+    if server is not None:
+        server.shutdown()
+    if deployer is not None:
+        deployer.stop()
+    agent.stop()
+    agent.model.close()
+    s = agent.stats()
+    current().note(f"agent stopped: {s['delivered']} messages confirmed by a collector, {s['acked']} by the broker, "
                    f"{s['buffered']} still buffered, {s['dropped']} dropped")
 
 

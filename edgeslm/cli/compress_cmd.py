@@ -7,6 +7,7 @@ writes a report (markdown + JSON) comparing source and result.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -131,61 +132,88 @@ def compress_command(model, out_dir, prune_heads, prune_mlp, heads_mode, calibra
     """
     steps = current().steps()
     source = _load(model, steps)
-    result = source
-    if prune_heads or prune_mlp:
-        from ..compress.data import read_text
-        from ..compress.prune import StructuredPruneConfig, structured_prune
-
-        cfg = StructuredPruneConfig(head_ratio=prune_heads, mlp_ratio=prune_mlp, heads_mode=heads_mode)
-        with steps.step("Structured pruning"):
-            try:
-                result = structured_prune(result, cfg, read_text(calibration) if calibration else None)
-            except ValueError as exc:
-                raise click.UsageError(str(exc)) from exc
-    text = None
-    if calibration:
-        from ..compress.data import read_text
-
-        text = read_text(calibration)
-    if low_rank_energy is not None or low_rank_size is not None:
-        from ..compress.lowrank import LowRankConfig, low_rank_factorize
-
-        cfg = LowRankConfig(energy=low_rank_energy, size_ratio=low_rank_size,
-                            targets=tuple(t.strip() for t in low_rank_targets.split(",") if t.strip()),
-                            whiten=low_rank_whiten, allocation="global" if low_rank_global else "uniform")
-        with steps.step("Low-rank factorization"):
-            try:
-                result = low_rank_factorize(result, cfg, text)
-            except ValueError as exc:
-                raise click.UsageError(str(exc)) from exc
-    if sparsity or sparsity_pattern != "unstructured":
-        if sparsity_method != "magnitude":
-            from ..compress.sparsity import SparsityConfig, activation_sparsify
-
-            what = sparsity_pattern if sparsity_pattern != "unstructured" else f"{sparsity:.0%}"
-            cfg = SparsityConfig(sparsity or 0.5, pattern=sparsity_pattern, method=sparsity_method)
-            with steps.step(f"{sparsity_method} sparsity ({what})"):
-                try:
-                    result = activation_sparsify(result, cfg, text)
-                except ValueError as exc:
-                    raise click.UsageError(str(exc)) from exc
-        else:
-            if sparsity_pattern != "unstructured":
-                raise click.UsageError("--sparsity-pattern N:M needs --sparsity-method wanda or sparsegpt")
-            from ..compress.prune import MagnitudePruneConfig, magnitude_prune
-
-            with steps.step(f"Magnitude pruning to {sparsity:.0%} sparsity"):
-                result = magnitude_prune(result, MagnitudePruneConfig(sparsity=sparsity))
-    if int4_method:
-        from ..compress.gptq import QuantizeConfig, quantize_weights
-
-        with steps.step(f"int4 weights ({int4_method})"):
-            result = quantize_weights(result, QuantizeConfig(method=int4_method, grid=int4_grid,
-                                                             act_order=int4_act_order), text)
+    text = _calibration_text(calibration)
+    result = _prune(source, prune_heads, prune_mlp, heads_mode, text, steps)
+    result = _low_rank(result, low_rank_energy, low_rank_size, low_rank_targets, low_rank_whiten, low_rank_global,
+                       text, steps)
+    result = _sparsify(result, sparsity, sparsity_method, sparsity_pattern, text, steps)
+    result = _int4(result, int4_method, int4_grid, int4_act_order, text, steps)
     if result is source and not export_format:
         raise click.UsageError("nothing to do: give a technique (--prune-heads/--prune-mlp, --low-rank-energy, "
                                "--sparsity, --int4) or --export with a --precision")
     _finish(source, result, out_dir, export_format, precision, bundle_dir, report, as_json, steps)
+
+
+def _calibration_text(path):
+    """The --calibration file's text, or None (each technique then uses its built-in text)."""
+    if not path:
+        return None
+    from ..compress.data import read_text
+
+    return read_text(path)
+
+
+@contextlib.contextmanager
+def _bad_values_are_usage_errors():
+    """A technique's ValueError (a ratio out of range, nothing to factorize...) is the user's
+    input: report it as a usage error, not a crash."""
+    try:
+        yield
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _prune(result, prune_heads, prune_mlp, heads_mode, text, steps):
+    """Structured pruning of heads and/or MLP channels, if asked."""
+    if not (prune_heads or prune_mlp):
+        return result
+    from ..compress.prune import StructuredPruneConfig, structured_prune
+
+    cfg = StructuredPruneConfig(head_ratio=prune_heads, mlp_ratio=prune_mlp, heads_mode=heads_mode)
+    with steps.step("Structured pruning"), _bad_values_are_usage_errors():
+        return structured_prune(result, cfg, text)
+
+
+def _low_rank(result, energy, size, targets, whiten, global_, text, steps):
+    """Low-rank factorization, if an energy or a size is given."""
+    if energy is None and size is None:
+        return result
+    from ..compress.lowrank import LowRankConfig, low_rank_factorize
+
+    cfg = LowRankConfig(energy=energy, size_ratio=size,
+                        targets=tuple(t.strip() for t in targets.split(",") if t.strip()),
+                        whiten=whiten, allocation="global" if global_ else "uniform")
+    with steps.step("Low-rank factorization"), _bad_values_are_usage_errors():
+        return low_rank_factorize(result, cfg, text)
+
+
+def _sparsify(result, sparsity, method, pattern, text, steps):
+    """Unstructured or N:M sparsity, if asked: by magnitude, or activation-aware (wanda, sparsegpt)."""
+    if not (sparsity or pattern != "unstructured"):
+        return result
+    if method == "magnitude":
+        if pattern != "unstructured":
+            raise click.UsageError("--sparsity-pattern N:M needs --sparsity-method wanda or sparsegpt")
+        from ..compress.prune import MagnitudePruneConfig, magnitude_prune
+
+        with steps.step(f"Magnitude pruning to {sparsity:.0%} sparsity"):
+            return magnitude_prune(result, MagnitudePruneConfig(sparsity=sparsity))
+    from ..compress.sparsity import SparsityConfig, activation_sparsify
+
+    what = pattern if pattern != "unstructured" else f"{sparsity:.0%}"
+    cfg = SparsityConfig(sparsity or 0.5, pattern=pattern, method=method)
+    with steps.step(f"{method} sparsity ({what})"), _bad_values_are_usage_errors():
+        return activation_sparsify(result, cfg, text)
+
+
+def _int4(result, method, grid, act_order, text, steps):
+    """Decoder weights put on an int4 grid (GPTQ or round-to-nearest), if asked."""
+    if not method:
+        return result
+    from ..compress.gptq import QuantizeConfig, quantize_weights
+
+    with steps.step(f"int4 weights ({method})"):
+        return quantize_weights(result, QuantizeConfig(method=method, grid=grid, act_order=act_order), text)
 
 
 @cli.command("distill")

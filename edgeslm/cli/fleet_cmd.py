@@ -210,23 +210,15 @@ def collect_command(db, fleet_id, group, client_id, batch_size, offline_after, s
     while it is down arrive when it returns; run several with the same --group (and distinct
     --client-id) to split the load. Malformed messages are counted in a dead-letter table.
     """
-    from ..errors import TelemetryError
-    from ..telemetry.alerts import AlertRules
     from ..telemetry.collector import Collector, CollectorConfig
     from ..telemetry.stores import open_store
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    rules = None if no_alerts else AlertRules(
-        offline_after_s=offline_after or None,
-        ttft_p95_slo_s=slo_ttft_p95_ms / 1000 if slo_ttft_p95_ms else None,
-        error_rate=max_error_rate, temperature_c=max_temperature)
+    rules = None if no_alerts else _alert_rules(offline_after, slo_ttft_p95_ms, max_error_rate, max_temperature)
     cfg = CollectorConfig(broker=broker, fleet=fleet_id, group=group or None, client_id=client_id,
                           batch_size=batch_size, alerts=rules, ack_every_s=ack_every)  # refuses bad input before a store
     if http_port is not None:
-        try:
-            import prometheus_client  # noqa: F401
-        except ImportError:
-            raise TelemetryError("--http-port needs prometheus-client: pip install 'edgeslm[fleet]'") from None
+        _need_prometheus()
     store = open_store(db)
     col = Collector(cfg, store, on_alert=lambda a: click.echo(f"ALERT {a.name} [{a.severity}] {a.message}"))
     current().note(f"collecting {fleet_id or 'all fleets'} from {broker.url} into {db} (group {group})")
@@ -239,14 +231,7 @@ def collect_command(db, fleet_id, group, client_id, batch_size, offline_after, s
             web = FleetWeb(col, store).start(http_host, http_port)
             click.echo(f"dashboard http://{http_host}:{web.port}/  metrics http://{http_host}:{web.port}/metrics",
                        err=True)
-        col.start()
-        if not col.wait_connected(connect_timeout):
-            col.check()
-            raise TelemetryError(col.connect_error or f"cannot reach the MQTT broker at {broker.url} "
-                                 f"within {connect_timeout:g} s")
-        if col.subscribe_error:
-            raise TelemetryError(f"the broker refused the collector's subscriptions ({col.subscribe_error}): "
-                                 "check its access rules")
+        _start_collecting(col, broker, connect_timeout)
         _collect_loop(col, duration, report_every)
     except KeyboardInterrupt:
         pass
@@ -260,6 +245,39 @@ def collect_command(db, fleet_id, group, client_id, batch_size, offline_after, s
     current().note(f"stopped: {s.received} received, {s.stored} stored, {s.duplicates} duplicates, "
                f"dead letters {dict(s.dead) or 0}")
     col.check()  # a collector that stopped working exits non-zero
+
+
+def _alert_rules(offline_after, slo_ttft_p95_ms, max_error_rate, max_temperature):
+    """The alert rules of the command's options (0 / unset: that rule is off)."""
+    from ..telemetry.alerts import AlertRules
+
+    return AlertRules(offline_after_s=offline_after or None,
+                      ttft_p95_slo_s=slo_ttft_p95_ms / 1000 if slo_ttft_p95_ms else None,
+                      error_rate=max_error_rate, temperature_c=max_temperature)
+
+
+def _need_prometheus() -> None:
+    """--http-port serves /metrics with prometheus-client: refuse early, naming the extra, without it."""
+    from ..errors import TelemetryError
+
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise TelemetryError("--http-port needs prometheus-client: pip install 'edgeslm[fleet]'") from None
+
+
+def _start_collecting(col, broker, connect_timeout: float) -> None:
+    """Start the collector; fail when the broker cannot be reached in time or refuses its subscriptions."""
+    from ..errors import TelemetryError
+
+    col.start()
+    if not col.wait_connected(connect_timeout):
+        col.check()
+        raise TelemetryError(col.connect_error or f"cannot reach the MQTT broker at {broker.url} "
+                             f"within {connect_timeout:g} s")
+    if col.subscribe_error:
+        raise TelemetryError(f"the broker refused the collector's subscriptions ({col.subscribe_error}): "
+                             "check its access rules")
 
 
 def _interrupt(signum, frame):

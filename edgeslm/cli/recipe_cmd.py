@@ -3,32 +3,31 @@
 from __future__ import annotations
 
 import inspect
+import textwrap
 from pathlib import Path
 
 import click
 
+from ..compress import recipe as recipe_module
 from . import cli
 from ._common import OutputDir, emit_json, json_option
 from ._output import current
 
-EXAMPLE = """\b
-  name = "my-recipe"
-  [[step]]
-  kind = "prune"          # prune | lowrank | recover | quantize | export
-  method = "structured"   # structured | magnitude | wanda | sparsegpt
-  heads = 0.33            # fraction of heads removed per layer
-  mlp = 0.33              # fraction of MLP channels removed per layer
-  [[step]]
-  kind = "recover"        # distill from the original model (teacher = "source")
-  steps = 200             # or tokens = 200000; text = "corpus.txt"
-  [[step]]
-  kind = "quantize"
-  method = "rtn"          # int4 grid: rtn | gptq
-  [[step]]
-  kind = "export"
-  format = "onnx"         # or target = "raspberry-pi-5"
-  precision = "int4"
-"""
+
+def _literal_block(doc: str) -> str:
+    """The first ``::`` literal block of ``doc`` as a click help paragraph: behind ``\\b`` (no
+    rewrapping), indented two spaces, without blank lines (one would end the paragraph)."""
+    block = []
+    for line in doc.split("::\n", 1)[1].splitlines():
+        if line.strip() and not line.startswith(" "):
+            break
+        block.append(line)
+    lines = textwrap.dedent("\n".join(block)).splitlines()
+    return "\b\n" + "".join(f"  {line}\n" for line in lines if line.strip())
+
+
+#: the example recipe of the help texts: the one in edgeslm/compress/recipe.py's docstring
+EXAMPLE = _literal_block(recipe_module.__doc__)
 
 
 HELP = """Compression recipes: several techniques and an export in one resumable command.

@@ -96,76 +96,112 @@ def low_rank_factorize(source: SourceModel, config: LowRankConfig = LowRankConfi
 
     import torch
 
-    from ..arch.lowrank import LowRankLinear
+    _check(config)
+    t0 = time.process_time()
+    module = copy.deepcopy(source.module)
+    chosen = list(layout.dense_linears(module, source.spec.description, config.targets))
+    whitening, tokens = _whitening(source, chosen, config, calibration_text) if config.whiten else ({}, 0)
+    planned = _global_plan(chosen, whitening, config) if config.allocation == "global" else {}
+    ranks, kept = {}, {}
+    with torch.no_grad():
+        for name, lin in chosen:
+            u, s, vh = _svd(lin, whitening.get(name))
+            rank = planned.get(name) or choose_rank(s, lin.in_features, lin.out_features, config)
+            if rank * (lin.in_features + lin.out_features) >= lin.in_features * lin.out_features:
+                continue  # no saving: keep it dense
+            _replace(module, name, _pair(lin, u, s, vh, rank, whitening.get(name)))
+            ranks[name] = rank
+            kept[name] = float(s[:rank].pow(2).sum() / s.pow(2).sum())
+    if not ranks:
+        raise ValueError("no layer was factorized (no matching layers, or no rank saves space)")
+    setattr(module.config, LOW_RANK_CONFIG_KEY, ranks)
+    step = _step_record(config, ranks, kept, tokens, round(time.process_time() - t0, 1))
+    out = derive(source, module, step)
+    out.spec.extra["energy_kept"] = kept  # whitened: the fraction of each layer's output energy kept
+    return out
 
+
+def _check(config: LowRankConfig) -> None:
+    """Refuse a config that names no rank rule, an unknown allocation, or a global one without a budget."""
     if config.size_ratio is None and not (config.energy and 0 < config.energy <= 1):
         raise ValueError("give energy in (0, 1] or a size_ratio")
     if config.allocation not in ("uniform", "global"):
         raise ValueError(f"allocation must be 'uniform' or 'global', not {config.allocation!r}")
     if config.allocation == "global" and config.size_ratio is None:
         raise ValueError("global allocation needs a size_ratio (the fraction of weights to keep)")
-    t0 = time.process_time()
-    module = copy.deepcopy(source.module)
-    chosen = list(layout.dense_linears(module, source.spec.description, config.targets))
-    whitening, tokens = {}, 0
-    if config.whiten:
-        from .calibration import calibration_ids, input_stats
 
-        grams, tokens = input_stats(source, calibration_ids(source, calibration_text, config.calibration_tokens),
-                                    config.targets)
-        factors = {}
-        for name, _ in chosen:  # one Cholesky factor per shared input (q/k/v, gate/up)
-            g = grams[name]
-            key = id(g)
-            if key not in factors:
-                g = g / max(tokens, 1)
-                g = g + config.damp * g.diagonal().mean() * torch.eye(g.shape[0], dtype=g.dtype)
-                factors[key] = torch.linalg.cholesky(g)  # (in, in) lower: g = S S^T
-            whitening[name] = factors[key]
 
-    def decompose(name, lin):
-        w = lin.weight.double()  # (out, in)
-        s_mat = whitening.get(name)
-        a = w @ s_mat if s_mat is not None else w  # (out, in): whitened, W X = (W S)(S^-1 X)
-        return torch.linalg.svd(a, full_matrices=False)  # (out, k), (k,), (k, in)
+def _whitening(source: SourceModel, chosen: list, config: LowRankConfig,
+               calibration_text: str | None) -> tuple[dict, int]:
+    """(layer name -> lower Cholesky factor S of its inputs' damped mean Gram matrix, tokens seen).
+    Layers that read the same input (q/k/v, gate/up) share one Gram matrix and so one factor."""
+    import torch
 
-    planned = {}
-    if config.allocation == "global":
-        with torch.no_grad():
-            spectra = {n: torch.linalg.svdvals(lin.weight.double() @ whitening[n] if n in whitening
-                                           else lin.weight.double()) for n, lin in chosen}
-        shapes = {n: (lin.in_features, lin.out_features) for n, lin in chosen}
-        planned = global_ranks(spectra, shapes, config.size_ratio, config.multiple_of)
-    ranks, kept = {}, {}
+    from .calibration import calibration_ids, input_stats
+
+    grams, tokens = input_stats(source, calibration_ids(source, calibration_text, config.calibration_tokens),
+                                config.targets)
+    factors, whitening = {}, {}
+    for name, _ in chosen:
+        g = grams[name]
+        key = id(g)
+        if key not in factors:
+            g = g / max(tokens, 1)
+            g = g + config.damp * g.diagonal().mean() * torch.eye(g.shape[0], dtype=g.dtype)
+            factors[key] = torch.linalg.cholesky(g)  # (in, in) lower: g = S S^T
+        whitening[name] = factors[key]
+    return whitening, tokens
+
+
+def _whitened(lin, s_mat):
+    """The matrix whose SVD is truncated: W, or W S when whitened (W X = (W S)(S^-1 X))."""
+    w = lin.weight.double()  # (out, in)
+    return w @ s_mat if s_mat is not None else w  # (out, in)
+
+
+def _svd(lin, s_mat):
+    """U, s, V^T of the (whitened) weight, thin."""
+    import torch
+
+    return torch.linalg.svd(_whitened(lin, s_mat), full_matrices=False)  # (out, k), (k,), (k, in)
+
+
+def _global_plan(chosen: list, whitening: dict, config: LowRankConfig) -> dict:
+    """Ranks for allocation="global": :func:`global_ranks` over every chosen matrix's spectrum."""
+    import torch
+
     with torch.no_grad():
-        for name, lin in chosen:
-            u, s, vh = decompose(name, lin)
-            rank = planned.get(name) or choose_rank(s, lin.in_features, lin.out_features, config)
-            if rank * (lin.in_features + lin.out_features) >= lin.in_features * lin.out_features:
-                continue  # no saving: keep it dense
-            root = s[:rank].sqrt()
-            down = root[:, None] * vh[:rank]  # (rank, in), in whitened coordinates
-            if name in whitening:  # back to input coordinates: down @ S^-1
-                down = torch.linalg.solve_triangular(whitening[name], down, upper=False, left=False)
-            pair = LowRankLinear(lin.in_features, lin.out_features, rank, bias=lin.bias is not None)
-            pair.down.weight.copy_(down.float())  # (rank, in)
-            pair.up.weight.copy_((u[:, :rank] * root[None, :]).float())  # (out, rank)
-            if lin.bias is not None:
-                pair.up.bias.copy_(lin.bias)
-            _replace(module, name, pair)
-            ranks[name] = rank
-            kept[name] = float(s[:rank].pow(2).sum() / s.pow(2).sum())
-    if not ranks:
-        raise ValueError("no layer was factorized (no matching layers, or no rank saves space)")
-    setattr(module.config, LOW_RANK_CONFIG_KEY, ranks)
+        spectra = {n: torch.linalg.svdvals(_whitened(lin, whitening.get(n))) for n, lin in chosen}
+    shapes = {n: (lin.in_features, lin.out_features) for n, lin in chosen}
+    return global_ranks(spectra, shapes, config.size_ratio, config.multiple_of)
+
+
+def _pair(lin, u, s, vh, rank: int, s_mat):
+    """The LowRankLinear of ``lin`` truncated at ``rank``: up = U_r sqrt(s_r), down = sqrt(s_r) V_r^T
+    (times S^-1 when whitened), the bias on ``up``."""
+    import torch
+
+    from ..arch.lowrank import LowRankLinear
+
+    root = s[:rank].sqrt()
+    down = root[:, None] * vh[:rank]  # (rank, in), in whitened coordinates
+    if s_mat is not None:  # back to input coordinates: down @ S^-1
+        down = torch.linalg.solve_triangular(s_mat, down, upper=False, left=False)
+    pair = LowRankLinear(lin.in_features, lin.out_features, rank, bias=lin.bias is not None)
+    pair.down.weight.copy_(down.float())  # (rank, in)
+    pair.up.weight.copy_((u[:, :rank] * root[None, :]).float())  # (out, rank)
+    if lin.bias is not None:
+        pair.up.bias.copy_(lin.bias)
+    return pair
+
+
+def _step_record(config: LowRankConfig, ranks: dict, kept: dict, tokens: int, cpu_seconds: float) -> dict:
+    """The compression step recorded in the spec: the config, the ranks' range and the energy kept."""
     energies = list(kept.values())
-    step = {"technique": "low_rank", **asdict(config), "layers": len(ranks),
+    return {"technique": "low_rank", **asdict(config), "layers": len(ranks),
             "rank_min": min(ranks.values()), "rank_max": max(ranks.values()),
             "energy_kept_mean": sum(energies) / len(energies), "energy_kept_min": min(energies),
-            "calibration_tokens_seen": tokens, "cpu_seconds": round(time.process_time() - t0, 1)}
-    out = derive(source, module, step)
-    out.spec.extra["energy_kept"] = kept  # whitened: the fraction of each layer's output energy kept
-    return out
+            "calibration_tokens_seen": tokens, "cpu_seconds": cpu_seconds}
 
 
 def _replace(module, name: str, new) -> None:

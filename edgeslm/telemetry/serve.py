@@ -84,63 +84,70 @@ def _messages(value: Any) -> list[dict[str, str]]:
 
 def serve(agent: Any, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
     """Start serving in a daemon thread; call ``.shutdown()`` on the returned server to stop."""
-
-    class Handler(BaseHTTPRequestHandler):
-        timeout = TIMEOUT_S  # socket timeout: a stalled client cannot hold a thread for ever
-
-        def log_message(self, *args):  # quiet: telemetry is the log
-            pass
-
-        def _reply(self, code: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            try:
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                if self.close_connection:
-                    self.send_header("Connection", "close")
-                self.end_headers()
-                self.wfile.write(data)
-            except OSError:  # the client is gone
-                self.close_connection = True
-
-        def do_GET(self):
-            if self.path.rstrip("/") in ("/health", ""):
-                self._reply(200, {"ok": True, **agent.stats()})
-            else:
-                self._reply(404, {"error": f"no such endpoint {self.path}; try POST /generate"})
-
-        def do_POST(self):
-            route = self.path.rstrip("/")
-            if route not in ("/generate", "/chat"):
-                self._reply(404, {"error": f"no such endpoint {self.path}; try POST /generate or /chat"})
-                return
-            try:
-                req = read_body(self.headers, self.rfile)
-                kw = {k: v for k, v in req.items() if k in _GEN_KEYS}
-                if route == "/chat":
-                    result = agent.generate(_messages(req.get("messages")), chat=True, **kw)
-                else:
-                    if not isinstance(req.get("prompt"), str):
-                        raise HTTPError(400, "give a string 'prompt'")
-                    result = agent.generate(req["prompt"], **kw)
-            except HTTPError as exc:
-                self.close_connection = True  # a body may be left unread: never parse it as the next request
-                self._reply(exc.status, {"error": str(exc)})
-                return
-            except TimeoutError:
-                self.close_connection = True
-                self._reply(408, {"error": f"no request body within {TIMEOUT_S:g} s"})
-                return
-            except (ValueError, EdgeSLMError, TypeError, KeyError, AttributeError, RecursionError) as exc:
-                self._reply(400, {"error": f"{type(exc).__name__}: {exc}"[:500]})
-                return
-            self._reply(200, {"text": result.text, "finish_reason": result.finish_reason,
-                              "metrics": result.metrics.to_dict()})
-
+    handler = type("Handler", (_AgentHandler,), {"agent": agent})
     try:
-        server = ThreadingHTTPServer((host, port), Handler)
+        server = ThreadingHTTPServer((host, port), handler)
     except OSError as exc:
         raise TelemetryError(f"cannot listen on {host}:{port}: {exc}") from exc
     threading.Thread(target=server.serve_forever, name="edgeslm-agent-http", daemon=True).start()
     return server
+
+
+class _AgentHandler(BaseHTTPRequestHandler):
+    """The endpoint's requests; :func:`serve` makes a subclass that names the ``agent``."""
+
+    agent: Any = None
+    timeout = TIMEOUT_S  # socket timeout: a stalled client cannot hold a thread for ever
+
+    def log_message(self, *args):  # quiet: telemetry is the log
+        pass
+
+    def _reply(self, code: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:  # the client is gone
+            self.close_connection = True
+
+    def do_GET(self):
+        if self.path.rstrip("/") in ("/health", ""):
+            self._reply(200, {"ok": True, **self.agent.stats()})
+        else:
+            self._reply(404, {"error": f"no such endpoint {self.path}; try POST /generate"})
+
+    def do_POST(self):
+        route = self.path.rstrip("/")
+        if route not in ("/generate", "/chat"):
+            self._reply(404, {"error": f"no such endpoint {self.path}; try POST /generate or /chat"})
+            return
+        try:
+            result = _generate(self.agent, route, read_body(self.headers, self.rfile))
+        except HTTPError as exc:
+            self.close_connection = True  # a body may be left unread: never parse it as the next request
+            self._reply(exc.status, {"error": str(exc)})
+            return
+        except TimeoutError:
+            self.close_connection = True
+            self._reply(408, {"error": f"no request body within {TIMEOUT_S:g} s"})
+            return
+        except (ValueError, EdgeSLMError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            self._reply(400, {"error": f"{type(exc).__name__}: {exc}"[:500]})
+            return
+        self._reply(200, {"text": result.text, "finish_reason": result.finish_reason,
+                          "metrics": result.metrics.to_dict()})
+
+
+def _generate(agent: Any, route: str, req: dict[str, Any]):
+    """The agent's answer to a /chat (messages) or /generate (prompt) request body."""
+    kw = {k: v for k, v in req.items() if k in _GEN_KEYS}
+    if route == "/chat":
+        return agent.generate(_messages(req.get("messages")), chat=True, **kw)
+    if not isinstance(req.get("prompt"), str):
+        raise HTTPError(400, "give a string 'prompt'")
+    return agent.generate(req["prompt"], **kw)

@@ -246,52 +246,25 @@ def transcode_gguf(model, gguf_path: str, n_head: int, n_kv: int, accuracy_level
     measured ~35x slower.) The block sums of one input are computed once and shared by the
     projections that read it (q/k/v, gate/up).
     """
-    from onnx import helper
-
     from edgeslm.errors import ExportError
 
     report = QuantReport(precision="int4-gguf")
     untie_lm_head(model)
     _ensure_ms_opset(model)
-    inits = _inits(model)
     nodes = list(model.graph.node)
-    by_digest: dict[str, list[int]] = {}  # digest of each constant MatMul weight as (out, in) -> node indices
-    for idx, node in enumerate(nodes):
-        if node.op_type == "MatMul" and node.input[1] in inits:
-            by_digest.setdefault(_digest(_array(inits[node.input[1]]).T), []).append(idx)
-    gathers = {n.input[0] for n in nodes if n.op_type == "Gather" and n.input[0] in inits}
-    gather_digest = {_digest(_array(inits[name])): name for name in gathers}
+    by_digest, gather_digest = _weights_by_content(model, nodes)
     max_err = 0.0
     kinds: dict[str, int] = {}
-    replace: dict[int, list] = {}
+    replace: dict[int, list] = {}  # node index -> the nodes that take its place
     blocksum_of: dict[str, tuple[int, str]] = {}  # input name -> (first consumer index, block-sum output)
     for name, qtype, codes, scales, zp, deq in gguf_blocks(gguf_path, n_head, n_kv):
         key = _digest(deq)
-        n_out, k = deq.shape
-        nb = k // BLOCK
         for idx in by_digest.pop(key, []):
-            node = nodes[idx]
-            a, y = node.input[0], node.output[0]
-            base = f"{y}_gguf"
             if qtype == "Q4_1":
-                offset = scales * (8.0 - zp)  # m + 8d, (N, blocks)
-                back = ((codes.astype(np.float32) - 8.0) * scales[..., None] + offset[..., None]).reshape(deq.shape)
-                ins = [a, _add_init(model, base + "_B", _pack4(codes)), _add_init(model, base + "_scales", scales.reshape(-1))]
-                first, bsum = blocksum_of.get(a, (idx, f"{a}_blocksum{nb}"))
-                blocksum_of[a] = (min(first, idx), bsum)
-                replace[idx] = [
-                    helper.make_node("MatMulNBits", ins, [base + "_q"], name=base, domain=MS, K=k, N=n_out, bits=4,
-                                     block_size=BLOCK, accuracy_level=accuracy_level),
-                    helper.make_node("MatMul", [bsum, _add_init(model, base + "_offsetT", offset.T.astype(np.float32))],
-                                     [base + "_offset"], name=base + "_offset"),  # (rows, N)
-                    helper.make_node("Add", [base + "_q", base + "_offset"], [y], name=base + "_add"),  # broadcast over batch 1
-                ]
-            else:  # Q8_0: symmetric 8-bit, zero point 128 in uint8 codes
-                back = ((codes.astype(np.float32) - 128.0) * scales[..., None]).reshape(deq.shape)
-                ins = [a, _add_init(model, base + "_B", codes), _add_init(model, base + "_scales", scales.reshape(-1)),
-                       _add_init(model, base + "_zp", np.full(scales.shape, 128, np.uint8).reshape(-1))]
-                replace[idx] = [helper.make_node("MatMulNBits", ins, [y], name=base, domain=MS, K=k, N=n_out, bits=8,
-                                                 block_size=BLOCK, accuracy_level=accuracy_level)]
+                replace[idx], back = _q4_1_matmul(model, nodes[idx], idx, codes, scales, zp, deq, blocksum_of,
+                                                  accuracy_level)
+            else:
+                replace[idx], back = _q8_0_matmul(model, nodes[idx], codes, scales, deq, accuracy_level)
             max_err = max(max_err, float(np.abs(back - deq).max()))  # what the graph computes vs the GGUF
             kinds[qtype] = kinds.get(qtype, 0) + 1
             if name.startswith(("token_embd", "output.")):
@@ -303,6 +276,69 @@ def transcode_gguf(model, gguf_path: str, n_head: int, n_kv: int, accuracy_level
     if not kinds:
         raise ExportError(f"{gguf_path}: no Q4_1/Q8_0 tensor of the GGUF matches a weight of the export; "
                           "int4-gguf needs the unmodified GGUF as the source")
+    _splice(model, nodes, _blocksum_nodes(model, blocksum_of), replace)
+    _drop_unused_initializers(model)
+    report.matmuls_quantized = sum(kinds.values())
+    report.matmuls_kept_float = sum(len(v) for v in by_digest.values())
+    report.max_abs_weight_error = max_err
+    report.details = {"gguf_tensors_mapped": kinds, "q4_1_as": "symmetric 4-bit MatMulNBits + exact per-block offset"}
+    return model, report
+
+
+def _weights_by_content(model, nodes: list) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """(digest of each constant MatMul weight as (out, in) -> node indices, digest of each
+    constant Gather table -> its initializer name): weights are found by content, not name."""
+    inits = _inits(model)
+    by_digest: dict[str, list[int]] = {}
+    for idx, node in enumerate(nodes):
+        if node.op_type == "MatMul" and node.input[1] in inits:
+            by_digest.setdefault(_digest(_array(inits[node.input[1]]).T), []).append(idx)
+    gathers = {n.input[0] for n in nodes if n.op_type == "Gather" and n.input[0] in inits}
+    return by_digest, {_digest(_array(inits[name])): name for name in gathers}
+
+
+def _q4_1_matmul(model, node, idx: int, codes, scales, zp, deq, blocksum_of: dict, accuracy_level: int):
+    """One Q4_1 MatMul as MatMulNBits (zero point 8) + blocksum(x) @ (m + 8d).T; notes in
+    ``blocksum_of`` the block sum its input needs. Returns (nodes, the weight they compute)."""
+    from onnx import helper
+
+    a, y = node.input[0], node.output[0]
+    base = f"{y}_gguf"
+    n_out, k = deq.shape
+    offset = scales * (8.0 - zp)  # m + 8d, (N, blocks)
+    back = ((codes.astype(np.float32) - 8.0) * scales[..., None] + offset[..., None]).reshape(deq.shape)
+    ins = [a, _add_init(model, base + "_B", _pack4(codes)), _add_init(model, base + "_scales", scales.reshape(-1))]
+    first, bsum = blocksum_of.get(a, (idx, f"{a}_blocksum{k // BLOCK}"))
+    blocksum_of[a] = (min(first, idx), bsum)
+    return [
+        helper.make_node("MatMulNBits", ins, [base + "_q"], name=base, domain=MS, K=k, N=n_out, bits=4,
+                         block_size=BLOCK, accuracy_level=accuracy_level),
+        helper.make_node("MatMul", [bsum, _add_init(model, base + "_offsetT", offset.T.astype(np.float32))],
+                         [base + "_offset"], name=base + "_offset"),  # (rows, N)
+        helper.make_node("Add", [base + "_q", base + "_offset"], [y], name=base + "_add"),  # broadcast over batch 1
+    ], back
+
+
+def _q8_0_matmul(model, node, codes, scales, deq, accuracy_level: int):
+    """One Q8_0 MatMul as symmetric 8-bit MatMulNBits (zero point 128 in uint8 codes). Returns
+    (nodes, the weight they compute)."""
+    from onnx import helper
+
+    a, y = node.input[0], node.output[0]
+    base = f"{y}_gguf"
+    n_out, k = deq.shape
+    back = ((codes.astype(np.float32) - 128.0) * scales[..., None]).reshape(deq.shape)
+    ins = [a, _add_init(model, base + "_B", codes), _add_init(model, base + "_scales", scales.reshape(-1)),
+           _add_init(model, base + "_zp", np.full(scales.shape, 128, np.uint8).reshape(-1))]
+    return [helper.make_node("MatMulNBits", ins, [y], name=base, domain=MS, K=k, N=n_out, bits=8,
+                             block_size=BLOCK, accuracy_level=accuracy_level)], back
+
+
+def _blocksum_nodes(model, blocksum_of: dict[str, tuple[int, str]]) -> dict[int, list]:
+    """node index -> the Reshape + ReduceSum nodes that compute, before it, the per-block sums of
+    an input its Q4_1 offset terms read (once per input, shared by its readers)."""
+    from onnx import helper
+
     shape_init = {}
     before: dict[int, list] = {}
     for a, (first, bsum) in blocksum_of.items():
@@ -315,15 +351,14 @@ def transcode_gguf(model, gguf_path: str, n_head: int, n_kv: int, accuracy_level
             helper.make_node("Reshape", [a, shape_init[nb]], [bsum + "_blocks"], name=bsum + "_reshape"),  # (rows, nb, 32)
             helper.make_node("ReduceSum", [bsum + "_blocks", "blocksum_axes"], [bsum], name=bsum, keepdims=0),  # (rows, nb)
         ])
+    return before
+
+
+def _splice(model, nodes: list, before: dict[int, list], replace: dict[int, list]) -> None:
+    """The graph's nodes in order, with ``before[i]`` ahead of node i and ``replace[i]`` in its place."""
     out = []
     for idx, node in enumerate(nodes):
         out.extend(before.get(idx, []))
         out.extend(replace.get(idx, [node]))
     del model.graph.node[:]
     model.graph.node.extend(out)
-    _drop_unused_initializers(model)
-    report.matmuls_quantized = sum(kinds.values())
-    report.matmuls_kept_float = sum(len(v) for v in by_digest.values())
-    report.max_abs_weight_error = max_err
-    report.details = {"gguf_tensors_mapped": kinds, "q4_1_as": "symmetric 4-bit MatMulNBits + exact per-block offset"}
-    return model, report

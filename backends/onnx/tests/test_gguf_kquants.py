@@ -94,19 +94,29 @@ def q4_k_m_plan(layers: int) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def kquant_gguf(tmp_path_factory):
-    """family -> TinyGGUF: llama as Q4_K_M (tied, Q6_K embedding), qwen2 with every K-quant and
-    legacy type in turn (untied: a Q4_K embedding with its offset, a Q4_1 output...)."""
+    """name -> TinyGGUF: "llama" as Q4_K_M (tied, Q6_K embedding), "qwen2" with every K-quant and
+    legacy type in turn (untied: a Q4_K embedding with its offset, a Q4_1 output...), "q3_k_m" a
+    llama in a Q3_K_M-like mix (Q3_K: 4-bit codes, blocks of 16, no minimum) with Q4_K/Q5_K/Q6_K:
+    gguf-py has no Q3_K encoder, so random well-formed blocks stand in for its weights."""
+    from edgeslm import testing_kquants
     from edgeslm.testing_gguf import make_family_gguf
 
     cache = {}
 
-    def make(family: str):
-        if family not in cache:
-            path = tmp_path_factory.mktemp("kq") / f"tiny-{family}.gguf"
-            types = q4_k_m_plan(2) if family == "llama" else ("Q4_K", "Q5_K", "Q6_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
-                                                               "Q8_0", "F16")
-            cache[family] = make_family_gguf(path, family, types=types)
-        return cache[family]
+    def make(name: str):
+        if name not in cache:
+            path = tmp_path_factory.mktemp("kq") / f"tiny-{name}.gguf"
+            if name == "q3_k_m":
+                with pytest.MonkeyPatch.context() as mp:
+                    mp.setitem(testing_kquants.ENCODERS, "Q3_K", lambda w: testing_kquants.random_blocks(
+                        "Q3_K", w.size // 256, seed=w.shape[0]).reshape(w.shape[0], -1))
+                    cache[name] = make_family_gguf(path, "llama", types=("Q3_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"))
+                assert set(cache[name].types.values()) - {"F32"} == {"Q3_K", "Q4_K", "Q5_K", "Q6_K"}
+            else:
+                types = q4_k_m_plan(2) if name == "llama" else ("Q4_K", "Q5_K", "Q6_K", "Q4_0", "Q4_1", "Q5_0",
+                                                                 "Q5_1", "Q8_0", "F16")
+                cache[name] = make_family_gguf(path, name, types=types)
+        return cache[name]
 
     return make
 
@@ -122,12 +132,12 @@ def _reference(source, ids):
 
 
 @requires_export
-@pytest.mark.parametrize("family,offsets", [("llama", "matmul"), ("qwen2", "matmul"), ("qwen2", "rows"),
-                                            ("qwen2", "reduce")])
-def test_kquant_gguf_logits_equal_torch(family, offsets, kquant_gguf, tmp_path):
+@pytest.mark.parametrize("file,offsets", [("llama", "matmul"), ("qwen2", "matmul"), ("qwen2", "rows"),
+                                          ("qwen2", "reduce"), ("q3_k_m", "matmul")])
+def test_kquant_gguf_logits_equal_torch(file, offsets, kquant_gguf, tmp_path):
     """With fp32 compute (accuracy_level 0) the writer's logits equal the torch reference on the
     dequantized GGUF, over a prefill and decode steps, with each exact offset form (qwen2's file
-    has 4- and 8-bit types with offsets: Q4_K, Q4_1, Q5_K, Q5_1)."""
+    has 4- and 8-bit types with offsets: Q4_K, Q4_1, Q5_K, Q5_1), and for Q3_K (q3_k_m)."""
     import onnx
 
     from edgeslm.sources import load_source
@@ -136,7 +146,7 @@ def test_kquant_gguf_logits_equal_torch(family, offsets, kquant_gguf, tmp_path):
 
     from test_graph_writer import _Runner  # the engine's binding without a bundle (same folder)
 
-    tg = kquant_gguf(family)
+    tg = kquant_gguf(file)
     source = load_source(tg.path)
     state = {k: v.detach().float().numpy() for k, v in source.module.state_dict().items()}
     weights = GgufWeights(state, str(source.path), source.spec.num_heads, source.spec.num_kv_heads)
@@ -144,41 +154,12 @@ def test_kquant_gguf_logits_equal_torch(family, offsets, kquant_gguf, tmp_path):
     assert set(weights.kinds) == file_types and weights.max_abs_error < 1e-6, (weights.kinds, file_types)
     writer = DecoderWriter(source.spec.description, weights, CTX, 0, offsets)
     onnx.save_model(writer.model(), str(tmp_path / "m.onnx"))
-    assert not any(k.startswith("MatMul fp32") for k in writer.counts) or family == "qwen2"  # qwen2: an F16 matrix
+    assert not any(k.startswith("MatMul fp32") for k in writer.counts) or file == "qwen2"  # qwen2: an F16 matrix
     ids = [int(t) for t in np.random.RandomState(2).randint(3, source.spec.vocab_size, size=16)]
     ref = _reference(source, ids)
     run = _Runner(tmp_path / "m.onnx", source.spec.vocab_size)
     got = [run.step(ids[:10])] + [run.step([t]) for t in ids[10:]]
     np.testing.assert_allclose(np.stack(got), ref[9:], atol=1e-4 * max(1.0, float(np.abs(ref).max())))
-
-
-@requires_export
-def test_q3_k_file_logits_equal_torch(tmp_path, monkeypatch):
-    """Q3_K (4-bit codes, blocks of 16, no minimum) in a Q3_K_M-like mix with Q4_K/Q5_K/Q6_K: no
-    Q3_K encoder exists (gguf-py has none), so random well-formed blocks stand in for its weights."""
-    import onnx
-
-    from edgeslm import testing_kquants
-    from edgeslm.sources import load_source
-    from edgeslm.testing_gguf import make_family_gguf
-    from edgeslm_onnx.graph_writer import DecoderWriter
-    from edgeslm_onnx.weights import GgufWeights
-
-    from test_graph_writer import _Runner
-
-    monkeypatch.setitem(testing_kquants.ENCODERS, "Q3_K", lambda w: testing_kquants.random_blocks(
-        "Q3_K", w.size // 256, seed=w.shape[0]).reshape(w.shape[0], -1))
-    tg = make_family_gguf(tmp_path / "q3k.gguf", "llama", types=("Q3_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"))
-    source = load_source(tg.path)
-    state = {k: v.detach().float().numpy() for k, v in source.module.state_dict().items()}
-    weights = GgufWeights(state, str(source.path), source.spec.num_heads, source.spec.num_kv_heads)
-    assert set(weights.kinds) == {"Q3_K", "Q4_K", "Q5_K", "Q6_K"} and weights.max_abs_error < 1e-6
-    onnx.save_model(DecoderWriter(source.spec.description, weights, CTX, 0).model(), str(tmp_path / "m.onnx"))
-    ids = [int(t) for t in np.random.RandomState(3).randint(3, source.spec.vocab_size, size=12)]
-    ref = _reference(source, ids)
-    run = _Runner(tmp_path / "m.onnx", source.spec.vocab_size)
-    got = [run.step(ids[:8])] + [run.step([t]) for t in ids[8:]]
-    np.testing.assert_allclose(np.stack(got), ref[7:], atol=1e-4 * max(1.0, float(np.abs(ref).max())))
 
 
 @requires_export

@@ -56,12 +56,7 @@ def build_micro_model(text: str, out_dir: str | Path, cfg: MicroConfig | None = 
     torch = require("torch", "export", "training a micro model")
     out = Path(out_dir)
     make_dir(out)
-    vocab = CharVocab.from_text(text, cfg.max_vocab)
-    ids = vocab.encode(text)
-    if len(ids) < 4 * cfg.context + 64:
-        raise ExportError(f"the text is too short for context {cfg.context}: {len(ids)} characters")
-    split = int(len(ids) * 0.9)
-    train_ids, held = ids[:split], ids[split - cfg.context:]
+    vocab, ids, train_ids, held = _split_text(text, cfg)
     t0 = time.perf_counter()
     module = make_module(vocab.size, cfg.context, cfg.embed, cfg.hidden)
     with steps.step(f"Training the micro model ({cfg.steps} steps on {len(train_ids)} characters)"):
@@ -69,11 +64,7 @@ def build_micro_model(text: str, out_dir: str | Path, cfg: MicroConfig | None = 
                      label_smoothing=cfg.label_smoothing, seed=cfg.seed)
     train_s = time.perf_counter() - t0
 
-    rng = np.random.default_rng(cfg.seed + 1)
-    calib, _ = windows(train_ids, cfg.context, rng.integers(0, len(train_ids) - cfg.context - 1,
-                                                              cfg.calibration_windows))
-    n_eval = min(cfg.eval_windows, len(held) - cfg.context - 1)
-    ev, ev_next = windows(held, cfg.context, np.linspace(0, len(held) - cfg.context - 2, n_eval).astype(np.int64))
+    calib, ev, ev_next = _calibration_and_eval_windows(train_ids, held, cfg)
     with torch.no_grad():
         float_logits = module(torch.from_numpy(onehot(ev, vocab.size))).numpy()  # (B, V)
 
@@ -86,11 +77,9 @@ def build_micro_model(text: str, out_dir: str | Path, cfg: MicroConfig | None = 
     from .tflm import greedy_generate, quantize_input, run_tflm
 
     q_in = quantize_input(onehot(ev, vocab.size), in_q)
-    with steps.step(f"Checking {n_eval} held-out windows in TFLite Micro"):
+    with steps.step(f"Checking {len(ev)} held-out windows in TFLite Micro"):
         q_logits, arena = run_tflm(int8_path, q_in)  # (B, V) int8
         sample = greedy_generate(int8_path, vocab, cfg.context, in_q, SAMPLE_PROMPT, SAMPLE_CHARS, arena)
-    agree = float(np.mean(q_logits.argmax(-1) == float_logits.argmax(-1)))
-    saturated = float(np.mean((q_logits == 127).any(-1)))  # clipped top logits tie; should be ~0
     ops = _ops(int8_path)
     header = write_header_for(out / HEADER_FILE, int8_path, vocab, cfg.context, in_q, out_q, arena, ops)
     params = sum(p.numel() for p in module.parameters())
@@ -101,28 +90,64 @@ def build_micro_model(text: str, out_dir: str | Path, cfg: MicroConfig | None = 
         "training": {"steps": cfg.steps, "final_loss": round(loss, 4), "seconds": round(train_s, 1),
                      "characters": int(len(ids)),
                      "float_top1_next_char": float(np.mean(float_logits.argmax(-1) == ev_next))},
-        "int8": {"file": MODEL_FILE, "bytes": int8_path.stat().st_size, "ops": ops,
-                 "input": {"dtype": "int8", "shape": [1, cfg.context, vocab.size], "scale": in_q[0],
-                           "zero_point": in_q[1]},
-                 "output": {"dtype": "int8", "shape": [1, vocab.size], "scale": out_q[0], "zero_point": out_q[1]},
-                 "quantizer": "ai-edge-quantizer static_wi8_ai8 (per-channel int8 weights, int8 activations, "
-                              "min/max calibration)"},
-        "tflm": {"interpreter": "tflite-micro (PyPI)", "arena_bytes": arena,
-                 "top1_agreement_with_float": agree, "eval_windows": int(n_eval),
-                 "saturated_outputs": saturated,
-                 "greedy_sample": {"prompt": SAMPLE_PROMPT, "text": sample},
-                 "min_agreement": cfg.min_agreement},
+        "int8": _int8_record(int8_path, ops, cfg.context, vocab.size, in_q, out_q),
+        "tflm": _tflm_record(q_logits, float_logits, arena, sample, cfg),
         "header": {"file": header.name, "bytes": header.stat().st_size},
     }
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     torch.save({"state_dict": module.state_dict(), "chars": vocab.chars, "config": asdict(cfg)}, out / "micro_lm.pt")
-    if report["int8"]["bytes"] > cfg.max_model_bytes:
-        raise ExportError(f"the int8 model is {report['int8']['bytes']} bytes > {cfg.max_model_bytes}; "
-                          "lower --hidden or --context")
+    _check_limits(report, cfg, out)
+    return report
+
+
+def _split_text(text: str, cfg: MicroConfig) -> tuple[CharVocab, np.ndarray, np.ndarray, np.ndarray]:
+    """(vocabulary, ids, the first 90% for training, the rest for evaluation with ``context``
+    characters of lead-in); refuses a text too short to train on."""
+    vocab = CharVocab.from_text(text, cfg.max_vocab)
+    ids = vocab.encode(text)
+    if len(ids) < 4 * cfg.context + 64:
+        raise ExportError(f"the text is too short for context {cfg.context}: {len(ids)} characters")
+    split = int(len(ids) * 0.9)
+    return vocab, ids, ids[:split], ids[split - cfg.context:]
+
+
+def _calibration_and_eval_windows(train_ids, held, cfg: MicroConfig):
+    """(random training windows for int8 calibration, evenly spaced held-out windows, their next
+    characters)."""
+    rng = np.random.default_rng(cfg.seed + 1)
+    calib, _ = windows(train_ids, cfg.context, rng.integers(0, len(train_ids) - cfg.context - 1,
+                                                              cfg.calibration_windows))
+    n_eval = min(cfg.eval_windows, len(held) - cfg.context - 1)
+    ev, ev_next = windows(held, cfg.context, np.linspace(0, len(held) - cfg.context - 2, n_eval).astype(np.int64))
+    return calib, ev, ev_next
+
+
+def _int8_record(int8_path: Path, ops: list[str], context: int, vocab_size: int, in_q, out_q) -> dict[str, Any]:
+    """The report's "int8" section: the file, its ops and its int8 input/output quantization."""
+    return {"file": MODEL_FILE, "bytes": int8_path.stat().st_size, "ops": ops,
+            "input": {"dtype": "int8", "shape": [1, context, vocab_size], "scale": in_q[0], "zero_point": in_q[1]},
+            "output": {"dtype": "int8", "shape": [1, vocab_size], "scale": out_q[0], "zero_point": out_q[1]},
+            "quantizer": "ai-edge-quantizer static_wi8_ai8 (per-channel int8 weights, int8 activations, "
+                         "min/max calibration)"}
+
+
+def _tflm_record(q_logits, float_logits, arena: int, sample: str, cfg: MicroConfig) -> dict[str, Any]:
+    """The report's "tflm" section: TFLite Micro's int8 top-1 agreement with the float model on the
+    held-out windows, saturated outputs (clipped top logits tie; should be ~0), arena, sample."""
+    return {"interpreter": "tflite-micro (PyPI)", "arena_bytes": arena,
+            "top1_agreement_with_float": float(np.mean(q_logits.argmax(-1) == float_logits.argmax(-1))),
+            "eval_windows": int(len(q_logits)), "saturated_outputs": float(np.mean((q_logits == 127).any(-1))),
+            "greedy_sample": {"prompt": SAMPLE_PROMPT, "text": sample}, "min_agreement": cfg.min_agreement}
+
+
+def _check_limits(report: dict[str, Any], cfg: MicroConfig, out: Path) -> None:
+    """Refuse a model over the flash budget or under the agreement bar (its files stay for a look)."""
+    size, agree = report["int8"]["bytes"], report["tflm"]["top1_agreement_with_float"]
+    if size > cfg.max_model_bytes:
+        raise ExportError(f"the int8 model is {size} bytes > {cfg.max_model_bytes}; lower --hidden or --context")
     if agree < cfg.min_agreement:
         raise ExportError(f"TFLite Micro int8 top-1 agreement {agree:.1%} < {cfg.min_agreement:.0%} "
                           f"(files kept in {out})")
-    return report
 
 
 def to_float_tflite(module, context: int, vocab: int, path: Path) -> None:
