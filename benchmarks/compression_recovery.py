@@ -2,6 +2,8 @@
 
     python benchmarks/compression_recovery.py --rows pruned --steps 250 --evals 0,30,100,250
     python benchmarks/compression_recovery.py --rows student_kd,student_ce --steps 150
+    python benchmarks/compression_recovery.py --rows pruned,pruned+hidden --steps 60 --evals 0,30,60 \
+        --out benchmarks/results/compression_recovery_hidden.json
 
 One training run per row (``edgeslm.compress.distill.distill``, KD on the teacher's logits,
 cosine schedule over ``--steps``), scored with the parity check's functions at the steps in
@@ -15,6 +17,9 @@ Rows:
   lowrank      whitened SVD, ranks by sensitivity, 74% of the linears' weights (-20.5%) + KD
   student_kd   4-layer student (MLP 1024) trained on the teacher's logits
   student_ce   the same student, same text and steps, trained on the text alone (no teacher)
+  ROW+hidden   any row above plus hidden-state matching (``DistillConfig.hidden_weight`` =
+               ``--hidden-weight``; a pruned / sparse / low-rank model's layer i <-> the teacher's
+               layer i, the student's layers <-> the teacher layers they were taken from)
 
 Training text: the teacher's sampled continuations of prompts that are *not* the evaluation
 prompts (cached), followed by docs/*.md files not used for calibration. The student rows use the
@@ -89,6 +94,9 @@ def build(name: str, source, args):
         cfg = LowRankConfig(energy=None, size_ratio=0.74, targets=("mlp", "attention"), whiten=True,
                             allocation="global", calibration_tokens=args.lowrank_calib_tokens)
         return low_rank_factorize(source, cfg, cal), {"lr": 1e-4}
+    if name.endswith("+hidden"):
+        start, over = build(name.removesuffix("+hidden"), source, args)
+        return start, {**over, "hidden_weight": args.hidden_weight}
     if name in ("student_kd", "student_ce"):
         student = make_student(source, StudentConfig(num_layers=4, intermediate_size=1024), cal)
         over = {"lr": 5e-4}
@@ -112,6 +120,7 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher-tokens", type=int, default=96)
     ap.add_argument("--train-tokens", type=int, default=20000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--hidden-weight", type=float, default=1.0, help="hidden_weight of the ROW+hidden rows")
     ap.add_argument("--save", default="", help="folder: save each row's final model there (HF folder)")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--teacher-cache", default="out/compression_recovery/teacher_text.json",
@@ -182,8 +191,11 @@ def main(argv=None) -> int:
                 score(done, module)
 
         model = distill(source, start, data, cfg, progress=False, on_step=on_step)
-        row["loss_first_last"] = [model.spec.extra["compression"][-1].get("loss_first"),
-                                  model.spec.extra["compression"][-1].get("loss_last")]
+        last = model.spec.extra["compression"][-1]
+        row["loss_first_last"] = [last.get("loss_first"), last.get("loss_last")]
+        if last.get("hidden_pairs"):
+            row["hidden_pairs"] = last["hidden_pairs"]
+            row["hidden_loss_first_last"] = [last.get("hidden_first"), last.get("hidden_last")]
         out.write_text(json.dumps(results, indent=1, default=str) + "\n")
         if args.save:
             save_hf_folder(model, Path(args.save) / name)

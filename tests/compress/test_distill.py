@@ -158,4 +158,5 @@ def test_resumed_hidden_matching_equals_an_uninterrupted_run(tiny_source, tmp_pa
     for a, b in zip(whole.module.state_dict().values(), resumed.module.state_dict().values()):
         torch.testing.assert_close(a, b)
     w, r = whole.spec.extra["compression"][-1], resumed.spec.extra["compression"][-1]
-    assert (w["hidden_first"], w["hidden_last"], w["loss_last"]) == (r["hidden_first"], r["hidden_last"], r["loss_last"])
+    keys = ("hidden_first", "hidden_last", "loss_last")
+    assert [w[k] for k in keys] == [r[k] for k in keys]
