@@ -183,7 +183,11 @@ def main(argv=None) -> int:
                   f"ppl {pt['perplexity_export']:.1f}  train cpu {pt['train_cpu_minutes']} min  "
                   f"wall {pt['wall_minutes']} min  load {pt['load']}", flush=True)
 
-        if 0 in evals:
+        base = results["rows"].get(name.removesuffix("+hidden"), {}) if name.endswith("+hidden") else {}
+        zero = [p for p in base.get("points", []) if p["step"] == 0]
+        if 0 in evals and zero:  # the same start model as its row without hidden matching: not scored twice
+            row["points"].append({**zero[0], "same_as": base["row"]})
+        elif 0 in evals:
             score(0, start.module)
 
         def on_step(done, module):
