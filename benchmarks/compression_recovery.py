@@ -20,6 +20,8 @@ Rows:
   ROW+hidden   any row above plus hidden-state matching (``DistillConfig.hidden_weight`` =
                ``--hidden-weight``; a pruned / sparse / low-rank model's layer i <-> the teacher's
                layer i, the student's layers <-> the teacher layers they were taken from)
+  ROW+hidden_cos  the same with 1 - cosine similarity in place of distill's relative squared error
+               (the alternative loss, measured here only)
 
 Training text: the teacher's sampled continuations of prompts that are *not* the evaluation
 prompts (cached), followed by docs/*.md files not used for calibration. The student rows use the
@@ -30,6 +32,7 @@ Writes benchmarks/results/compression_recovery.json after every evaluation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -94,8 +97,8 @@ def build(name: str, source, args):
         cfg = LowRankConfig(energy=None, size_ratio=0.74, targets=("mlp", "attention"), whiten=True,
                             allocation="global", calibration_tokens=args.lowrank_calib_tokens)
         return low_rank_factorize(source, cfg, cal), {"lr": 1e-4}
-    if name.endswith("+hidden"):
-        start, over = build(name.removesuffix("+hidden"), source, args)
+    if name.endswith(("+hidden", "+hidden_cos")):
+        start, over = build(name.split("+")[0], source, args)
         return start, {**over, "hidden_weight": args.hidden_weight}
     if name in ("student_kd", "student_ce"):
         student = make_student(source, StudentConfig(num_layers=4, intermediate_size=1024), cal)
@@ -104,6 +107,28 @@ def build(name: str, source, args):
             over.update(kd_weight=0.0, hard_weight=1.0)
         return student, over
     raise SystemExit(f"unknown row {name}")
+
+
+@contextlib.contextmanager
+def _hidden_loss(cosine: bool):
+    """With ``cosine``, distill's hidden-state loss is 1 - cosine similarity (mean over pairs and
+    positions) instead of the relative squared error; restored afterwards."""
+    import edgeslm.compress.distill as d
+
+    if not cosine:
+        yield
+        return
+    import torch.nn.functional as F
+
+    def cos_loss(s_states, t_states, pairs):
+        return sum((1 - F.cosine_similarity(s_states[a].float(), t_states[b].float(), dim=-1)).mean()
+                   for a, b in pairs) / len(pairs)
+
+    kept, d.hidden_loss = d.hidden_loss, cos_loss
+    try:
+        yield
+    finally:
+        d.hidden_loss = kept
 
 
 def main(argv=None) -> int:
@@ -183,7 +208,7 @@ def main(argv=None) -> int:
                   f"ppl {pt['perplexity_export']:.1f}  train cpu {pt['train_cpu_minutes']} min  "
                   f"wall {pt['wall_minutes']} min  load {pt['load']}", flush=True)
 
-        base = results["rows"].get(name.removesuffix("+hidden"), {}) if name.endswith("+hidden") else {}
+        base = results["rows"].get(name.split("+")[0], {}) if "+" in name else {}
         zero = [p for p in base.get("points", []) if p["step"] == 0]
         if 0 in evals and zero:  # the same start model as its row without hidden matching: not scored twice
             row["points"].append({**zero[0], "same_as": base["row"]})
@@ -194,7 +219,8 @@ def main(argv=None) -> int:
             if done in evals:
                 score(done, module)
 
-        model = distill(source, start, data, cfg, progress=False, on_step=on_step)
+        with _hidden_loss(cosine=name.endswith("+hidden_cos")):
+            model = distill(source, start, data, cfg, progress=False, on_step=on_step)
         last = model.spec.extra["compression"][-1]
         row["loss_first_last"] = [last.get("loss_first"), last.get("loss_last")]
         if last.get("hidden_pairs"):
