@@ -109,6 +109,24 @@ def build(name: str, source, args):
     raise SystemExit(f"unknown row {name}")
 
 
+def held_out_hidden(source, cand, ids) -> float:
+    """distill's hidden-state loss (relative squared error at the matched layers) of ``cand`` against
+    ``source`` on the held-out paragraph: whether a row's hidden states move toward the teacher's."""
+    import torch
+
+    import edgeslm.compress.distill as d
+    from edgeslm.compress.distill import DistillConfig, hidden_pairs, layer_outputs
+
+    hidden_loss = getattr(d.hidden_loss, "original", d.hidden_loss)  # the relative error, also in +hidden_cos rows
+    pairs = hidden_pairs(source, cand, DistillConfig(hidden_weight=1.0))
+    batch = torch.tensor([list(ids)])
+    with torch.no_grad(), layer_outputs(cand.module, [a for a, _ in pairs]) as got, \
+            layer_outputs(source.module, [b for _, b in pairs]) as want:
+        cand.module(batch)
+        source.module(batch)
+    return round(float(hidden_loss(got, want, pairs)), 4)
+
+
 @contextlib.contextmanager
 def _hidden_loss(cosine: bool):
     """With ``cosine``, distill's hidden-state loss is 1 - cosine similarity (mean over pairs and
@@ -125,6 +143,7 @@ def _hidden_loss(cosine: bool):
                    for a, b in pairs) / len(pairs)
 
     kept, d.hidden_loss = d.hidden_loss, cos_loss
+    cos_loss.original = kept
     try:
         yield
     finally:
@@ -192,6 +211,7 @@ def main(argv=None) -> int:
             module.eval()
             cand = derive(start, module, {"technique": "checkpoint", "step": step})
             rep = ev.score(TorchEngine(cand)).to_dict()
+            rep["hidden_rel_err"] = held_out_hidden(source, cand, ev.text_ids)
             if was_training:
                 module.train()
             train_cpu = (e0 - t_start) - eval_cpu[0]
@@ -199,7 +219,8 @@ def main(argv=None) -> int:
                   "train_cpu_minutes": round(train_cpu / 60, 2),
                   "total_cpu_minutes": round((build_cpu + train_cpu) / 60 + row["teacher_text_cpu_minutes"], 2),
                   "wall_minutes": round((time.perf_counter() - w_start) / 60, 2), "load": round(os.getloadavg()[0], 1),
-                  **{k: rep[k] for k in ("top1_agreement", "kl_mean", "perplexity_export") if k in rep}}
+                  **{k: rep[k] for k in ("top1_agreement", "kl_mean", "perplexity_export", "hidden_rel_err")
+                     if k in rep}}
             row["points"].append(pt)
             eval_cpu[0] += time.process_time() - e0
             results["measured"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
