@@ -151,9 +151,9 @@ def hidden_loss(student_states: dict, teacher_states: dict, pairs: Sequence[tupl
     """Mean over the matched (student layer, teacher layer) pairs and over positions of the
     relative squared error ||s - t||^2 / ||t||^2 between the layers' outputs (hidden states).
 
-    Relative per position because the residual stream's scale differs by layer and by token (the
-    first position of a window often carries activations 10-100x the others'): a plain MSE would be
-    that one position's and the last layer's loss."""
+    Relative per position because the residual stream's scale grows with depth and differs by token
+    (attention-sink positions carry outsized activations): a plain MSE would mostly be the deepest
+    layers' and those positions' loss."""
     total = 0.0
     for s_layer, t_layer in pairs:
         s, t = student_states[s_layer].float(), teacher_states[t_layer].float()  # (batch, seq, hidden)
