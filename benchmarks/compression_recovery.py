@@ -20,8 +20,8 @@ Rows:
   ROW+hidden   any row above plus hidden-state matching (``DistillConfig.hidden_weight`` =
                ``--hidden-weight``; a pruned / sparse / low-rank model's layer i <-> the teacher's
                layer i, the student's layers <-> the teacher layers they were taken from)
-  ROW+hidden_cos  the same with 1 - cosine similarity in place of distill's relative squared error
-               (the alternative loss, measured here only)
+  ROW+hidden_relmse  the same with the relative squared error ||s - t||^2 / ||t||^2 per position in
+               place of distill's 1 - cosine (the alternative loss, measured here only)
 
 Training text: the teacher's sampled continuations of prompts that are *not* the evaluation
 prompts (cached), followed by docs/*.md files not used for calibration. The student rows use the
@@ -97,7 +97,7 @@ def build(name: str, source, args):
         cfg = LowRankConfig(energy=None, size_ratio=0.74, targets=("mlp", "attention"), whiten=True,
                             allocation="global", calibration_tokens=args.lowrank_calib_tokens)
         return low_rank_factorize(source, cfg, cal), {"lr": 1e-4}
-    if name.endswith(("+hidden", "+hidden_cos")):
+    if name.endswith(("+hidden", "+hidden_relmse")):
         start, over = build(name.split("+")[0], source, args)
         return start, {**over, "hidden_weight": args.hidden_weight}
     if name in ("student_kd", "student_ce"):
@@ -109,41 +109,36 @@ def build(name: str, source, args):
     raise SystemExit(f"unknown row {name}")
 
 
+def rel_err(s_states, t_states, pairs):
+    """||s - t||^2 / ||t||^2 per position, mean over positions and (student, teacher) layer pairs."""
+    return sum(((s_states[a].float() - t_states[b].float()).pow(2).sum(-1)
+                / t_states[b].float().pow(2).sum(-1).clamp_min(1e-6)).mean() for a, b in pairs) / len(pairs)
+
+
 def held_out_hidden(source, cand, ids) -> float:
-    """distill's hidden-state loss (relative squared error at the matched layers) of ``cand`` against
-    ``source`` on the held-out paragraph: whether a row's hidden states move toward the teacher's."""
+    """The relative squared error of ``cand``'s hidden states against ``source``'s at distill's
+    matched layers, on the held-out paragraph: whether a row's hidden states move toward the teacher's."""
     import torch
 
-    import edgeslm.compress.distill as d
     from edgeslm.compress.distill import DistillConfig, hidden_pairs, layer_outputs
 
-    hidden_loss = getattr(d.hidden_loss, "original", d.hidden_loss)  # the relative error, also in +hidden_cos rows
     pairs = hidden_pairs(source, cand, DistillConfig(hidden_weight=1.0))
     batch = torch.tensor([list(ids)])
     with torch.no_grad(), layer_outputs(cand.module, [a for a, _ in pairs]) as got, \
             layer_outputs(source.module, [b for _, b in pairs]) as want:
         cand.module(batch)
         source.module(batch)
-    return round(float(hidden_loss(got, want, pairs)), 4)
+    return round(float(rel_err(got, want, pairs)), 4)
 
 
 @contextlib.contextmanager
-def _hidden_loss(cosine: bool):
-    """With ``cosine``, distill's hidden-state loss is 1 - cosine similarity (mean over pairs and
-    positions) instead of the relative squared error; restored afterwards."""
+def _hidden_loss(relmse: bool):
+    """With ``relmse``, distill's hidden-state loss is :func:`rel_err` instead of 1 - cosine; restored afterwards."""
     import edgeslm.compress.distill as d
 
-    if not cosine:
-        yield
-        return
-    import torch.nn.functional as F
-
-    def cos_loss(s_states, t_states, pairs):
-        return sum((1 - F.cosine_similarity(s_states[a].float(), t_states[b].float(), dim=-1)).mean()
-                   for a, b in pairs) / len(pairs)
-
-    kept, d.hidden_loss = d.hidden_loss, cos_loss
-    cos_loss.original = kept
+    kept = d.hidden_loss
+    if relmse:
+        d.hidden_loss = rel_err
     try:
         yield
     finally:
@@ -240,7 +235,7 @@ def main(argv=None) -> int:
             if done in evals:
                 score(done, module)
 
-        with _hidden_loss(cosine=name.endswith("+hidden_cos")):
+        with _hidden_loss(relmse=name.endswith("+hidden_relmse")):
             model = distill(source, start, data, cfg, progress=False, on_step=on_step)
         last = model.spec.extra["compression"][-1]
         row["loss_first_last"] = [last.get("loss_first"), last.get("loss_last")]

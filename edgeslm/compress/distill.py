@@ -46,7 +46,7 @@ class DistillConfig:
     seed: int = 0
     # keep zeroed decoder weights at zero (recovering a sparse model: the mask is the point)
     keep_zeros: bool = False
-    # weight of hidden-state matching: the relative squared error between matched decoder layers'
+    # weight of hidden-state matching: 1 - cosine similarity between matched decoder layers'
     # outputs (see hidden_loss); needs the teacher's hidden size
     hidden_weight: float = 0.0
     # (student layer, teacher layer) pairs to match; None = layer i <-> i at equal depth, else the
@@ -148,16 +148,19 @@ def kd_loss(student_logits, teacher_logits, temperature: float = 1.0):
 
 
 def hidden_loss(student_states: dict, teacher_states: dict, pairs: Sequence[tuple[int, int]]):
-    """Mean over the matched (student layer, teacher layer) pairs and over positions of the
-    relative squared error ||s - t||^2 / ||t||^2 between the layers' outputs (hidden states).
+    """Mean over the matched (student layer, teacher layer) pairs and over positions of
+    1 - cosine similarity between the layers' outputs (hidden states).
 
-    Relative per position because the residual stream's scale grows with depth and differs by token
-    (attention-sink positions carry outsized activations): a plain MSE would mostly be the deepest
-    layers' and those positions' loss."""
+    Scale-free per position, because the residual stream's scale grows with depth and differs by
+    token (attention-sink positions carry outsized activations). On SmolLM2-135M pruned -24.7% + 60
+    recovery steps it beat the relative squared error ||s - t||^2 / ||t||^2 (47.9% vs 43.8% top-1,
+    KL 1.41 vs 1.49; docs/compression.md, third round)."""
+    import torch.nn.functional as F
+
     total = 0.0
     for s_layer, t_layer in pairs:
         s, t = student_states[s_layer].float(), teacher_states[t_layer].float()  # (batch, seq, hidden)
-        total = total + ((s - t).pow(2).sum(-1) / t.pow(2).sum(-1).clamp_min(1e-6)).mean()
+        total = total + (1 - F.cosine_similarity(s, t, dim=-1)).mean()
     return total / len(pairs)
 
 
