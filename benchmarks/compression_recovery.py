@@ -2,6 +2,8 @@
 
     python benchmarks/compression_recovery.py --rows pruned --steps 250 --evals 0,30,100,250
     python benchmarks/compression_recovery.py --rows student_kd,student_ce --steps 150
+    python benchmarks/compression_recovery.py --rows pruned,pruned+hidden --steps 60 --evals 0,30,60 \
+        --out benchmarks/results/compression_recovery_hidden.json
 
 One training run per row (``edgeslm.compress.distill.distill``, KD on the teacher's logits,
 cosine schedule over ``--steps``), scored with the parity check's functions at the steps in
@@ -15,6 +17,11 @@ Rows:
   lowrank      whitened SVD, ranks by sensitivity, 74% of the linears' weights (-20.5%) + KD
   student_kd   4-layer student (MLP 1024) trained on the teacher's logits
   student_ce   the same student, same text and steps, trained on the text alone (no teacher)
+  ROW+hidden   any row above plus hidden-state matching (``DistillConfig.hidden_weight`` =
+               ``--hidden-weight``; a pruned / sparse / low-rank model's layer i <-> the teacher's
+               layer i, the student's layers <-> the teacher layers they were taken from)
+  ROW+hidden_relmse  the same with the relative squared error ||s - t||^2 / ||t||^2 per position in
+               place of distill's 1 - cosine (the alternative loss, measured here only)
 
 Training text: the teacher's sampled continuations of prompts that are *not* the evaluation
 prompts (cached), followed by docs/*.md files not used for calibration. The student rows use the
@@ -25,6 +32,7 @@ Writes benchmarks/results/compression_recovery.json after every evaluation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -88,6 +96,9 @@ def build(name: str, source, args):
         cfg = LowRankConfig(energy=None, size_ratio=0.74, targets=("mlp", "attention"), whiten=True,
                             allocation="global", calibration_tokens=args.lowrank_calib_tokens)
         return low_rank_factorize(source, cfg, cal), {"lr": 1e-4}
+    if name.endswith(("+hidden", "+hidden_relmse")):
+        start, over = build(name.split("+")[0], source, args)
+        return start, {**over, "hidden_weight": args.hidden_weight}
     if name in ("student_kd", "student_ce"):
         student = make_student(source, StudentConfig(num_layers=4, intermediate_size=1024), cal)
         over = {"lr": 5e-4}
@@ -95,6 +106,42 @@ def build(name: str, source, args):
             over.update(kd_weight=0.0, hard_weight=1.0)
         return student, over
     raise SystemExit(f"unknown row {name}")
+
+
+def rel_err(s_states, t_states, pairs):
+    """||s - t||^2 / ||t||^2 per position, mean over positions and (student, teacher) layer pairs."""
+    return sum(((s_states[a].float() - t_states[b].float()).pow(2).sum(-1)
+                / t_states[b].float().pow(2).sum(-1).clamp_min(1e-6)).mean() for a, b in pairs) / len(pairs)
+
+
+def held_out_hidden(source, cand, ids) -> float:
+    """The relative squared error of ``cand``'s hidden states against ``source``'s at distill's
+    matched layers, on the held-out paragraph: whether a row's hidden states move toward the teacher's."""
+    import torch
+
+    from edgeslm.compress.distill import DistillConfig, hidden_pairs, layer_outputs
+
+    pairs = hidden_pairs(source, cand, DistillConfig(hidden_weight=1.0))
+    batch = torch.tensor([list(ids)])
+    with torch.no_grad(), layer_outputs(cand.module, [a for a, _ in pairs]) as got, \
+            layer_outputs(source.module, [b for _, b in pairs]) as want:
+        cand.module(batch)
+        source.module(batch)
+    return round(float(rel_err(got, want, pairs)), 4)
+
+
+@contextlib.contextmanager
+def _hidden_loss(relmse: bool):
+    """With ``relmse``, distill's hidden-state loss is :func:`rel_err` instead of 1 - cosine; restored afterwards."""
+    import edgeslm.compress.distill as d
+
+    kept = d.hidden_loss
+    if relmse:
+        d.hidden_loss = rel_err
+    try:
+        yield
+    finally:
+        d.hidden_loss = kept
 
 
 def main(argv=None) -> int:
@@ -111,6 +158,7 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher-tokens", type=int, default=96)
     ap.add_argument("--train-tokens", type=int, default=20000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--hidden-weight", type=float, default=1.0, help="hidden_weight of the ROW+hidden rows")
     ap.add_argument("--save", default="", help="folder: save each row's final model there (HF folder)")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--teacher-cache", default="out/compression_recovery/teacher_text.json",
@@ -151,6 +199,7 @@ def main(argv=None) -> int:
             module.eval()
             cand = derive(start, module, {"technique": "checkpoint", "step": step})
             rep = ev.score(TorchEngine(cand)).to_dict()
+            rep["hidden_rel_err"] = held_out_hidden(source, cand, ev.text_ids)
             if was_training:
                 module.train()
             train_cpu = (e0 - t_start) - eval_cpu[0]
@@ -158,7 +207,8 @@ def main(argv=None) -> int:
                   "train_cpu_minutes": round(train_cpu / 60, 2),
                   "total_cpu_minutes": round((build_cpu + train_cpu) / 60 + row["teacher_text_cpu_minutes"], 2),
                   "wall_minutes": round((time.perf_counter() - w_start) / 60, 2), "load": round(os.getloadavg()[0], 1),
-                  **{k: rep[k] for k in ("top1_agreement", "kl_mean", "perplexity_export") if k in rep}}
+                  **{k: rep[k] for k in ("top1_agreement", "kl_mean", "perplexity_export", "hidden_rel_err")
+                     if k in rep}}
             row["points"].append(pt)
             eval_cpu[0] += time.process_time() - e0
             save(results, out)
@@ -166,16 +216,24 @@ def main(argv=None) -> int:
                   f"ppl {pt['perplexity_export']:.1f}  train cpu {pt['train_cpu_minutes']} min  "
                   f"wall {pt['wall_minutes']} min  load {pt['load']}", flush=True)
 
-        if 0 in evals:
+        base = results["rows"].get(name.split("+")[0], {}) if "+" in name else {}
+        zero = [p for p in base.get("points", []) if p["step"] == 0]
+        if 0 in evals and zero:  # the same start model as its row without hidden matching: not scored twice
+            row["points"].append({**zero[0], "same_as": base["row"]})
+        elif 0 in evals:
             score(0, start.module)
 
         def on_step(done, module):
             if done in evals:
                 score(done, module)
 
-        model = distill(source, start, data, cfg, progress=False, on_step=on_step)
-        row["loss_first_last"] = [model.spec.extra["compression"][-1].get("loss_first"),
-                                  model.spec.extra["compression"][-1].get("loss_last")]
+        with _hidden_loss(relmse=name.endswith("+hidden_relmse")):
+            model = distill(source, start, data, cfg, progress=False, on_step=on_step)
+        last = model.spec.extra["compression"][-1]
+        row["loss_first_last"] = [last.get("loss_first"), last.get("loss_last")]
+        if last.get("hidden_pairs"):
+            row["hidden_pairs"] = last["hidden_pairs"]
+            row["hidden_loss_first_last"] = [last.get("hidden_first"), last.get("hidden_last")]
         out.write_text(json.dumps(results, indent=1, default=str) + "\n")
         if args.save:
             save_hf_folder(model, Path(args.save) / name)

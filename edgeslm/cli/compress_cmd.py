@@ -235,14 +235,17 @@ def _int4(result, method, grid, act_order, text, steps):
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="KD temperature.")
 @click.option("--hard-weight", type=float, default=0.0, show_default=True,
               help="Weight of cross-entropy on the text's own next tokens (0 = pure KD).")
+@click.option("--hidden-weight", type=float, default=0.0, show_default=True,
+              help="Weight of matching each student layer's output to the teacher layer it was taken from "
+                   "(needs the teacher's hidden size; 0 = logits only).")
 @click.option("--checkpoint-every", type=int, default=50, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in OUT/checkpoints.")
 @_export_options
 @_report_option
 @json_option
 def distill_command(teacher, out_dir, layers, intermediate, hidden, heads, text_file, generate_tokens, samples,
-                    n_steps, seq_len, batch_size, lr, temperature, hard_weight, checkpoint_every, resume,
-                    export_format, precision, bundle_dir, report, as_json):
+                    n_steps, seq_len, batch_size, lr, temperature, hard_weight, hidden_weight, checkpoint_every,
+                    resume, export_format, precision, bundle_dir, report, as_json):
     """Distill TEACHER into a smaller student trained on the teacher's logits (KL).
 
     \b
@@ -252,6 +255,9 @@ def distill_command(teacher, out_dir, layers, intermediate, hidden, heads, text_
     from ..compress.data import SEED_PROMPTS, read_text
     from ..compress.distill import DistillConfig, StudentConfig, distill, make_student, teacher_text
 
+    if hidden_weight and hidden:
+        raise click.UsageError("--hidden-weight matches hidden states, so the student needs the teacher's hidden "
+                               "size: drop --hidden or --hidden-weight")
     steps = current().steps()
     source = _load(teacher, steps)
     with steps.step("Building the student from the teacher's weights"):
@@ -262,7 +268,7 @@ def distill_command(teacher, out_dir, layers, intermediate, hidden, heads, text_
         with steps.step(f"Teacher writes {samples * len(SEED_PROMPTS)} samples of {generate_tokens} tokens"):
             data = teacher_text(source, SEED_PROMPTS, new_tokens=generate_tokens, samples=samples)
     cfg = DistillConfig(steps=n_steps, seq_len=seq_len, batch_size=batch_size, lr=lr, temperature=temperature,
-                        hard_weight=hard_weight, checkpoint_every=checkpoint_every)
+                        hard_weight=hard_weight, hidden_weight=hidden_weight, checkpoint_every=checkpoint_every)
     result = distill(source, student, data, cfg, out_dir=out_dir, resume=resume, progress=not current().quiet)
     _finish(source, result, out_dir, export_format, precision, bundle_dir, report, as_json, steps)
 

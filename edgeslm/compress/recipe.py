@@ -139,6 +139,7 @@ class RecoverStep:
     lr: float = 2e-4  # AdamW peak (warm-up then cosine); recovery wants less than a fresh student
     temperature: float = 1.0  # KD temperature
     hard_weight: float = 0.0  # weight of cross-entropy on the text's own next tokens
+    hidden_weight: float = 0.0  # weight of matching each decoder layer's output to the teacher's (layer i <-> i)
     text: str = ""  # training text file [default: text the teacher writes from built-in prompts]
     generate_tokens: int = 128  # without text: tokens per teacher sample
     samples: int = 2  # without text: samples per seed prompt
@@ -156,6 +157,8 @@ class RecoverStep:
                 raise ValueError(f"{k} must be >= 1")
         if not self.lr > 0 or self.checkpoint_every < 0 or self.temperature <= 0:
             raise ValueError("lr and temperature must be > 0, checkpoint_every >= 0")
+        if self.hard_weight < 0 or self.hidden_weight < 0:
+            raise ValueError("hard_weight and hidden_weight must be >= 0")
         _choice("keep_zeros", self.keep_zeros, ("auto", "true", "false"))
 
     @property
@@ -166,7 +169,8 @@ class RecoverStep:
 
     def describe(self) -> str:
         return (f"recover: distill from the {'original model' if self.teacher == 'source' else 'step input'}, "
-                f"{self.n_steps} steps x {self.batch_size} x {self.seq_len} tokens")
+                f"{self.n_steps} steps x {self.batch_size} x {self.seq_len} tokens"
+                + (f", hidden states x {self.hidden_weight:g}" if self.hidden_weight else ""))
 
 
 @dataclass(frozen=True)

@@ -314,7 +314,7 @@ class Runner:
         keep = p.keep_zeros == "true" or (p.keep_zeros == "auto" and any(s.params.method != "structured"
                                                                           for s in earlier))
         cfg = DistillConfig(steps=p.n_steps, seq_len=p.seq_len, batch_size=p.batch_size, lr=p.lr,
-                            temperature=p.temperature, hard_weight=p.hard_weight,
+                            temperature=p.temperature, hard_weight=p.hard_weight, hidden_weight=p.hidden_weight,
                             checkpoint_every=p.checkpoint_every, keep_zeros=keep)
         last = latest_checkpoint(folder / "checkpoints")
         if last is not None:

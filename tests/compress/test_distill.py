@@ -55,3 +55,108 @@ def test_distillation_reduces_kl_and_resumes(tiny_source, tmp_path):
 def test_too_little_text_is_a_clear_error(tiny_source):
     with pytest.raises(ValueError, match="training text"):
         windows([[1, 2, 3]], 32)
+
+
+# -- hidden-state matching ------------------------------------------------------------------------
+def _hidden(teacher, student, batch, pairs):
+    from edgeslm.compress.distill import hidden_loss, layer_outputs
+
+    with torch.no_grad(), layer_outputs(student.module, [s for s, _ in pairs]) as s_states, \
+            layer_outputs(teacher.module, [t for _, t in pairs]) as t_states:
+        student.module(batch)
+        teacher.module(batch)
+    return float(hidden_loss(s_states, t_states, pairs))
+
+
+def test_hidden_loss_is_zero_for_a_copy_and_positive_for_a_pruned_model(tiny_source):
+    from edgeslm.compress.distill import hidden_pairs
+    from edgeslm.compress.prune import StructuredPruneConfig, structured_prune
+
+    batch = windows(_data(tiny_source), 32)[:4]
+    copy = make_student(tiny_source, StudentConfig(num_layers=2))  # every layer: an exact copy
+    cfg = DistillConfig(hidden_weight=1.0)
+    pairs = hidden_pairs(tiny_source, copy, cfg)
+    assert pairs == [(0, 0), (1, 1)]
+    assert _hidden(tiny_source, copy, batch, pairs) == pytest.approx(0.0, abs=1e-5)
+    pruned = structured_prune(tiny_source, StructuredPruneConfig(head_ratio=0.5, mlp_ratio=0.5, multiple_of=8))
+    assert hidden_pairs(tiny_source, pruned, cfg) == [(0, 0), (1, 1)]  # same depth: layer i <-> i
+    assert _hidden(tiny_source, pruned, batch, pairs) > 0.01
+
+
+def test_a_student_matches_the_teacher_layers_it_was_made_from(family_source):
+    from edgeslm.compress.distill import hidden_pairs
+
+    teacher = family_source("gemma3")  # 3 layers
+    student = make_student(teacher, StudentConfig(num_layers=2))  # layers 0 and 2
+    assert hidden_pairs(teacher, student, DistillConfig(hidden_weight=1.0)) == [(0, 0), (1, 2)]
+    assert hidden_pairs(teacher, student, DistillConfig(hidden_weight=1.0, hidden_layers=((1, 1),))) == [(1, 1)]
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_hidden_matching_lowers_the_hidden_loss_more_than_kd_alone(family_source, family):
+    from edgeslm.compress.distill import hidden_pairs
+
+    teacher = family_source(family)
+    data = _data(teacher)
+    held_out = windows(data, 32)[:6]
+    cfg = DistillConfig(steps=16, seq_len=32, batch_size=4, lr=3e-3, warmup=1, checkpoint_every=0, hidden_weight=1.0)
+    after = {}
+    for weight in (0.0, 1.0):
+        student = make_student(teacher, StudentConfig(num_layers=2, intermediate_size=64))
+        pairs = hidden_pairs(teacher, student, cfg)
+        before = _hidden(teacher, student, held_out, pairs)
+        trained = distill(teacher, student, data, DistillConfig(**{**cfg.__dict__, "hidden_weight": weight}),
+                          progress=False)
+        after[weight] = _hidden(teacher, trained, held_out, pairs)
+    assert after[1.0] < 0.95 * before and after[1.0] < after[0.0], (before, after)
+    step = trained.spec.extra["compression"][-1]
+    assert step["hidden_pairs"] == pairs and np.isfinite([step["hidden_first"], step["hidden_last"]]).all()
+
+
+@pytest.mark.parametrize("config, student, match", [
+    ({"hidden_weight": -1.0}, {}, "must be >= 0"),
+    ({"kd_weight": 0.0}, {}, "nothing to train on"),
+    ({"hidden_weight": 1.0}, {"hidden_size": 48}, "needs the teacher's hidden size"),
+    ({"hidden_weight": 1.0, "hidden_layers": ((0, 5),)}, {}, "hidden_layers must be"),
+])
+def test_bad_hidden_matching_configs_are_clear_errors(tiny_source, config, student, match):
+    st = make_student(tiny_source, StudentConfig(num_layers=1, **student))
+    with pytest.raises(ValueError, match=match):
+        distill(tiny_source, st, _data(tiny_source), DistillConfig(steps=1, seq_len=32, **config), progress=False)
+
+
+def test_a_shallower_model_without_history_needs_explicit_layers(tiny_source):
+    from edgeslm.compress.distill import hidden_pairs
+    from edgeslm.compress.model import derive
+
+    st = make_student(tiny_source, StudentConfig(num_layers=1))
+    bare = derive(tiny_source, st.module, {"technique": "unknown"})  # no student_init in its history
+    bare.spec.extra["compression"] = [{"technique": "unknown"}]
+    with pytest.raises(ValueError, match="give hidden_layers"):
+        hidden_pairs(tiny_source, bare, DistillConfig(hidden_weight=1.0))
+
+
+def test_resumed_hidden_matching_equals_an_uninterrupted_run(tiny_source, tmp_path):
+    data = _data(tiny_source)
+    cfg = DistillConfig(steps=6, seq_len=32, batch_size=2, lr=3e-3, warmup=1, checkpoint_every=3, hidden_weight=0.5)
+    whole = distill(tiny_source, make_student(tiny_source, StudentConfig(num_layers=1)), data, cfg,
+                    out_dir=tmp_path / "a", progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(done, _module):
+        if done == 4:  # after the step-3 checkpoint
+            raise Stop
+
+    with pytest.raises(Stop):
+        distill(tiny_source, make_student(tiny_source, StudentConfig(num_layers=1)), data, cfg,
+                out_dir=tmp_path / "b", progress=False, on_step=interrupt)
+    assert latest_checkpoint(tmp_path / "b" / "checkpoints").name == "step-000003.pt"
+    resumed = distill(tiny_source, make_student(tiny_source, StudentConfig(num_layers=1)), data, cfg,
+                      out_dir=tmp_path / "b", resume=True, progress=False)
+    for a, b in zip(whole.module.state_dict().values(), resumed.module.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    w, r = whole.spec.extra["compression"][-1], resumed.spec.extra["compression"][-1]
+    keys = ("hidden_first", "hidden_last", "loss_last")
+    assert [w[k] for k in keys] == [r[k] for k in keys]

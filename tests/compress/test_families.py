@@ -162,8 +162,11 @@ def test_cli_compress_and_distill_a_gemma_folder(family_source, tmp_path, capsys
     text.write_text("\n".join(CORPUS * 3))
     student = tmp_path / "s"
     assert main(["distill", folder, "--layers", "2", "--intermediate", "64", "--text", str(text), "--steps", "2",
-                 "--seq-len", "32", "--checkpoint-every", "0", "-o", str(student), "--json"]) == 0
+                 "--seq-len", "32", "--checkpoint-every", "0", "--hidden-weight", "1", "-o", str(student),
+                 "--json"]) == 0
     assert load_model(student).spec.num_layers == 2
+    step = json.loads((student / "edgeslm_compression.json").read_text())[-1]
+    assert step["hidden_weight"] == 1.0 and step["hidden_pairs"] == [[0, 0], [1, 2]]  # layers 0 and 2 of 3
 
 
 # -- what the table above does not run per family (issue #19): Wanda unstructured, whitened low-rank

@@ -56,6 +56,7 @@ def _recipe(tmp_path, text=RECIPE) -> Path:
     ('[[step]]\nkind = "prune"\nmethod = "wanda"', "wanda needs amount"),
     ('[[step]]\nkind = "lowrank"', "exactly one of energy or size"),
     ('[[step]]\nkind = "recover"\nsteps = 10\ntokens = 100', "steps or tokens, not both"),
+    ('[[step]]\nkind = "recover"\nhidden_weight = -1.0', "hidden_weight must be >= 0"),
     ('[[step]]\nkind = "quantize"\nmethod = "awq"', "method must be one of rtn, gptq"),
     ('[[step]]\nkind = "quantize"\n[[step]]\nkind = "recover"', "step 2 (recover) after quantize"),
     ('[[step]]\nkind = "lowrank"\nsize = 0.5\n[[step]]\nkind = "prune"\nheads = 0.5', "prune before lowrank"),
@@ -239,7 +240,7 @@ def test_recover_on_teacher_text_from_the_step_input_and_a_bad_model_leaves_noth
     f = tmp_path / "r.toml"
     f.write_text('[[step]]\nkind = "prune"\nmethod = "magnitude"\namount = 0.5\n'
                  '[[step]]\nkind = "recover"\nteacher = "input"\nsteps = 2\nseq_len = 16\nbatch_size = 2\n'
-                 'generate_tokens = 8\nsamples = 1\ncheckpoint_every = 0\n')
+                 'generate_tokens = 8\nsamples = 1\ncheckpoint_every = 0\nhidden_weight = 0.5\n')
     out = tmp_path / "out"
     assert main(["recipe", "run", str(f), "-m", str(tmp_path / "no-such-model"), "-o", str(out)]) == 1
     assert not out.exists()
@@ -252,3 +253,5 @@ def test_recover_on_teacher_text_from_the_step_input_and_a_bad_model_leaves_noth
     from edgeslm.compress.model import load_model
 
     assert sparsity(load_model(out / "02-recover").module) == pytest.approx(0.5)  # keep_zeros = auto
+    recovered = load_model(out / "02-recover").spec.extra["compression"][-1]
+    assert recovered["hidden_weight"] == 0.5 and recovered["hidden_pairs"] == [[0, 0], [1, 1]]  # same depth
