@@ -88,6 +88,9 @@ def _load(model, steps):
               help="query: remove query heads inside each KV group; kv_group: remove whole KV groups.")
 @click.option("--calibration", type=click.Path(exists=True, path_type=Path), default=None,
               help="Text file scoring heads/channels by activation [default: built-in text].")
+@click.option("--calibration-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Tokens of calibration text every calibrated step reads (sparsegpt wants 2048+ of real "
+              "text: --calibration; the built-in text is ~100 tokens, repeated).")
 @click.option("--low-rank-energy", type=float, default=None, help="Low-rank: keep this fraction of sigma^2 per layer.")
 @click.option("--low-rank-size", type=float, default=None, help="Low-rank: keep this fraction of each layer's weights.")
 @click.option("--low-rank-targets", default="mlp", show_default=True,
@@ -103,6 +106,11 @@ def _load(model, steps):
               "updates the kept weights (second order). Both keep far more quality than magnitude.")
 @click.option("--sparsity-pattern", default="unstructured", show_default=True,
               help="unstructured, or N:M such as 2:4 (wanda; implies 50% for 2:4).")
+@click.option("--sparsity-layerwise", type=click.Choice(["uniform", "owl"]), default="uniform", show_default=True,
+              help="owl: per-layer sparsity from each layer's share of outlier weights (wanda/sparsegpt, "
+              "unstructured), within --sparsity +- --owl-lambda, overall --sparsity.")
+@click.option("--owl-lambda", type=float, default=0.08, show_default=True,
+              help="OWL: how far a layer's sparsity may move from --sparsity.")
 @click.option("--int4", "int4_method", type=click.Choice(["gptq", "rtn"]), default=None,
               help="Put the decoder weights on the int4 grid (GPTQ: calibrated); export with -p int4 keeps them.")
 @click.option("--int4-grid", type=click.Choice(["onnx", "minmax"]), default="onnx", show_default=True,
@@ -112,9 +120,10 @@ def _load(model, steps):
 @_export_options
 @_report_option
 @json_option
-def compress_command(model, out_dir, prune_heads, prune_mlp, heads_mode, calibration, low_rank_energy,
-                     low_rank_size, low_rank_targets, low_rank_whiten, low_rank_global, sparsity, sparsity_method,
-                     sparsity_pattern, int4_method, int4_grid, int4_act_order, export_format, precision, bundle_dir, report, as_json):
+def compress_command(model, out_dir, prune_heads, prune_mlp, heads_mode, calibration, calibration_tokens,
+                     low_rank_energy, low_rank_size, low_rank_targets, low_rank_whiten, low_rank_global, sparsity,
+                     sparsity_method, sparsity_pattern, sparsity_layerwise, owl_lambda, int4_method, int4_grid,
+                     int4_act_order, export_format, precision, bundle_dir, report, as_json):
     """Compress MODEL: structured pruning, low-rank factorization, sparsity, int4 weights (in
     that order, any combination), then optionally export with a quantization precision.
 
@@ -124,6 +133,8 @@ def compress_command(model, out_dir, prune_heads, prune_mlp, heads_mode, calibra
       edgeslm compress smollm2-135m --low-rank-energy 0.5 -o out/lowrank --export onnx
       edgeslm compress out/pruned --sparsity 0.5 -o out/sparse --report
       edgeslm compress smollm2-135m --sparsity-method wanda --sparsity-pattern 2:4 -o out/24
+      edgeslm compress smollm2-135m --sparsity 0.5 --sparsity-method sparsegpt --sparsity-layerwise owl \\
+          --calibration notes.txt --calibration-tokens 2048 -o out/sparse
       edgeslm compress smollm2-135m --low-rank-size 0.74 --low-rank-targets mlp,attention \\
           --low-rank-whiten --low-rank-global -o out/lr
       edgeslm compress MODEL --int4 gptq -o out/gptq --export onnx --precision int4
@@ -136,7 +147,8 @@ def compress_command(model, out_dir, prune_heads, prune_mlp, heads_mode, calibra
         from ..compress.data import read_text
         from ..compress.prune import StructuredPruneConfig, structured_prune
 
-        cfg = StructuredPruneConfig(head_ratio=prune_heads, mlp_ratio=prune_mlp, heads_mode=heads_mode)
+        cfg = StructuredPruneConfig(head_ratio=prune_heads, mlp_ratio=prune_mlp, heads_mode=heads_mode,
+                                    calibration_tokens=calibration_tokens)
         with steps.step("Structured pruning"):
             try:
                 result = structured_prune(result, cfg, read_text(calibration) if calibration else None)
@@ -152,40 +164,48 @@ def compress_command(model, out_dir, prune_heads, prune_mlp, heads_mode, calibra
 
         cfg = LowRankConfig(energy=low_rank_energy, size_ratio=low_rank_size,
                             targets=tuple(t.strip() for t in low_rank_targets.split(",") if t.strip()),
-                            whiten=low_rank_whiten, allocation="global" if low_rank_global else "uniform")
+                            whiten=low_rank_whiten, allocation="global" if low_rank_global else "uniform",
+                            calibration_tokens=calibration_tokens)
         with steps.step("Low-rank factorization"):
             try:
                 result = low_rank_factorize(result, cfg, text)
             except ValueError as exc:
                 raise click.UsageError(str(exc)) from exc
-    if sparsity or sparsity_pattern != "unstructured":
-        if sparsity_method != "magnitude":
-            from ..compress.sparsity import SparsityConfig, activation_sparsify
-
-            what = sparsity_pattern if sparsity_pattern != "unstructured" else f"{sparsity:.0%}"
-            cfg = SparsityConfig(sparsity or 0.5, pattern=sparsity_pattern, method=sparsity_method)
-            with steps.step(f"{sparsity_method} sparsity ({what})"):
-                try:
-                    result = activation_sparsify(result, cfg, text)
-                except ValueError as exc:
-                    raise click.UsageError(str(exc)) from exc
-        else:
-            if sparsity_pattern != "unstructured":
-                raise click.UsageError("--sparsity-pattern N:M needs --sparsity-method wanda or sparsegpt")
-            from ..compress.prune import MagnitudePruneConfig, magnitude_prune
-
-            with steps.step(f"Magnitude pruning to {sparsity:.0%} sparsity"):
-                result = magnitude_prune(result, MagnitudePruneConfig(sparsity=sparsity))
+    if sparsity or sparsity_pattern != "unstructured" or sparsity_layerwise != "uniform":
+        result = _sparsify(result, text, steps, sparsity, sparsity_method, sparsity_pattern, sparsity_layerwise,
+                           owl_lambda, calibration_tokens)
     if int4_method:
         from ..compress.gptq import QuantizeConfig, quantize_weights
 
         with steps.step(f"int4 weights ({int4_method})"):
-            result = quantize_weights(result, QuantizeConfig(method=int4_method, grid=int4_grid,
-                                                             act_order=int4_act_order), text)
+            result = quantize_weights(result, QuantizeConfig(method=int4_method, grid=int4_grid, act_order=int4_act_order,
+                                                             calibration_tokens=calibration_tokens), text)
     if result is source and not export_format:
         raise click.UsageError("nothing to do: give a technique (--prune-heads/--prune-mlp, --low-rank-energy, "
                                "--sparsity, --int4) or --export with a --precision")
     _finish(source, result, out_dir, export_format, precision, bundle_dir, report, as_json, steps)
+
+
+def _sparsify(result, text, steps, sparsity, method, pattern, layerwise, owl_lambda, calibration_tokens):
+    """The --sparsity step: magnitude, or Wanda / SparseGPT (uniform or OWL per-layer ratios)."""
+    if method == "magnitude":
+        if pattern != "unstructured" or layerwise != "uniform":
+            raise click.UsageError("--sparsity-pattern N:M and --sparsity-layerwise owl need --sparsity-method "
+                                   "wanda or sparsegpt")
+        from ..compress.prune import MagnitudePruneConfig, magnitude_prune
+
+        with steps.step(f"Magnitude pruning to {sparsity:.0%} sparsity"):
+            return magnitude_prune(result, MagnitudePruneConfig(sparsity=sparsity))
+    from ..compress.sparsity import SparsityConfig, activation_sparsify
+
+    sparsity = sparsity or 0.5  # N:M, or OWL alone: 50%
+    what = pattern if pattern != "unstructured" else f"{sparsity:.0%}" + (", OWL per-layer" if layerwise == "owl" else "")
+    cfg = SparsityConfig(sparsity, pattern=pattern, method=method, layerwise=layerwise, owl_lambda=owl_lambda)
+    with steps.step(f"{method} sparsity ({what})"):
+        try:
+            return activation_sparsify(result, cfg, text, calibration_tokens)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from exc
 
 
 @cli.command("distill")
