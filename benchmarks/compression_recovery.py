@@ -151,7 +151,7 @@ def main(argv=None) -> int:
         row = {"row": name, "parameters": start.spec.num_parameters, "build_cpu_minutes": round(build_cpu / 60, 2),
                "teacher_text_cpu_minutes": round(t_cpu / 60, 2) if data is not docs else 0.0,
                "train_tokens": sum(len(s) for s in data), "config": {k: v for k, v in vars(cfg).items()},
-               "points": []}
+               "compression": start.spec.extra.get("compression", [])[-1:], "points": []}
         results["rows"][name] = row
         eval_cpu = [0.0]
         t_start = time.process_time()
