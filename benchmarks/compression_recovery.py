@@ -14,6 +14,8 @@ run. CPU-minutes are process CPU time of compression + training so far, evaluati
 Rows:
   pruned       structured -24.7% (heads 9->6, MLP 1536->1024) + KD
   wanda50      Wanda 50% unstructured + KD with the zeros kept
+  wanda50_owl, sparsegpt50, sparsegpt50_owl
+               the same with OWL per-layer ratios (--owl-lambda) and/or SparseGPT (--calib-tokens 2048+)
   lowrank      whitened SVD, ranks by sensitivity, 74% of the linears' weights (-20.5%) + KD
   student_kd   4-layer student (MLP 1024) trained on the teacher's logits
   student_ce   the same student, same text and steps, trained on the text alone (no teacher)
@@ -90,8 +92,10 @@ def build(name: str, source, args):
     cal = calibration_text()
     if name == "pruned":
         return structured_prune(source, StructuredPruneConfig(head_ratio=0.34, mlp_ratio=1 / 3), cal), {"lr": 2e-4}
-    if name == "wanda50":
-        return activation_sparsify(source, SparsityConfig(0.5), cal, args.calib_tokens), {"lr": 1e-4, "keep_zeros": True}
+    if name in ("wanda50", "wanda50_owl", "sparsegpt50", "sparsegpt50_owl"):
+        cfg = SparsityConfig(0.5, method=name.split("50")[0], layerwise="owl" if name.endswith("_owl") else "uniform",
+                             owl_lambda=args.owl_lambda)
+        return activation_sparsify(source, cfg, cal, args.calib_tokens), {"lr": 1e-4, "keep_zeros": True}
     if name == "lowrank":
         cfg = LowRankConfig(energy=None, size_ratio=0.74, targets=("mlp", "attention"), whiten=True,
                             allocation="global", calibration_tokens=args.lowrank_calib_tokens)
@@ -154,6 +158,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--calib-tokens", type=int, default=512)
     ap.add_argument("--lowrank-calib-tokens", type=int, default=2048)
+    ap.add_argument("--owl-lambda", type=float, default=0.08, help="the *_owl rows' per-layer bound")
     ap.add_argument("--teacher-samples", type=int, default=4)
     ap.add_argument("--teacher-tokens", type=int, default=96)
     ap.add_argument("--train-tokens", type=int, default=20000)
@@ -187,7 +192,7 @@ def main(argv=None) -> int:
         row = {"row": name, "parameters": start.spec.num_parameters, "build_cpu_minutes": round(build_cpu / 60, 2),
                "teacher_text_cpu_minutes": round(t_cpu / 60, 2) if data is not docs else 0.0,
                "train_tokens": sum(len(s) for s in data), "config": {k: v for k, v in vars(cfg).items()},
-               "points": []}
+               "compression": start.spec.extra.get("compression", [])[-1:], "points": []}
         results["rows"][name] = row
         eval_cpu = [0.0]
         t_start = time.process_time()

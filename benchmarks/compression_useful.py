@@ -2,6 +2,9 @@
 
     python benchmarks/compression_useful.py                    # every row, one at a time (~25-40 min, 2 cores)
     python benchmarks/compression_useful.py --only wanda50,gptq  # some rows; the others are kept from the JSON
+    python benchmarks/compression_useful.py --calib-tokens 2048 --threads 1 \
+        --only wanda50,wanda50_owl,sparsegpt50,sparsegpt50_owl,wanda24,sparsegpt24 \
+        --out benchmarks/results/compression_useful_owl.json   # per-layer (OWL) vs uniform sparsity
 
 Same prompts and metrics as benchmarks/compression_table.py (3 parity prompts x 32 greedy source
 tokens, teacher-forced; perplexity on its held-out lighthouse paragraph), scored on the torch
@@ -76,6 +79,10 @@ def rows(args):
         cfg = DistillConfig(steps=args.steps, seq_len=64, batch_size=4, lr=args.lr / 2, warmup=5, checkpoint_every=0)
         return distill(src, student, data, cfg, progress=False)
 
+    def sparse(method="wanda", pattern="unstructured", layerwise="uniform", lam=0.08):
+        cfg = SparsityConfig(0.5, pattern=pattern, method=method, layerwise=layerwise, owl_lambda=lam)
+        return lambda src: activation_sparsify(src, cfg, cal, ct)
+
     def sparse_recovered(pattern):
         def fn(src):
             student = activation_sparsify(src, SparsityConfig(0.5, pattern=pattern), cal, ct)
@@ -98,6 +105,15 @@ def rows(args):
                         lambda s: activation_sparsify(s, SparsityConfig(0.5, method="sparsegpt"), cal, ct)),
         "sparsegpt24": ("2:4 semi-structured, SparseGPT",
                         lambda s: activation_sparsify(s, SparsityConfig(0.5, pattern="2:4", method="sparsegpt"), cal, ct)),
+        "wanda50_owl": ("50% unstructured, Wanda, OWL per-layer ratios (lambda 0.08, M 5)", sparse(layerwise="owl")),
+        "wanda50_owl04": ("50% unstructured, Wanda, OWL (lambda 0.04, M 5)", sparse(layerwise="owl", lam=0.04)),
+        "wanda50_owl15": ("50% unstructured, Wanda, OWL (lambda 0.15, M 5)", sparse(layerwise="owl", lam=0.15)),
+        "sparsegpt50_owl": ("50% unstructured, SparseGPT, OWL per-layer ratios (lambda 0.08, M 5)",
+                            sparse("sparsegpt", layerwise="owl")),
+        "sparsegpt50_owl04": ("50% unstructured, SparseGPT, OWL (lambda 0.04, M 5)",
+                              sparse("sparsegpt", layerwise="owl", lam=0.04)),
+        "sparsegpt50_owl15": ("50% unstructured, SparseGPT, OWL (lambda 0.15, M 5)",
+                              sparse("sparsegpt", layerwise="owl", lam=0.15)),
         "magnitude24": ("2:4 semi-structured, magnitude (baseline)",
                         lambda s: _magnitude_24(s)),
         "svd": (f"low-rank, plain SVD, {args.keep:.0%} of linear weights per matrix",

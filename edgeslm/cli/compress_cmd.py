@@ -89,6 +89,9 @@ def _load(model, steps):
               help="query: remove query heads inside each KV group; kv_group: remove whole KV groups.")
 @click.option("--calibration", type=click.Path(exists=True, path_type=Path), default=None,
               help="Text file scoring heads/channels by activation [default: built-in text].")
+@click.option("--calibration-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Tokens of calibration text every calibrated step reads (sparsegpt wants 2048+ of real "
+              "text: --calibration; the built-in text is ~100 tokens, repeated).")
 @click.option("--low-rank-energy", type=float, default=None, help="Low-rank: keep this fraction of sigma^2 per layer.")
 @click.option("--low-rank-size", type=float, default=None, help="Low-rank: keep this fraction of each layer's weights.")
 @click.option("--low-rank-targets", default="mlp", show_default=True,
@@ -104,6 +107,11 @@ def _load(model, steps):
               "updates the kept weights (second order). Both keep far more quality than magnitude.")
 @click.option("--sparsity-pattern", default="unstructured", show_default=True,
               help="unstructured, or N:M such as 2:4 (wanda; implies 50% for 2:4).")
+@click.option("--sparsity-layerwise", type=click.Choice(["uniform", "owl"]), default="uniform", show_default=True,
+              help="owl: per-layer sparsity from each layer's share of outlier weights (wanda/sparsegpt, "
+              "unstructured), within --sparsity +- --owl-lambda, overall --sparsity.")
+@click.option("--owl-lambda", type=float, default=0.08, show_default=True,
+              help="OWL: how far a layer's sparsity may move from --sparsity.")
 @click.option("--int4", "int4_method", type=click.Choice(["gptq", "rtn"]), default=None,
               help="Put the decoder weights on the int4 grid (GPTQ: calibrated); export with -p int4 keeps them.")
 @click.option("--int4-grid", type=click.Choice(["onnx", "minmax"]), default="onnx", show_default=True,
@@ -113,9 +121,10 @@ def _load(model, steps):
 @_export_options
 @_report_option
 @json_option
-def compress_command(model, out_dir, prune_heads, prune_mlp, heads_mode, calibration, low_rank_energy,
-                     low_rank_size, low_rank_targets, low_rank_whiten, low_rank_global, sparsity, sparsity_method,
-                     sparsity_pattern, int4_method, int4_grid, int4_act_order, export_format, precision, bundle_dir, report, as_json):
+def compress_command(model, out_dir, prune_heads, prune_mlp, heads_mode, calibration, calibration_tokens,
+                     low_rank_energy, low_rank_size, low_rank_targets, low_rank_whiten, low_rank_global, sparsity,
+                     sparsity_method, sparsity_pattern, sparsity_layerwise, owl_lambda, int4_method, int4_grid,
+                     int4_act_order, export_format, precision, bundle_dir, report, as_json):
     """Compress MODEL: structured pruning, low-rank factorization, sparsity, int4 weights (in
     that order, any combination), then optionally export with a quantization precision.
 
@@ -125,6 +134,8 @@ def compress_command(model, out_dir, prune_heads, prune_mlp, heads_mode, calibra
       edgeslm compress smollm2-135m --low-rank-energy 0.5 -o out/lowrank --export onnx
       edgeslm compress out/pruned --sparsity 0.5 -o out/sparse --report
       edgeslm compress smollm2-135m --sparsity-method wanda --sparsity-pattern 2:4 -o out/24
+      edgeslm compress smollm2-135m --sparsity 0.5 --sparsity-method sparsegpt --sparsity-layerwise owl \\
+          --calibration notes.txt --calibration-tokens 2048 -o out/sparse
       edgeslm compress smollm2-135m --low-rank-size 0.74 --low-rank-targets mlp,attention \\
           --low-rank-whiten --low-rank-global -o out/lr
       edgeslm compress MODEL --int4 gptq -o out/gptq --export onnx --precision int4
@@ -133,11 +144,12 @@ def compress_command(model, out_dir, prune_heads, prune_mlp, heads_mode, calibra
     steps = current().steps()
     source = _load(model, steps)
     text = _calibration_text(calibration)
-    result = _prune(source, prune_heads, prune_mlp, heads_mode, text, steps)
+    result = _prune(source, prune_heads, prune_mlp, heads_mode, text, calibration_tokens, steps)
     result = _low_rank(result, low_rank_energy, low_rank_size, low_rank_targets, low_rank_whiten, low_rank_global,
-                       text, steps)
-    result = _sparsify(result, sparsity, sparsity_method, sparsity_pattern, text, steps)
-    result = _int4(result, int4_method, int4_grid, int4_act_order, text, steps)
+                       text, calibration_tokens, steps)
+    result = _sparsify(result, text, steps, sparsity, sparsity_method, sparsity_pattern, sparsity_layerwise,
+                       owl_lambda, calibration_tokens)
+    result = _int4(result, int4_method, int4_grid, int4_act_order, text, calibration_tokens, steps)
     if result is source and not export_format:
         raise click.UsageError("nothing to do: give a technique (--prune-heads/--prune-mlp, --low-rank-energy, "
                                "--sparsity, --int4) or --export with a --precision")
@@ -163,18 +175,19 @@ def _bad_values_are_usage_errors():
         raise click.UsageError(str(exc)) from exc
 
 
-def _prune(result, prune_heads, prune_mlp, heads_mode, text, steps):
+def _prune(result, prune_heads, prune_mlp, heads_mode, text, calibration_tokens, steps):
     """Structured pruning of heads and/or MLP channels, if asked."""
     if not (prune_heads or prune_mlp):
         return result
     from ..compress.prune import StructuredPruneConfig, structured_prune
 
-    cfg = StructuredPruneConfig(head_ratio=prune_heads, mlp_ratio=prune_mlp, heads_mode=heads_mode)
+    cfg = StructuredPruneConfig(head_ratio=prune_heads, mlp_ratio=prune_mlp, heads_mode=heads_mode,
+                                calibration_tokens=calibration_tokens)
     with steps.step("Structured pruning"), _bad_values_are_usage_errors():
         return structured_prune(result, cfg, text)
 
 
-def _low_rank(result, energy, size, targets, whiten, global_, text, steps):
+def _low_rank(result, energy, size, targets, whiten, global_, text, calibration_tokens, steps):
     """Low-rank factorization, if an energy or a size is given."""
     if energy is None and size is None:
         return result
@@ -182,38 +195,42 @@ def _low_rank(result, energy, size, targets, whiten, global_, text, steps):
 
     cfg = LowRankConfig(energy=energy, size_ratio=size,
                         targets=tuple(t.strip() for t in targets.split(",") if t.strip()),
-                        whiten=whiten, allocation="global" if global_ else "uniform")
+                        whiten=whiten, allocation="global" if global_ else "uniform",
+                        calibration_tokens=calibration_tokens)
     with steps.step("Low-rank factorization"), _bad_values_are_usage_errors():
         return low_rank_factorize(result, cfg, text)
 
 
-def _sparsify(result, sparsity, method, pattern, text, steps):
-    """Unstructured or N:M sparsity, if asked: by magnitude, or activation-aware (wanda, sparsegpt)."""
-    if not (sparsity or pattern != "unstructured"):
+def _sparsify(result, text, steps, sparsity, method, pattern, layerwise, owl_lambda, calibration_tokens):
+    """The --sparsity step, if asked: magnitude, or Wanda / SparseGPT (uniform or OWL per-layer ratios)."""
+    if not (sparsity or pattern != "unstructured" or layerwise != "uniform"):
         return result
     if method == "magnitude":
-        if pattern != "unstructured":
-            raise click.UsageError("--sparsity-pattern N:M needs --sparsity-method wanda or sparsegpt")
+        if pattern != "unstructured" or layerwise != "uniform":
+            raise click.UsageError("--sparsity-pattern N:M and --sparsity-layerwise owl need --sparsity-method "
+                                   "wanda or sparsegpt")
         from ..compress.prune import MagnitudePruneConfig, magnitude_prune
 
         with steps.step(f"Magnitude pruning to {sparsity:.0%} sparsity"):
             return magnitude_prune(result, MagnitudePruneConfig(sparsity=sparsity))
     from ..compress.sparsity import SparsityConfig, activation_sparsify
 
-    what = pattern if pattern != "unstructured" else f"{sparsity:.0%}"
-    cfg = SparsityConfig(sparsity or 0.5, pattern=pattern, method=method)
+    sparsity = sparsity or 0.5  # N:M, or OWL alone: 50%
+    what = pattern if pattern != "unstructured" else f"{sparsity:.0%}" + (", OWL per-layer" if layerwise == "owl" else "")
+    cfg = SparsityConfig(sparsity, pattern=pattern, method=method, layerwise=layerwise, owl_lambda=owl_lambda)
     with steps.step(f"{method} sparsity ({what})"), _bad_values_are_usage_errors():
-        return activation_sparsify(result, cfg, text)
+        return activation_sparsify(result, cfg, text, calibration_tokens)
 
 
-def _int4(result, method, grid, act_order, text, steps):
+def _int4(result, method, grid, act_order, text, calibration_tokens, steps):
     """Decoder weights put on an int4 grid (GPTQ or round-to-nearest), if asked."""
     if not method:
         return result
     from ..compress.gptq import QuantizeConfig, quantize_weights
 
     with steps.step(f"int4 weights ({method})"):
-        return quantize_weights(result, QuantizeConfig(method=method, grid=grid, act_order=act_order), text)
+        return quantize_weights(result, QuantizeConfig(method=method, grid=grid, act_order=act_order,
+                                                       calibration_tokens=calibration_tokens), text)
 
 
 @cli.command("distill")

@@ -70,7 +70,10 @@ class PruneStep:
     heads_mode: str = "query"  # structured: query (KV cache unchanged) | kv_group (whole KV groups)
     amount: float = 0.0  # structured: heads = mlp = amount when those are not given; else the sparsity
     pattern: str = "unstructured"  # sparsity: unstructured | N:M such as 2:4 (wanda, sparsegpt)
-    calibration_tokens: int = 256  # tokens of calibration text scored (activation-aware methods)
+    layerwise: str = "uniform"  # wanda/sparsegpt unstructured: uniform | owl (per-layer ratios by outlier share)
+    owl_lambda: float = 0.08  # owl: every layer's sparsity within amount +- owl_lambda
+    owl_m: float = 5.0  # owl: an outlier is a score above owl_m x its layer's mean
+    calibration_tokens: int = 256  # tokens of calibration text scored (activation-aware; sparsegpt: 2048+)
     calibration: str = ""  # text file for this step [default: the recipe's, else built-in text]
 
     def check(self) -> None:
@@ -83,7 +86,7 @@ class PruneStep:
                 raise ValueError("pattern is for sparsity methods, not structured pruning")
             if not (self.heads or self.mlp or self.amount):
                 raise ValueError("structured pruning needs heads, mlp or amount > 0")
-            return
+            return self._check_owl()
         if self.heads or self.mlp:
             raise ValueError(f"heads/mlp are for method = \"structured\"; {self.method} takes amount (and pattern)")
         if self.pattern != "unstructured":
@@ -91,13 +94,25 @@ class PruneStep:
                 raise ValueError("pattern is 'unstructured' or N:M such as '2:4' (wanda or sparsegpt)")
         elif not self.amount:
             raise ValueError(f"{self.method} needs amount, the fraction of weights zeroed (e.g. 0.5)")
+        self._check_owl()
+
+    def _check_owl(self) -> None:
+        _choice("layerwise", self.layerwise, ("uniform", "owl"))
+        if self.layerwise == "owl":
+            if self.method not in ("wanda", "sparsegpt") or self.pattern != "unstructured":
+                raise ValueError("layerwise = \"owl\" is for unstructured wanda or sparsegpt (N:M is uniform)")
+            if not (self.owl_lambda > 0 and 0 <= self.amount - self.owl_lambda and self.amount + self.owl_lambda < 1):
+                raise ValueError(f"owl_lambda must be > 0 with amount +- owl_lambda inside [0, 1), not {self.owl_lambda}")
+            if not self.owl_m > 0:
+                raise ValueError(f"owl_m must be > 0, not {self.owl_m}")
 
     def describe(self) -> str:
         if self.method == "structured":
             h, m = self.heads or self.amount, self.mlp or self.amount
             return f"structured pruning: heads -{h:.0%}, MLP -{m:.0%}"
         what = self.pattern if self.pattern != "unstructured" else f"{self.amount:.0%}"
-        return f"{self.method} sparsity {what}"
+        owl = f" (OWL per-layer, +-{self.owl_lambda:g})" if self.layerwise == "owl" else ""
+        return f"{self.method} sparsity {what}{owl}"
 
 
 @dataclass(frozen=True)

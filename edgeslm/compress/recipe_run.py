@@ -274,7 +274,8 @@ class Runner:
             return _technique(magnitude_prune, model, MagnitudePruneConfig(sparsity=p.amount))
         from .sparsity import SparsityConfig, activation_sparsify
 
-        cfg = SparsityConfig(p.amount or 0.5, pattern=p.pattern, method=p.method)
+        cfg = SparsityConfig(p.amount or 0.5, pattern=p.pattern, method=p.method, layerwise=p.layerwise,
+                             owl_lambda=p.owl_lambda, owl_m=p.owl_m)
         return _technique(activation_sparsify, model, cfg, text, p.calibration_tokens)
 
     def _lowrank(self, p, model, folder, entry):
