@@ -79,7 +79,9 @@ def test_smollm2_int8_in_llm_pipeline(smollm2_source, tmp_path_factory):
     from edgeslm.testing import engine_greedy
 
     out = tmp_path_factory.mktemp("smollm2-ov") / "int8"
-    export_model(smollm2_source, out, format="openvino", precision="int8", context_length=256, parity_tokens=8)
+    # the default parity (3 x 32 tokens): on 3 x 8 the 95% gate allows one flipped near-tie, and this
+    # int8 IR flips two of 24 on an AVX2 machine (22/24 = 91.7%) while 96 tokens pass
+    export_model(smollm2_source, out, format="openvino", precision="int8", context_length=256)
     with edgeslm.load(out) as m:
         text = m.tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
         prompt = m.tokenizer.encode(text)
