@@ -209,35 +209,42 @@ class Runner:
             if current is None:
                 with self.steps.step(f"Loading {current_dir.name}"):
                     current = load_model(current_dir)
-            entry.update(status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"))
-            self._save()
-            cpu0, wall0 = time.process_time(), time.perf_counter()
-            try:
-                if s.kind in ("recover", "export"):  # their own progress (a loss bar; export's steps)
-                    self.note(f"{title} ...")
-                    result = getattr(self, f"_{s.kind}")(s.params, current, folder, entry)
-                else:
-                    with self._spinner.step(title):  # our closing line below adds the CPU time
-                        result = getattr(self, f"_{s.kind}")(s.params, current, folder, entry)
-            except BaseException as exc:  # Ctrl-C or an error: the state says so, --resume reruns the step
-                entry.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-                             error=str(exc) or type(exc).__name__)
-                self._save()
-                raise
-            entry.update(status="done", cpu_seconds=round(time.process_time() - cpu0, 2),
-                         wall_seconds=round(time.perf_counter() - wall0, 2))
+            result = self._run_step(s, current, entry, folder, title)
             if s.kind in MODEL_KINDS:
-                from .model import save_hf_folder
-
-                save_hf_folder(result, folder)
-                shutil.rmtree(folder / "checkpoints", ignore_errors=True)
-                entry["parameters"] = result.spec.num_parameters
                 current, current_dir = result, folder
-            self._save()
-            self.note(f"✓ {title} ({entry['wall_seconds']:.1f} s, {entry['cpu_seconds'] / 60:.2f} CPU-min)")
             if self.evaluate:
                 self._measure_step(entry, s, result if s.kind in MODEL_KINDS else None, folder)
         return self._finish(stopped)
+
+    def _run_step(self, s: Step, current, entry: dict, folder: Path, title: str):
+        """Run one step on ``current``, its state saved before and after (an interrupt or an error
+        marks it, --resume reruns it); a model step's result is also saved to ``folder``."""
+        entry.update(status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        self._save()
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        try:
+            if s.kind in ("recover", "export"):  # their own progress (a loss bar; export's steps)
+                self.note(f"{title} ...")
+                result = getattr(self, f"_{s.kind}")(s.params, current, folder, entry)
+            else:
+                with self._spinner.step(title):  # our closing line below adds the CPU time
+                    result = getattr(self, f"_{s.kind}")(s.params, current, folder, entry)
+        except BaseException as exc:  # Ctrl-C or an error: the state says so, --resume reruns the step
+            entry.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                         error=str(exc) or type(exc).__name__)
+            self._save()
+            raise
+        entry.update(status="done", cpu_seconds=round(time.process_time() - cpu0, 2),
+                     wall_seconds=round(time.perf_counter() - wall0, 2))
+        if s.kind in MODEL_KINDS:
+            from .model import save_hf_folder
+
+            save_hf_folder(result, folder)
+            shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+            entry["parameters"] = result.spec.num_parameters
+        self._save()
+        self.note(f"✓ {title} ({entry['wall_seconds']:.1f} s, {entry['cpu_seconds'] / 60:.2f} CPU-min)")
+        return result
 
     def _measure_step(self, entry, step: Step, model, folder: Path) -> None:
         """The step's report row (a model step: its torch model; an export: the bundle's engine)."""
