@@ -240,8 +240,22 @@ class Step:
         return {"kind": self.kind, **_plain(dataclasses.asdict(self.params))}
 
     def digest(self) -> str:
-        """What identifies the step for --resume (its kind and every parameter, defaults included)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """What identifies the step for --resume (its kind and every parameter, defaults included).
+
+        A key added in a later release is left out while it holds the value that does what the
+        step did before the key existed, so a run started by an earlier release resumes with its
+        finished steps kept (:data:`ADDED_KEYS`)."""
+        d = {k: v for k, v in self.to_dict().items()
+             if not (k in ADDED_KEYS.get(self.kind, {}) and ADDED_KEYS[self.kind][k] == v)}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: keys added to a step kind after recipes shipped, with the value that keeps the earlier behaviour;
+#: a new key goes here, or every --resume of an older run redoes its steps of that kind
+ADDED_KEYS: dict[str, dict[str, Any]] = {
+    "prune": {"layerwise": "uniform", "owl_lambda": 0.08, "owl_m": 5.0},
+    "recover": {"hidden_weight": 0.0},
+}
 
 
 @dataclass(frozen=True)

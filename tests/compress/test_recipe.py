@@ -3,6 +3,7 @@ stopped (--stop-after), interrupted (Ctrl-C in the middle of recover), resumed, 
 its bundle run by `edgeslm run`."""
 
 import _thread
+import dataclasses
 import json
 import threading
 import time
@@ -109,6 +110,24 @@ def test_builtin_recipes_and_the_help_example_are_valid(capsys):
     assert main(["recipe", "run", "--help"]) == 0
     helptext = capsys.readouterr().out
     assert "--resume" in helptext and 'kind = "recover"' in helptext  # the help teaches with an example
+
+
+def test_digests_of_steps_written_before_keys_were_added_still_match():
+    """A run started before OWL (prune) and hidden-state matching (recover) existed resumes with its
+    finished steps kept: the digests below were computed by edgeslm at 21f196a, before those keys."""
+    from edgeslm.compress.recipe import ADDED_KEYS, PruneStep, RecoverStep, Step
+
+    prune = Step("prune", PruneStep(method="wanda", amount=0.5))
+    recover = Step("recover", RecoverStep(steps=100, lr=1e-4))
+    assert prune.digest() == "5ef3a725c9969d98" and recover.digest() == "1cf995c83db808c8"
+    # the keys still count when they change what the step does
+    assert Step("prune", PruneStep(method="wanda", amount=0.5, layerwise="owl")).digest() != prune.digest()
+    assert Step("prune", PruneStep(method="wanda", amount=0.5, owl_lambda=0.1)).digest() != prune.digest()
+    assert Step("recover", RecoverStep(steps=100, lr=1e-4, hidden_weight=1.0)).digest() != recover.digest()
+    # every listed key exists and its listed value is the field's default (what old recipes get)
+    for kind, cls in (("prune", PruneStep), ("recover", RecoverStep)):
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        assert all(defaults[k] == v for k, v in ADDED_KEYS[kind].items()), kind
 
 
 def test_recipe_runs_stops_is_interrupted_resumes_and_its_bundle_runs(family_source, tmp_path, capsys):
