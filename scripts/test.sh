@@ -8,7 +8,11 @@ bash scripts/setup.sh
 set +e
 # --durations=15: the 15 slowest tests close the report, so growth is visible run to run
 # (CI budget: install + every test, slow ones included, under 40 minutes on 2 cores)
-.venv/bin/python -m pytest --durations=15 --durations-min=1.0 "$@"
+# -n: pytest-xdist workers (EDGESLM_TEST_WORKERS, default 2; `-n 0` among the arguments runs in one
+# process). Most of the slow work is single-threaded tracing and conversion, so two workers on two
+# cores take ~0.6x the serial time; --dist loadgroup keeps the tests that share an expensive
+# fixture on one worker (conftest.SHARED_FIXTURES)
+.venv/bin/python -m pytest -n "${EDGESLM_TEST_WORKERS:-2}" --dist loadgroup --durations=15 --durations-min=1.0 "$@"
 code=$?
 set -e
 echo "scripts/test.sh: setup + tests took $((SECONDS / 60)) min $((SECONDS % 60)) s" >&2

@@ -101,13 +101,11 @@ def test_conversation_uses_the_chat_template(bundle_factory, tmp_path):
 
 
 @pytest.mark.slow
-def test_smollm2_in_litert_lm(smollm2_source, tmp_path_factory, tmp_path):
+def test_smollm2_in_litert_lm(smollm2_litert_fp32, tmp_path):
     """SmolLM2 fp32 (cache 256): LiteRT-LM's greedy answer to a chat prompt equals our engine's."""
     import edgeslm
-    from edgeslm.exporting import export_model
 
-    out = tmp_path_factory.mktemp("smollm2-litertlm") / "fp32"
-    export_model(smollm2_source, out, format="litert", context_length=256, parity_tokens=8)
+    out = smollm2_litert_fp32.path
     with edgeslm.load(out) as m:
         text = m.tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
     _check(out, [text], 16, tmp_path)

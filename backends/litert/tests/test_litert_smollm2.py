@@ -35,8 +35,8 @@ def test_smollm2_dynamic_int8_parity_and_chat(smollm2_source, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_smollm2_fp32_matches_the_source(smollm2_source, tmp_path_factory):
-    """fp32 .tflite: greedy top-1 agreement 100% with the source."""
-    p = _export(smollm2_source, tmp_path_factory, "fp32").manifest["parity"]
+def test_smollm2_fp32_matches_the_source(smollm2_litert_fp32):
+    """fp32 .tflite (the session's shared export): greedy top-1 agreement 100% with the source."""
+    p = smollm2_litert_fp32.manifest["parity"]
     assert p["passed"] and p["top1_agreement"] == 1.0 and p["kl_mean"] < 1e-6, p
     assert abs(p["perplexity_export"] - p["perplexity_source"]) < 0.01 * p["perplexity_source"]

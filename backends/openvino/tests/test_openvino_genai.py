@@ -70,18 +70,14 @@ def test_tokenizer_ir_matches_ours(bundle_factory):
 
 
 @pytest.mark.slow
-def test_smollm2_int8_in_llm_pipeline(smollm2_source, tmp_path_factory):
+def test_smollm2_int8_in_llm_pipeline(smollm2_openvino_int8):
     """SmolLM2 int8: LLMPipeline's greedy answer to a chat prompt equals our engine's, ids and text."""
     import openvino_genai as og
 
     import edgeslm
-    from edgeslm.exporting import export_model
     from edgeslm.testing import engine_greedy
 
-    out = tmp_path_factory.mktemp("smollm2-ov") / "int8"
-    # the default parity (3 x 32 tokens): on 3 x 8 the 95% gate allows one flipped near-tie, and this
-    # int8 IR flips two of 24 on an AVX2 machine (22/24 = 91.7%) while 96 tokens pass
-    export_model(smollm2_source, out, format="openvino", precision="int8", context_length=256)
+    out = smollm2_openvino_int8.path
     with edgeslm.load(out) as m:
         text = m.tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
         prompt = m.tokenizer.encode(text)
