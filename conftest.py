@@ -30,6 +30,7 @@ SHARED_FIXTURES = ("smollm2_onnx_bundle", "smollm2_litert_fp32", "smollm2_openvi
                    "micro_dir")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook turns the marks into node-id suffixes
 def pytest_collection_modifyitems(config, items):
     for item in items:
         used = [name for name in SHARED_FIXTURES if name in getattr(item, "fixturenames", ())]
