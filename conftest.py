@@ -38,7 +38,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group(used[0]))
 
 
-
 @pytest.fixture(scope="session")
 def tiny_hf(tmp_path_factory):
     """A 2-layer random Llama as a Hugging Face folder (safetensors + tokenizer.json)."""
