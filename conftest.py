@@ -23,9 +23,9 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-#: fixtures that export or train for minutes and are read by several tests: scripts/test.sh runs the
-#: suite on two pytest-xdist workers (``--dist loadgroup``), and every test that uses one of these is
-#: put in its group, so one worker builds it once (without the group each worker would build its own)
+#: fixtures that export or train for minutes and are read by several tests: with pytest-xdist workers
+#: (``EDGESLM_TEST_WORKERS=2 scripts/test.sh``, ``--dist loadgroup``) every test that uses one of these
+#: is put in its group, so one worker builds it once (without the group each worker would build its own)
 SHARED_FIXTURES = ("smollm2_onnx_bundle", "smollm2_litert_fp32", "smollm2_openvino_int8", "smollm2_coreml",
                    "micro_dir")
 
