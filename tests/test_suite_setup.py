@@ -1,4 +1,4 @@
-"""The test suite's own machinery: scripts/test.sh's parallel run keeps shared fixtures on one worker."""
+"""The test suite's own machinery: a parallel run (EDGESLM_TEST_WORKERS=2 scripts/test.sh) keeps shared fixtures on one worker."""
 
 import pytest
 
@@ -9,7 +9,7 @@ def test_xdist_groups_reach_the_scheduler(request):
     scheduler keeps each group on one worker. pytest 9.2 stopped reading the attribute xdist writes,
     which drops every group without a word, so each worker rebuilt the SmolLM2 exports: this fails then."""
     if not getattr(request.config.option, "loadgroup", False):
-        pytest.skip("not a pytest-xdist worker with --dist loadgroup (scripts/test.sh runs one)")
+        pytest.skip("not a pytest-xdist worker with --dist loadgroup (EDGESLM_TEST_WORKERS=2 bash scripts/test.sh runs one)")
     assert request.node.nodeid.endswith("@probe")
 
 
