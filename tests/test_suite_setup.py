@@ -1,4 +1,5 @@
-"""The test suite's own machinery: a parallel run (EDGESLM_TEST_WORKERS=2 scripts/test.sh) keeps shared fixtures on one worker."""
+"""The test suite's own machinery: a parallel run (EDGESLM_TEST_WORKERS=2 bash scripts/test.sh) keeps
+the tests that share an expensive fixture on one worker."""
 
 import pytest
 
@@ -9,7 +10,8 @@ def test_xdist_groups_reach_the_scheduler(request):
     scheduler keeps each group on one worker. pytest 9.2 stopped reading the attribute xdist writes,
     which drops every group without a word, so each worker rebuilt the SmolLM2 exports: this fails then."""
     if not getattr(request.config.option, "loadgroup", False):
-        pytest.skip("not a pytest-xdist worker with --dist loadgroup (EDGESLM_TEST_WORKERS=2 bash scripts/test.sh runs one)")
+        pytest.skip("not a pytest-xdist worker with --dist loadgroup "
+                    "(EDGESLM_TEST_WORKERS=2 bash scripts/test.sh runs one)")
     assert request.node.nodeid.endswith("@probe")
 
 
