@@ -12,8 +12,11 @@ set +e
 # took the clean-clone CI from 34 to 17 min, but in one of three 2-worker runs a worker died
 # ("node down: Not properly terminated") and the run then hung; until that is understood CI runs in
 # one process. --dist loadgroup keeps tests that share an expensive fixture on one worker
-# (conftest.SHARED_FIXTURES)
-.venv/bin/python -m pytest -n "${EDGESLM_TEST_WORKERS:-0}" --dist loadgroup --durations=15 --durations-min=1.0 "$@"
+# (conftest.SHARED_FIXTURES). --max-worker-restart=0: a worker that dies ends the run at once,
+# naming the test it was running ("worker gwN crashed while running ..."); pytest-xdist 3.8 can
+# hang for good when it replaces a crashed worker under loadgroup (its issues #1323, #1327, #1378)
+.venv/bin/python -m pytest -n "${EDGESLM_TEST_WORKERS:-0}" --dist loadgroup --max-worker-restart=0 \
+  --durations=15 --durations-min=1.0 "$@"
 code=$?
 set -e
 echo "scripts/test.sh: setup + tests took $((SECONDS / 60)) min $((SECONDS % 60)) s" >&2
