@@ -134,6 +134,112 @@ def teacher_forced(eng, prompt, tokens: list[int]) -> float:
     return hits / len(tokens)
 
 
+def wanted_combos(only: set[str]) -> list[tuple[str, str]]:
+    """(format, precision label) of every installed exporter: --only's labels, else the defaults."""
+    from edgeslm.plugins import EXPORTERS, available, get_exporter
+
+    combos = []
+    for fmt in available(EXPORTERS):
+        asked = [o.split(":", 1)[1] for o in only if o.startswith(fmt + ":")]  # any label, not just the defaults
+        for prec in (asked if only else DEFAULT_PRECISIONS.get(fmt, [])):
+            if label_options(prec)[0] in get_exporter(fmt).precisions:
+                combos.append((fmt, prec))
+    return combos
+
+
+def wanted(peer: str, module: str, only: set[str]) -> bool:
+    """Whether to run a peer: its package is installed and --only (if given) names it."""
+    return importlib.util.find_spec(module) is not None and (not only or peer in only)
+
+
+def genai_model(source, cache: Path) -> Path:
+    """onnxruntime-genai's own builder's int4 model of the source's weights (built once, cached)."""
+    import ortgenai_engine
+
+    t0 = time.perf_counter()
+    genai_dir = ortgenai_engine.build(source, cache / "ortgenai-int4")
+    print(f"onnxruntime-genai peer: {genai_dir} ({time.perf_counter() - t0:.1f} s; build times in "
+          f"{ortgenai_engine.STAMP})", flush=True)
+    return genai_dir
+
+
+def open_engines(bundles, threads: int, spec, args, gguf_path: Path, llamacpp: bool, genai_dir) -> dict:
+    """name -> (engine, bytes of weights) for every bundle and peer, at ``threads`` threads."""
+    from edgeslm.plugins import get_engine
+
+    engines = {}
+    for (fmt, prec), b in bundles.items():
+        engines[f"{fmt}/{prec}"] = (get_engine(fmt)(b, threads=threads), weight_bytes(b))
+        if fmt == "onnx" and args.spin_variant and threads > 1 and prec == "int4-gguf":  # the engine's default is on
+            engines[f"{fmt}/{prec}-nospin"] = (get_engine(fmt)(b, threads=threads, spinning=False), weight_bytes(b))
+    if llamacpp:
+        from llamacpp_engine import LlamaCppEngine
+
+        engines[LLAMACPP] = (LlamaCppEngine(str(gguf_path), spec, threads), gguf_path.stat().st_size)
+    if genai_dir is not None:
+        import ortgenai_engine
+
+        engines[ORTGENAI] = (ortgenai_engine.OrtGenaiEngine(genai_dir, spec, threads),
+                             ortgenai_engine.model_bytes(genai_dir))
+    return engines
+
+
+def agreement(engines, tokenizer, prompt, refs, results: dict) -> None:
+    """Warm every engine up; the first time an engine is seen, its teacher-forced agreement with
+    torch fp32 and (with llama.cpp) with llama.cpp's own 128 greedy tokens go into ``results``."""
+    from edgeslm.runtime.generator import Generator
+    from edgeslm.verify.parity import run_parity
+
+    ref_tokens = greedy_tokens(engines[LLAMACPP][0], prompt, 128) if LLAMACPP in engines else None
+    for name, (eng, _) in engines.items():
+        Generator(eng, tokenizer).generate(prompt, max_new_tokens=8, stop_on_eos=False)
+        if name not in results.get("agreement", {}):
+            rep = run_parity(eng, refs)
+            results.setdefault("agreement", {})[name] = {"top1": rep.top1_agreement, "kl_mean": rep.kl_mean}
+            if ref_tokens:
+                results["agreement"][name]["vs_llamacpp_greedy"] = teacher_forced(eng, prompt, ref_tokens)
+
+
+def timed_rounds(engines, tokenizer, prompt, args, threads: int) -> dict:
+    """``args.rounds`` interleaved rounds (A B C A B C ...): per engine, lists of each metric."""
+    from edgeslm.runtime.generator import Generator
+
+    samples = {k: {"decode": [], "prefill": [], "ttft": [], "overhead": [], "step_wall": [], "step_cpu": []}
+               for k in engines}
+    for r in range(args.rounds):
+        for name, (eng, _) in engines.items():
+            m = Generator(eng, tokenizer).generate(prompt, max_new_tokens=args.new_tokens, stop_on_eos=False).metrics
+            s = samples[name]
+            s["decode"].append(m.decode_tokens_per_s)
+            s["prefill"].append(m.prefill_tokens_per_s)
+            s["ttft"].append(m.time_to_first_token_s)
+            s["overhead"].append(m.generator_overhead)
+            wall, cpu = decode_steps(eng, prompt, args.new_tokens)
+            s["step_wall"].append(wall)
+            s["step_cpu"].append(cpu)
+        print(f"threads {threads} round {r + 1}/{args.rounds} done", flush=True)
+    return samples
+
+
+def summarize(engines, samples: dict, bw: float) -> dict:
+    """One row per engine (medians, ratio to llama.cpp, share of the bandwidth bound); closes the engines."""
+    rows = {}
+    for name, (eng, nbytes) in engines.items():
+        s = samples[name]
+        dec = statistics.median(s["decode"])
+        rows[name] = {"decode_tok_s": dec, "decode_min": min(s["decode"]), "decode_max": max(s["decode"]),
+                      "prefill_tok_s": statistics.median(s["prefill"]), "ttft_ms": statistics.median(s["ttft"]) * 1000,
+                      "generator_overhead": statistics.median(s["overhead"]), "weight_bytes": nbytes,
+                      "step_wall_ms": statistics.median(s["step_wall"]) * 1000,
+                      "step_cpu_ms": statistics.median(s["step_cpu"]) * 1000,
+                      "bound_tok_s": bw / nbytes, "fraction_of_bound": dec / (bw / nbytes)}
+        eng.close()
+    ref = rows.get(LLAMACPP, {}).get("decode_tok_s")
+    for row in rows.values():
+        row["ratio_to_llamacpp"] = row["decode_tok_s"] / ref if ref else None
+    return rows
+
+
 def main(argv=None) -> int:
     ap = parser(__doc__, rounds=5, cache="out/bench", only_help="comma list of format:precision[@graph][+opt=val], "
                 "llama.cpp, onnxruntime-genai")
@@ -142,94 +248,31 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from edgeslm.bench import machine_info, prompt_ids
-    from edgeslm.plugins import EXPORTERS, available, get_engine, get_exporter
-    from edgeslm.runtime.generator import Generator
-    from edgeslm.sources import load_source
-    from edgeslm.verify.parity import reference_run, run_parity
+    from edgeslm.sources import load_source, resolve_model_path
+    from edgeslm.verify.parity import reference_run
 
     only = only_set(args)
     source = load_source("smollm2-135m")
-    combos = []
-    for fmt in available(EXPORTERS):
-        asked = [o.split(":", 1)[1] for o in only if o.startswith(fmt + ":")]  # any label, not just the defaults
-        for prec in (asked if only else DEFAULT_PRECISIONS.get(fmt, [])):
-            if label_options(prec)[0] in get_exporter(fmt).precisions:
-                combos.append((fmt, prec))
-    bundles = export_all(source, combos, Path(args.cache))
-    have_ortgenai = importlib.util.find_spec("onnxruntime_genai") is not None and (not only or "onnxruntime-genai" in only)
-    if have_ortgenai:
-        import ortgenai_engine
-
-        t0 = time.perf_counter()
-        genai_dir = ortgenai_engine.build(source, Path(args.cache) / "ortgenai-int4")
-        print(f"onnxruntime-genai peer: {genai_dir} ({time.perf_counter() - t0:.1f} s; build times in "
-              f"{ortgenai_engine.STAMP})", flush=True)
+    bundles = export_all(source, wanted_combos(only), Path(args.cache))
+    genai_dir = genai_model(source, Path(args.cache)) if wanted("onnxruntime-genai", "onnxruntime_genai", only) else None
     tokenizer = next(iter(bundles.values())).load_tokenizer() if bundles else source.tokenizer
-    source_spec = source.spec
+    spec = next(iter(bundles.values())).spec if bundles else source.spec
     refs = reference_run(source, new_tokens=32)
     del source
     gc.collect()
-    have_llamacpp = importlib.util.find_spec("llama_cpp") is not None and (not only or "llama.cpp" in only)
-    if not have_llamacpp:
+    llamacpp = wanted("llama.cpp", "llama_cpp", only)
+    if not llamacpp:
         print("llama-cpp-python not installed: the peer column is missing (pip install llama-cpp-python)")
-    from edgeslm.sources import resolve_model_path
-
     gguf_path = resolve_model_path("smollm2-135m")[1]
-    spec = next(iter(bundles.values())).spec if bundles else None
     prompt = prompt_ids(tokenizer, args.prompt_tokens)
 
     bw = measure_bandwidth()
     results = {}
     for threads in thread_counts(args):
-        engines = {}
-        for (fmt, prec), b in bundles.items():
-            engines[f"{fmt}/{prec}"] = (get_engine(fmt)(b, threads=threads), weight_bytes(b))
-            if fmt == "onnx" and args.spin_variant and threads > 1 and prec == "int4-gguf":  # the engine's default is on
-                engines[f"{fmt}/{prec}-nospin"] = (get_engine(fmt)(b, threads=threads, spinning=False), weight_bytes(b))
-        if have_llamacpp:
-            from llamacpp_engine import LlamaCppEngine
-
-            engines[LLAMACPP] = (LlamaCppEngine(str(gguf_path), spec or source_spec, threads), gguf_path.stat().st_size)
-        if have_ortgenai:
-            engines[ORTGENAI] = (ortgenai_engine.OrtGenaiEngine(genai_dir, spec or source_spec, threads),
-                                 ortgenai_engine.model_bytes(genai_dir))
-        samples = {k: {"decode": [], "prefill": [], "ttft": [], "overhead": [], "step_wall": [], "step_cpu": []}
-                   for k in engines}
-        ref_tokens = greedy_tokens(engines[LLAMACPP][0], prompt, 128) if have_llamacpp else None
-        for name, (eng, _) in engines.items():  # warm-up + agreement (teacher-forced vs torch fp32)
-            Generator(eng, tokenizer).generate(prompt, max_new_tokens=8, stop_on_eos=False)
-            if name not in results.get("agreement", {}):
-                rep = run_parity(eng, refs)
-                results.setdefault("agreement", {})[name] = {"top1": rep.top1_agreement, "kl_mean": rep.kl_mean}
-                if ref_tokens:  # teacher-forced on llama.cpp's own greedy tokens (same GGUF), 128 tokens
-                    results["agreement"][name]["vs_llamacpp_greedy"] = teacher_forced(eng, prompt, ref_tokens)
-        for r in range(args.rounds):
-            for name, (eng, _) in engines.items():
-                m = Generator(eng, tokenizer).generate(prompt, max_new_tokens=args.new_tokens, stop_on_eos=False).metrics
-                s = samples[name]
-                s["decode"].append(m.decode_tokens_per_s)
-                s["prefill"].append(m.prefill_tokens_per_s)
-                s["ttft"].append(m.time_to_first_token_s)
-                s["overhead"].append(m.generator_overhead)
-                wall, cpu = decode_steps(eng, prompt, args.new_tokens)
-                s["step_wall"].append(wall)
-                s["step_cpu"].append(cpu)
-            print(f"threads {threads} round {r + 1}/{args.rounds} done", flush=True)
-        rows = {}
-        for name, (eng, nbytes) in engines.items():
-            s = samples[name]
-            dec = statistics.median(s["decode"])
-            rows[name] = {"decode_tok_s": dec, "decode_min": min(s["decode"]), "decode_max": max(s["decode"]),
-                          "prefill_tok_s": statistics.median(s["prefill"]), "ttft_ms": statistics.median(s["ttft"]) * 1000,
-                          "generator_overhead": statistics.median(s["overhead"]), "weight_bytes": nbytes,
-                          "step_wall_ms": statistics.median(s["step_wall"]) * 1000,
-                          "step_cpu_ms": statistics.median(s["step_cpu"]) * 1000,
-                          "bound_tok_s": bw / nbytes, "fraction_of_bound": dec / (bw / nbytes)}
-            eng.close()
-        ref = rows.get(LLAMACPP, {}).get("decode_tok_s")
-        for row in rows.values():
-            row["ratio_to_llamacpp"] = row["decode_tok_s"] / ref if ref else None
-        results[f"threads_{threads}"] = rows
+        engines = open_engines(bundles, threads, spec, args, gguf_path, llamacpp, genai_dir)
+        agreement(engines, tokenizer, prompt, refs, results)
+        samples = timed_rounds(engines, tokenizer, prompt, args, threads)
+        results[f"threads_{threads}"] = summarize(engines, samples, bw)
         del engines
         gc.collect()
 
