@@ -12,7 +12,8 @@ cosine schedule over ``--steps``), scored with the parity check's functions at t
 ``--evals`` (same prompts and metrics as benchmarks/compression_useful.py). A point of the curve is
 therefore a step of the longest run (its learning rate had not decayed yet), not a separate shorter
 run. CPU-minutes are process CPU time of compression + training so far, evaluation excluded.
-``--lr`` overrides every row's learning rate and stores the row as ``ROW@lrLR``. ``--big-eval``
+``--lr`` overrides every row's learning rate and stores the row as ``ROW@lrLR`` (``--seed``,
+distill's data-order seed, likewise as ``ROW@seedS``). ``--big-eval``
 adds a second, larger evaluation (``BIG_PROMPTS``, 64 greedy tokens each: 640 scored tokens
 against the default 96) to every point as ``top1_big`` / ``kl_big`` / ``big_tokens``; the
 96-token figures are unchanged.
@@ -107,17 +108,23 @@ def big_scores(ev_big, engine) -> dict:
     return {"top1_big": round(rep.top1_agreement, 4), "kl_big": round(rep.kl_mean, 4), "big_tokens": rep.tokens}
 
 
-def row_key(name: str, lr: float | None) -> str:
-    """A row's key in the results: its name, plus ``@lrLR`` when --lr overrides the rate."""
-    return name if lr is None else f"{name}@lr{lr:g}"
+def row_suffix(args) -> str:
+    """What a row's key adds to its name: ``@lrLR`` when --lr overrides the rate, ``@seedS`` when
+    --seed overrides distill's data-order seed."""
+    return (f"@lr{args.lr:g}" if args.lr is not None else "") + (f"@seed{args.seed}" if args.seed is not None else "")
 
 
-def reused_zero(results: dict, name: str, lr: float | None, big: bool) -> dict | None:
-    """The step-0 point of ROW (for ROW+hidden...), same --lr, if it was scored with the same
+def overrides(args) -> dict:
+    """The DistillConfig fields that --lr / --seed set for every row."""
+    return {k: v for k, v in (("lr", args.lr), ("seed", args.seed)) if v is not None}
+
+
+def reused_zero(results: dict, name: str, suffix: str, big: bool) -> dict | None:
+    """The step-0 point of ROW (for ROW+hidden...), same suffix, if it was scored with the same
     evaluations: the start model is the same, so it is not scored twice."""
     if "+" not in name:
         return None
-    base = results["rows"].get(row_key(name.split("+")[0], lr), {})
+    base = results["rows"].get(name.split("+")[0] + suffix, {})
     zero = [p for p in base.get("points", []) if p["step"] == 0 and (not big or "top1_big" in p)]
     return {**zero[0], "same_as": base["row"]} if zero else None
 
@@ -221,6 +228,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--lr", type=float, default=None,
                     help="learning rate for every row (default: each row's own); rows stored as ROW@lrLR")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="distill's data-order seed for every row (default 0); rows stored as ROW@seedS")
     ap.add_argument("--big-eval", action="store_true",
                     help=f"also score {len(BIG_PROMPTS)} more prompts x {BIG_NEW_TOKENS} tokens (top1_big, kl_big)")
     ap.add_argument("--hidden-weight", type=float, default=1.0, help="hidden_weight of the ROW+hidden rows")
@@ -247,9 +256,8 @@ def main(argv=None) -> int:
         p0 = time.process_time()
         start, over = build(name, source, args)
         build_cpu = time.process_time() - p0
-        if args.lr is not None:
-            over = {**over, "lr": args.lr}
-        key = row_key(name, args.lr)
+        over = {**over, **overrides(args)}
+        key = name + row_suffix(args)
         data = docs if name.startswith("student") else t_ids + docs
         cfg = DistillConfig(steps=args.steps, seq_len=args.seq, batch_size=args.batch, warmup=10,
                             checkpoint_every=0, **over)
@@ -287,7 +295,7 @@ def main(argv=None) -> int:
                   f"ppl {pt['perplexity_export']:.1f}{big}  train cpu {pt['train_cpu_minutes']} min  "
                   f"wall {pt['wall_minutes']} min  load {pt['load']}", flush=True)
 
-        zero = reused_zero(results, name, args.lr, ev_big is not None)
+        zero = reused_zero(results, name, row_suffix(args), ev_big is not None)
         if 0 in evals and zero:
             row["points"].append(zero)
         elif 0 in evals:
