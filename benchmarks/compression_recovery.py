@@ -4,12 +4,19 @@
     python benchmarks/compression_recovery.py --rows student_kd,student_ce --steps 150
     python benchmarks/compression_recovery.py --rows pruned,pruned+hidden --steps 60 --evals 0,30,60 \
         --out benchmarks/results/compression_recovery_hidden.json
+    python benchmarks/compression_recovery.py --rows wanda50 --lr 3e-4 --steps 100 --evals 0,50,100 --big-eval \
+        --out benchmarks/results/compression_recovery_lr.json
 
 One training run per row (``edgeslm.compress.distill.distill``, KD on the teacher's logits,
 cosine schedule over ``--steps``), scored with the parity check's functions at the steps in
 ``--evals`` (same prompts and metrics as benchmarks/compression_useful.py). A point of the curve is
 therefore a step of the longest run (its learning rate had not decayed yet), not a separate shorter
 run. CPU-minutes are process CPU time of compression + training so far, evaluation excluded.
+``--lr`` overrides every row's learning rate and stores the row as ``ROW@lrLR`` (``--seed``,
+distill's data-order seed, likewise as ``ROW@seedS``). ``--big-eval``
+adds a second, larger evaluation (``BIG_PROMPTS``, 64 greedy tokens each: 640 scored tokens
+against the default 96) to every point as ``top1_big`` / ``kl_big`` / ``big_tokens``; the
+96-token figures are unchanged.
 
 Rows:
   pruned       structured -24.7% (heads 9->6, MLP 1536->1024) + KD
@@ -64,6 +71,62 @@ PROMPTS = (
     "<|im_start|>user\nWrite a Python function that reverses a string.<|im_end|>\n<|im_start|>assistant\n",
     "<|im_start|>user\nWhy do cats purr?<|im_end|>\n<|im_start|>assistant\n",
 )
+
+
+#: the --big-eval prompts: none is a teacher-text prompt (PROMPTS), a parity prompt
+#: (edgeslm.verify.parity.DEFAULT_PROMPTS) or a seed prompt (edgeslm.compress.data.SEED_PROMPTS)
+BIG_PROMPTS = (
+    "The Great Wall of China was built",
+    "In a recent study, researchers found that",
+    "The train left the station at dawn, and",
+    "Dear Sir or Madam,\n\nI am writing to",
+    "To install the package, run",
+    "class Stack:\n    def __init__(self):\n",
+    "for i in range(10):\n",
+    "<|im_start|>user\nHow does a refrigerator keep food cold?<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_start|>user\nSuggest a name for a small bakery.<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_start|>user\nWhat causes earthquakes?<|im_end|>\n<|im_start|>assistant\n",
+)
+BIG_NEW_TOKENS = 64
+
+
+def big_evaluator(source, enabled: bool):
+    """The --big-eval Evaluator (None without it). Its perplexity text is cut to 8 tokens (an
+    Evaluator needs one; perplexity is the default evaluation's), so it costs the prompts only."""
+    if not enabled:
+        return None
+    from edgeslm.compress.evaluate import Evaluator
+
+    return Evaluator(source, prompts=BIG_PROMPTS, new_tokens=BIG_NEW_TOKENS, max_text_tokens=8)
+
+
+def big_scores(ev_big, engine) -> dict:
+    """top1_big / kl_big / big_tokens of ``engine`` on the big evaluation ({} without one)."""
+    if ev_big is None:
+        return {}
+    rep = ev_big.score(engine)
+    return {"top1_big": round(rep.top1_agreement, 4), "kl_big": round(rep.kl_mean, 4), "big_tokens": rep.tokens}
+
+
+def row_suffix(args) -> str:
+    """What a row's key adds to its name: ``@lrLR`` when --lr overrides the rate, ``@seedS`` when
+    --seed overrides distill's data-order seed."""
+    return (f"@lr{args.lr:g}" if args.lr is not None else "") + (f"@seed{args.seed}" if args.seed is not None else "")
+
+
+def overrides(args) -> dict:
+    """The DistillConfig fields that --lr / --seed set for every row."""
+    return {k: v for k, v in (("lr", args.lr), ("seed", args.seed)) if v is not None}
+
+
+def reused_zero(results: dict, name: str, suffix: str, big: bool) -> dict | None:
+    """The step-0 point of ROW (for ROW+hidden...), same suffix, if it was scored with the same
+    evaluations: the start model is the same, so it is not scored twice."""
+    if "+" not in name:
+        return None
+    base = results["rows"].get(name.split("+")[0] + suffix, {})
+    zero = [p for p in base.get("points", []) if p["step"] == 0 and (not big or "top1_big" in p)]
+    return {**zero[0], "same_as": base["row"]} if zero else None
 
 
 def teacher_ids(source, cache: Path, samples: int, new_tokens: int) -> tuple[list[list[int]], float]:
@@ -163,6 +226,12 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher-tokens", type=int, default=96)
     ap.add_argument("--train-tokens", type=int, default=20000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=None,
+                    help="learning rate for every row (default: each row's own); rows stored as ROW@lrLR")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="distill's data-order seed for every row (default 0); rows stored as ROW@seedS")
+    ap.add_argument("--big-eval", action="store_true",
+                    help=f"also score {len(BIG_PROMPTS)} more prompts x {BIG_NEW_TOKENS} tokens (top1_big, kl_big)")
     ap.add_argument("--hidden-weight", type=float, default=1.0, help="hidden_weight of the ROW+hidden rows")
     ap.add_argument("--save", default="", help="folder: save each row's final model there (HF folder)")
     ap.add_argument("--out", default=str(OUT))
@@ -178,6 +247,7 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     results, source, ev = setup(args, out)
+    ev_big = big_evaluator(source, args.big_eval)
     evals = sorted({int(e) for e in args.evals.split(",") if e})
     t_ids, t_cpu = teacher_ids(source, Path(args.teacher_cache), args.teacher_samples,
                                args.teacher_tokens)
@@ -186,14 +256,16 @@ def main(argv=None) -> int:
         p0 = time.process_time()
         start, over = build(name, source, args)
         build_cpu = time.process_time() - p0
+        over = {**over, **overrides(args)}
+        key = name + row_suffix(args)
         data = docs if name.startswith("student") else t_ids + docs
         cfg = DistillConfig(steps=args.steps, seq_len=args.seq, batch_size=args.batch, warmup=10,
                             checkpoint_every=0, **over)
-        row = {"row": name, "parameters": start.spec.num_parameters, "build_cpu_minutes": round(build_cpu / 60, 2),
+        row = {"row": key, "parameters": start.spec.num_parameters, "build_cpu_minutes": round(build_cpu / 60, 2),
                "teacher_text_cpu_minutes": round(t_cpu / 60, 2) if data is not docs else 0.0,
                "train_tokens": sum(len(s) for s in data), "config": {k: v for k, v in vars(cfg).items()},
                "compression": start.spec.extra.get("compression", [])[-1:], "points": []}
-        results["rows"][name] = row
+        results["rows"][key] = row
         eval_cpu = [0.0]
         t_start = time.process_time()
         w_start = time.perf_counter()
@@ -205,6 +277,7 @@ def main(argv=None) -> int:
             cand = derive(start, module, {"technique": "checkpoint", "step": step})
             rep = ev.score(TorchEngine(cand)).to_dict()
             rep["hidden_rel_err"] = held_out_hidden(source, cand, ev.text_ids)
+            rep.update(big_scores(ev_big, TorchEngine(cand)))
             if was_training:
                 module.train()
             train_cpu = (e0 - t_start) - eval_cpu[0]
@@ -212,19 +285,19 @@ def main(argv=None) -> int:
                   "train_cpu_minutes": round(train_cpu / 60, 2),
                   "total_cpu_minutes": round((build_cpu + train_cpu) / 60 + row["teacher_text_cpu_minutes"], 2),
                   "wall_minutes": round((time.perf_counter() - w_start) / 60, 2), "load": round(os.getloadavg()[0], 1),
-                  **{k: rep[k] for k in ("top1_agreement", "kl_mean", "perplexity_export", "hidden_rel_err")
-                     if k in rep}}
+                  **{k: rep[k] for k in ("top1_agreement", "kl_mean", "perplexity_export", "hidden_rel_err",
+                                         "top1_big", "kl_big", "big_tokens") if k in rep}}
             row["points"].append(pt)
             eval_cpu[0] += time.process_time() - e0
             save(results, out)
-            print(f"{name:11s} step {step:4d}  top1 {pt['top1_agreement']:.1%}  KL {pt['kl_mean']:.3f}  "
-                  f"ppl {pt['perplexity_export']:.1f}  train cpu {pt['train_cpu_minutes']} min  "
+            big = f"  big top1 {pt['top1_big']:.1%} KL {pt['kl_big']:.3f}" if "top1_big" in pt else ""
+            print(f"{key:11s} step {step:4d}  top1 {pt['top1_agreement']:.1%}  KL {pt['kl_mean']:.3f}  "
+                  f"ppl {pt['perplexity_export']:.1f}{big}  train cpu {pt['train_cpu_minutes']} min  "
                   f"wall {pt['wall_minutes']} min  load {pt['load']}", flush=True)
 
-        base = results["rows"].get(name.split("+")[0], {}) if "+" in name else {}
-        zero = [p for p in base.get("points", []) if p["step"] == 0]
-        if 0 in evals and zero:  # the same start model as its row without hidden matching: not scored twice
-            row["points"].append({**zero[0], "same_as": base["row"]})
+        zero = reused_zero(results, name, row_suffix(args), ev_big is not None)
+        if 0 in evals and zero:
+            row["points"].append(zero)
         elif 0 in evals:
             score(0, start.module)
 
@@ -241,7 +314,7 @@ def main(argv=None) -> int:
             row["hidden_loss_first_last"] = [last.get("hidden_first"), last.get("hidden_last")]
         out.write_text(json.dumps(results, indent=1, default=str) + "\n")
         if args.save:
-            save_hf_folder(model, Path(args.save) / name)
+            save_hf_folder(model, Path(args.save) / key)
         del model, start
     return 0
 
