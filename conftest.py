@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 
 import pytest
 
@@ -17,6 +18,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # the CLI's closing "✓ step (N s)" lines appear for steps of a second or more: on a busy machine
 # any step may take that long, so in-process CLI tests see none (tests of the lines unset it)
 os.environ.setdefault("EDGESLM_PROGRESS_MIN_S", "1e9")
+
+
+def pytest_configure(config):
+    """Give SIGINT its default meaning (KeyboardInterrupt) if the suite started with it ignored.
+
+    A shell without job control starts a background command (`cmd &`, `nohup cmd &`) with SIGINT
+    ignored, and every process it starts inherits that: the Ctrl-C tests (in-process, a chat on a
+    pseudo-terminal, `fleet collect` stopping on a signal) would then fail, as they did in such a run.
+    A handler, unlike "ignored", is reset to the default in children, so they get it back too."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _has(module: str) -> bool:

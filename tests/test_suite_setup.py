@@ -1,5 +1,10 @@
 """The test suite's own machinery: a parallel run (EDGESLM_TEST_WORKERS=2 bash scripts/test.sh) keeps
-the tests that share an expensive fixture on one worker."""
+the tests that share an expensive fixture on one worker; Ctrl-C means KeyboardInterrupt however the
+suite was started."""
+
+import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -26,3 +31,13 @@ def test_shared_fixtures_put_their_tests_in_one_group(request):
     for item in items:
         groups = [m.args[0] for m in item.iter_markers("xdist_group")]
         assert groups and groups[0] in shared, item.nodeid
+
+
+def test_sigint_is_not_ignored_here_nor_in_children():
+    """Started in the background by a shell without job control, the suite inherits SIGINT ignored;
+    the root conftest restores it, for this process and the processes it starts (the Ctrl-C tests
+    need both). Fails when the suite runs with SIGINT ignored and that hook is gone."""
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    child = subprocess.run([sys.executable, "-c", "import signal; print(signal.getsignal(signal.SIGINT))"],
+                           capture_output=True, text=True, check=True)
+    assert "default_int_handler" in child.stdout, child.stdout

@@ -109,7 +109,7 @@ def test_rollout_to_20_agents_good_bad_and_forged(fleet):
     assert ctl.create("good", _spec(fid, f["art"], "v2", v2, smoke, [1.0]), ids)["spec"]["stages"] == [0.1, 0.5, 1.0]
     r = ctl.run("good", poll_s=0.2, timeout_s=120)
     devs = store.rollout_devices("good")
-    assert r["state"] == "completed", (r, devs)
+    assert r["state"] == "completed", (r, [d for d in devs if d["state"] != "succeeded"])  # which device, and why
     assert [d["state"] for d in devs] == ["succeeded"] * N
     assert sorted({d["stage"] for d in devs}) == [0, 1, 2] and sum(d["stage"] == 0 for d in devs) == 2
     assert all(running(dep) == v2 and dep.slots.info(dep.slots.previous)["manifest_sha256"] == v1
