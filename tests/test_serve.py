@@ -350,3 +350,29 @@ def test_smollm2_answers_through_run_and_serve(smollm2_onnx_bundle, capsys):
             assert "Rome" in second.choices[0].message.content
         finally:
             s.stop()
+
+
+def test_the_agent_puts_back_the_sigterm_handler_it_replaced(onnx_bundle, tmp_path):
+    """In-process (an embedding program, a test runner): SIGTERM stops the agent cleanly, and
+    afterwards SIGTERM means what it meant before the agent started."""
+    from edgeslm.cli import main
+
+    def ours(*_):
+        pass
+
+    before = signal.signal(signal.SIGTERM, ours)
+
+    def stop_when_installed():
+        deadline = time.monotonic() + 60
+        while signal.getsignal(signal.SIGTERM) is ours and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        threading.Thread(target=stop_when_installed, daemon=True).start()
+        code = main(["agent", "--bundle", str(onnx_bundle), "--fleet", "t", "--device", "sig-1", "--http", "off",
+                     "--buffer", str(tmp_path / "q.db"), "--broker", "mqtt://127.0.0.1:9"])
+        assert code == 0
+        assert signal.getsignal(signal.SIGTERM) is ours
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -79,7 +79,7 @@ def agent_command(bundle, fleet_id, device, interval, buffer_path, buffer_max, h
     model, deployer = _attach_model(agent, bundle, state_dir, list(keys), options, artifact_ca_file)
     server = serve(agent, *http) if http else None
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())  # restored on the way out
     agent.start()
     if deployer is not None:
         deployer.start()
@@ -93,6 +93,7 @@ def agent_command(bundle, fleet_id, device, interval, buffer_path, buffer_max, h
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         _stop(agent, server, deployer)
 
 
