@@ -225,7 +225,7 @@ def ort_graph(mats: list, offsets: str, acc_level: int = 4):
     return model
 
 
-def ort_session(model, threads: int, path: Path):
+def ort_session(model, threads: int, path: Path, spin: bool = True):
     import onnx
     import onnxruntime as ort
 
@@ -234,6 +234,7 @@ def ort_session(model, threads: int, path: Path):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
@@ -301,11 +302,16 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=20, help="decode steps per variant per round (median)")
     ap.add_argument("--layers", type=int, default=30)
     ap.add_argument("--lm-head", action="store_true", help="also time the tied lm_head (Q8_0 49152 x 576) alone")
+    ap.add_argument("--no-spin", action="store_true",
+                    help="idle threads sleep: OMP_WAIT_POLICY=passive for the kernel, allow_spinning 0 for onnxruntime "
+                         "(default: both spin, onnxruntime's and libgomp's defaults)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "q4_1_kernel.json")
     args = ap.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
 
     uptime0 = os.popen("uptime").read().strip()
+    if args.no_spin:  # read by libgomp when the kernel's library loads it
+        os.environ["OMP_WAIT_POLICY"] = "passive"
     kernel = Kernel(build())
     paths = kernel.supported()
     print(f"kernel paths supported here: {paths}; auto = {kernel.lib.q41_resolve(0)}", flush=True)
@@ -343,7 +349,7 @@ def main(argv=None) -> int:
     for off in ("none", "rows"):
         model = ort_graph(mats, off)
         for t in threads:
-            sessions[(f"ort_{off}", t)] = ort_session(model, t, tmp / f"ort_{off}.onnx")
+            sessions[(f"ort_{off}", t)] = ort_session(model, t, tmp / f"ort_{off}_t{t}.onnx", spin=not args.no_spin)
         del model
     # ORT exactness of the rows form against the reference (int8 x inside MatMulNBits: report only)
     outs = sessions[("ort_rows", threads[0])].run(None, feeds)
@@ -375,13 +381,18 @@ def main(argv=None) -> int:
         hm = make_mats(rng, 0, lm_head=True)
         hx = {LM_HEAD[0]: xs[LM_HEAD[0]]}
         hb = Batch(kernel, hm, hx)
-        hs = {t: ort_session(ort_graph(hm, "none"), t, tmp / "ort_q8.onnx") for t in threads}
+        hs = {t: ort_session(ort_graph(hm, "none"), t, tmp / f"ort_q8_t{t}.onnx", spin=not args.no_spin) for t in threads}
+        feed_h = {f"x{LM_HEAD[0]}": hx[LM_HEAD[0]].reshape(1, -1)}
+        hr = {(w, t): [] for w in ("kernel", "ort") for t in threads}
+        for r in range(args.rounds):  # interleaved, as the step
+            for w, t in (list(hr) if r % 2 == 0 else list(hr)[::-1]):
+                fn = (lambda: hb.run(0, t)) if w == "kernel" else (lambda: hs[t].run(None, feed_h))
+                hr[(w, t)].append(timeit(fn, args.reps))
         for t in threads:
-            k_us = statistics.median([timeit(lambda: hb.run(0, t), args.reps) for _ in range(args.rounds)]) * 1e6
-            o_us = statistics.median([timeit(lambda: hs[t].run(None, {f"x{LM_HEAD[0]}": hx[LM_HEAD[0]].reshape(1, -1)}),
-                                             args.reps) for _ in range(args.rounds)]) * 1e6
+            k_us, o_us = (statistics.median(hr[(w, t)]) * 1e6 for w in ("kernel", "ort"))
             head[t] = {"kernel_us": k_us, "ort_us": o_us, "kernel_gb_s": bytes_read(hm, "kernel") / k_us / 1e3,
-                       "ort_gb_s": bytes_read(hm, "ort") / o_us / 1e3, "speedup": o_us / k_us}
+                       "ort_gb_s": bytes_read(hm, "ort") / o_us / 1e3, "speedup": o_us / k_us,
+                       "kernel_mb": bytes_read(hm, "kernel") / 1e6, "ort_mb": bytes_read(hm, "ort") / 1e6}
             print(f"lm_head Q8_0 {t} thread(s): kernel {k_us:.0f} us, ort {o_us:.0f} us ({o_us / k_us:.2f}x)", flush=True)
 
     rows = []
@@ -390,17 +401,18 @@ def main(argv=None) -> int:
         base = "kernel" if name.startswith("kernel") else name
         nbytes = bytes_read(mats, base)
         ref = statistics.median(runs[("ort_rows", t)]) * 1e6
-        rows.append({"variant": name, "threads": t, "us_per_step": us, "us_rounds": [x * 1e6 for x in runs[(name, t)]],
+        rows.append({"variant": name, "threads": t, "us_per_step": us, "us_min": min(runs[(name, t)]) * 1e6,
+                     "us_rounds": [x * 1e6 for x in runs[(name, t)]],
                      "weight_mb": nbytes / 1e6, "gb_s": nbytes / us / 1e3, "pct_of_bound": 100 * nbytes / us / 1e3 / (bw / 1e9),
                      "x_ort_rows": ref / us})
-    print(f"\n{'variant':22s} thr  us/step   MB   GB/s  %bound  x ort_rows")
+    print(f"\n{'variant':22s} thr  us/step  (min)   MB   GB/s  %bound  x ort_rows")
     for r in rows:
-        print(f"{r['variant']:22s} {r['threads']:3d} {r['us_per_step']:8.0f} {r['weight_mb']:5.1f} {r['gb_s']:6.1f}"
+        print(f"{r['variant']:22s} {r['threads']:3d} {r['us_per_step']:8.0f} {r['us_min']:6.0f} {r['weight_mb']:5.1f} {r['gb_s']:6.1f}"
               f" {r['pct_of_bound']:6.0f}% {r['x_ort_rows']:7.2f}")
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": _cpu(), "onnxruntime": ort.__version__,
               "uptime_at_start": uptime0, "uptime_at_end": os.popen("uptime").read().strip(), "loadavg_per_round": loads,
               "bandwidth_gb_s": bw / 1e9, "layers": args.layers, "products": len(mats), "rounds": args.rounds,
-              "reps": args.reps, "kernel_paths": paths, "check": check, "ort_rows_err_vs_fp32_x": ort_err,
+              "reps": args.reps, "spinning": not args.no_spin, "kernel_paths": paths, "check": check, "ort_rows_err_vs_fp32_x": ort_err,
               "rows": rows, "lm_head_q8_0": head}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
