@@ -30,12 +30,14 @@
  * sum (w+128) qx = sum w qx + 128 * sum qx, with sum qx known per block of x.
  *
  * Threads: OpenMP, the row groups of each matrix split into T contiguous ranges; a barrier after
- * each matrix (a decode step's products depend on each other); each thread quantizes x itself.
+ * each matrix (a decode step's products depend on each other; spin, then sched_yield: see
+ * barrier_wait); each thread quantizes x itself.
  * Build: gcc -O3 -shared -fPIC -fopenmp q4_1_gemv.c -o libq41.so (no -march: runtime dispatch).
  */
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -295,6 +297,30 @@ int q41_resolve(int path) {
     return PATH_SCALAR;
 }
 
+/* A barrier for the threads of one gemv_many call: spin briefly, then yield the CPU. libgomp's
+ * own barrier spins for ~300k iterations first; when both threads land on one core (another
+ * job holding the other), each barrier then costs a scheduler time slice (~4 ms: 0.47 s a
+ * step, measured). Sense-reversing, one per call. */
+typedef struct {
+    int count, total, sense;
+} barrier_t;
+
+static void barrier_wait(barrier_t *b, int *local_sense) {
+    const int s = !*local_sense;
+    *local_sense = s;
+    if (__atomic_add_fetch(&b->count, 1, __ATOMIC_ACQ_REL) == b->total) {
+        __atomic_store_n(&b->count, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&b->sense, s, __ATOMIC_RELEASE);
+        return;
+    }
+    for (int spins = 0; __atomic_load_n(&b->sense, __ATOMIC_ACQUIRE) != s; spins++) {
+        if (spins < 2000)
+            _mm_pause();
+        else
+            sched_yield();
+    }
+}
+
 typedef void (*rows41_fn)(const uint8_t *, int, int, int, const int8_t *, const float *, const float *, float *);
 typedef void (*rows80_fn)(const uint8_t *, int, int, int, const int8_t *, const float *, const int32_t *, float *);
 
@@ -312,9 +338,13 @@ int gemv_many(int count, const int *kind, const uint8_t *const *W, const int *N,
     rows41_fn f41 = path == PATH_AVX512 ? q41_rows_avx512 : path == PATH_AVX2 ? q41_rows_avx2 : q41_rows_scalar;
     rows80_fn f80 = path == PATH_AVX512 ? q80_rows_avx512 : path == PATH_AVX2 ? q80_rows_avx2 : q80_rows_scalar;
     if (threads < 1) threads = 1;
+    barrier_t bar = {0, 0, 0};
 #pragma omp parallel num_threads(threads)
     {
         const int nt = omp_get_num_threads(), me = omp_get_thread_num();
+        int sense = 0;
+#pragma omp single
+        bar.total = nt;
         const int nbmax = kmax / QK;
         int8_t *qx = aligned_alloc(64, ((size_t)kmax + 63) / 64 * 64);
         float *dx = malloc(sizeof(float) * nbmax), *sx = malloc(sizeof(float) * nbmax);
@@ -327,9 +357,7 @@ int gemv_many(int count, const int *kind, const uint8_t *const *W, const int *N,
                 f41(W[i], K[i], g0, g1, qx, dx, sx, y[i]);
             else
                 f80(W[i], K[i], g0, g1, qx, dx, sumq, y[i]);
-            if (nt > 1) {
-#pragma omp barrier
-            }
+            if (nt > 1) barrier_wait(&bar, &sense);
         }
         free(qx);
         free(dx);
