@@ -409,7 +409,8 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['variant']:22s} {r['threads']:3d} {r['us_per_step']:8.0f} {r['us_min']:6.0f} {r['weight_mb']:5.1f} {r['gb_s']:6.1f}"
               f" {r['pct_of_bound']:6.0f}% {r['x_ort_rows']:7.2f}")
-    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": _cpu(), "onnxruntime": ort.__version__,
+    result = {"argv": sys.argv[1:] if argv is None else list(argv),
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": _cpu(), "onnxruntime": ort.__version__,
               "uptime_at_start": uptime0, "uptime_at_end": os.popen("uptime").read().strip(), "loadavg_per_round": loads,
               "bandwidth_gb_s": bw / 1e9, "layers": args.layers, "products": len(mats), "rounds": args.rounds,
               "reps": args.reps, "spinning": not args.no_spin, "kernel_paths": paths, "check": check, "ort_rows_err_vs_fp32_x": ort_err,
