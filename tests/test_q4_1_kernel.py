@@ -68,3 +68,28 @@ def test_unsupported_path_refused(kernel):
         pytest.skip("every path is supported on this CPU")
     with pytest.raises(ValueError):
         kernel.gemv(np.zeros(320, np.uint8), 16, 32, np.zeros(32, np.float32), unsupported[0])
+
+
+@pytest.mark.parametrize("spin", [20000, 0], ids=["spin", "sleep"])
+def test_many_products_pool(kernel, spin):
+    """gemv_many: a chain of mixed Q4_1 / Q8_0 products through the thread pool (spinning or
+    sleeping waits, 1-3 threads, repeated) gives each product's single-call result."""
+    rng = np.random.default_rng(5)
+    mats, expect = [], []
+    xs = {k: rng.standard_normal(k).astype(np.float32) for k in (64, 96)}
+    for i, (n, k) in enumerate([(48, 64), (16, 96), (80, 64), (32, 96), (16, 64), (64, 96)]):
+        if i % 3 == 2:
+            codes, d = qk.random_q8_0(rng, n, k)
+            m = {"k": k, "n": n, "q8": True, "packed": qk.pack_q8_0(codes, d)}
+        else:
+            m = {"k": k, "n": n, "q8": False, "packed": qk.pack_q4_1(*qk.random_q4_1(rng, n, k))}
+        mats.append(m)
+        expect.append(kernel.gemv(m["packed"], n, k, xs[k], q8=m["q8"]))
+    batch = qk.Batch(kernel, mats, xs)
+    kernel.lib.q41_set_spin(spin)
+    try:
+        for rep in range(60):
+            for y, e in zip(batch.run(0, 1 + rep % 3), expect):
+                np.testing.assert_array_equal(y, e)
+    finally:
+        kernel.lib.q41_set_spin(20000)

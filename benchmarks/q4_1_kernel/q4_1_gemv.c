@@ -29,15 +29,13 @@
  * AVX-512: vpdpbusd needs an unsigned operand: (w ^ 0x80) = w + 128 as u8, and
  * sum (w+128) qx = sum w qx + 128 * sum qx, with sum qx known per block of x.
  *
- * Threads: OpenMP, the row groups of each matrix split into T contiguous ranges; a barrier after
- * each matrix (a decode step's products depend on each other; spin, then sched_yield: see
- * barrier_wait); each thread quantizes x itself.
- * Build: gcc -O3 -shared -fPIC -fopenmp q4_1_gemv.c -o libq41.so (no -march: runtime dispatch).
+ * Threads: a persistent pthread pool; the row groups of each matrix split into T contiguous
+ * ranges, a barrier after each matrix (a decode step's products depend on each other); waits
+ * spin, then sleep on a futex (q41_set_spin); each thread quantizes x itself.
+ * Build: gcc -O3 -shared -fPIC -pthread q4_1_gemv.c -o libq41.so -lm (no -march: runtime dispatch).
  */
 #include <immintrin.h>
 #include <math.h>
-#include <omp.h>
-#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -332,32 +330,112 @@ int q41_resolve(int path) {
     return PATH_SCALAR;
 }
 
-/* A barrier for the threads of one gemv_many call: spin briefly, then yield the CPU. libgomp's
- * own barrier spins for ~300k iterations first; when both threads land on one core (another
- * job holding the other), each barrier then costs a scheduler time slice (~4 ms: 0.47 s a
- * step, measured). Sense-reversing, one per call. */
-typedef struct {
-    int count, total, sense;
-} barrier_t;
+/* ---------- threads: a persistent pthread pool ----------
+ * Workers wait for a new job generation; every wait (workers for a job, threads at the barrier
+ * after each product, the caller for the workers to finish) spins `g_spin` pauses, then sleeps
+ * on a futex. q41_set_spin(n) sets it (0: sleep at once). libgomp's spinning barrier, used
+ * first, cost ~4 ms a barrier when both threads landed on one core under load (0.47 s a step). */
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
-static void barrier_wait(barrier_t *b, int *local_sense) {
-    const int s = !*local_sense;
-    *local_sense = s;
-    if (__atomic_add_fetch(&b->count, 1, __ATOMIC_ACQ_REL) == b->total) {
-        __atomic_store_n(&b->count, 0, __ATOMIC_RELAXED);
-        __atomic_store_n(&b->sense, s, __ATOMIC_RELEASE);
-        return;
+#define MAXT 64
+
+static int g_spin = 20000;
+
+void q41_set_spin(int spins) { __atomic_store_n(&g_spin, spins < 0 ? 0 : spins, __ATOMIC_RELAXED); }
+
+static void futex_wait(int *addr, int val) { syscall(SYS_futex, addr, FUTEX_WAIT_PRIVATE, val, NULL, NULL, 0); }
+static void futex_wake(int *addr) { syscall(SYS_futex, addr, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0); }
+
+/* wait while *addr == val: spin, then sleep (sleepers counted so that wakers skip the syscall) */
+static void wait_while(int *addr, int val, int *sleepers) {
+    const int spins = __atomic_load_n(&g_spin, __ATOMIC_RELAXED);
+    for (int i = 0; i < spins; i++) {
+        if (__atomic_load_n(addr, __ATOMIC_ACQUIRE) != val) return;
+        _mm_pause();
     }
-    for (int spins = 0; __atomic_load_n(&b->sense, __ATOMIC_ACQUIRE) != s; spins++) {
-        if (spins < 2000)
-            _mm_pause();
-        else
-            sched_yield();
+    while (__atomic_load_n(addr, __ATOMIC_SEQ_CST) == val) {
+        __atomic_add_fetch(sleepers, 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(addr, __ATOMIC_SEQ_CST) == val) futex_wait(addr, val);
+        __atomic_sub_fetch(sleepers, 1, __ATOMIC_SEQ_CST);
     }
+}
+
+static void publish(int *addr, int val, int *sleepers) {
+    __atomic_store_n(addr, val, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(sleepers, __ATOMIC_SEQ_CST) > 0) futex_wake(addr);
 }
 
 typedef void (*rows41_fn)(const uint8_t *, int, int, int, const int8_t *, const float *, const float *, float *);
 typedef void (*rows80_fn)(const uint8_t *, int, int, int, const int8_t *, const float *, const int32_t *, float *);
+
+typedef struct {
+    int count, nt, path, kmax;
+    const int *kind, *N, *K;
+    const uint8_t *const *W;
+    const float *const *x;
+    float *const *y;
+    rows41_fn f41;
+    rows80_fn f80;
+} job_t;
+
+static struct {
+    pthread_mutex_t lock;  /* one gemv_many at a time */
+    int started;           /* workers running */
+    int gen, gen_sleepers; /* job generation */
+    int done, done_sleepers;
+    int bar_count, bar_gen, bar_sleepers;
+    job_t job;
+} P = {PTHREAD_MUTEX_INITIALIZER, 0, 0, 0, 0, 0, 0, 0, 0, {0}};
+
+static void barrier(int nt) {
+    const int g = __atomic_load_n(&P.bar_gen, __ATOMIC_ACQUIRE);
+    if (__atomic_add_fetch(&P.bar_count, 1, __ATOMIC_ACQ_REL) == nt) {
+        __atomic_store_n(&P.bar_count, 0, __ATOMIC_RELAXED);
+        publish(&P.bar_gen, g + 1, &P.bar_sleepers);
+    } else {
+        wait_while(&P.bar_gen, g, &P.bar_sleepers);
+    }
+}
+
+static void run_share(const job_t *j, int me) {
+    const int nbmax = j->kmax / QK;
+    int8_t qx[j->kmax] __attribute__((aligned(64)));
+    float dx[nbmax], sx[nbmax];
+    int32_t sumq[nbmax];
+    for (int i = 0; i < j->count; i++) {
+        const int groups = j->N[i] / ROWS;
+        const int g0 = (int)((long)groups * me / j->nt), g1 = (int)((long)groups * (me + 1) / j->nt);
+        if (j->path == PATH_SCALAR)
+            q8_1_quantize(j->x[i], j->K[i], qx, dx, sx, sumq);
+        else
+            q8_1_quantize_avx2(j->x[i], j->K[i], qx, dx, sx, sumq);
+        if (j->kind[i] == 0)
+            j->f41(j->W[i], j->K[i], g0, g1, qx, dx, sx, j->y[i]);
+        else
+            j->f80(j->W[i], j->K[i], g0, g1, qx, dx, sumq, j->y[i]);
+        if (j->nt > 1) barrier(j->nt);
+    }
+}
+
+static void *worker(void *arg) {
+    const int me = (int)(intptr_t)arg; /* 1.. */
+    int seen = 0;
+    for (;;) {
+        wait_while(&P.gen, seen, &P.gen_sleepers);
+        seen = __atomic_load_n(&P.gen, __ATOMIC_ACQUIRE);
+        const job_t *j = &P.job;
+        if (me < j->nt) {
+            run_share(j, me);
+            const int d = __atomic_add_fetch(&P.done, 1, __ATOMIC_ACQ_REL);
+            if (__atomic_load_n(&P.done_sleepers, __ATOMIC_SEQ_CST) > 0) futex_wake(&P.done);
+            (void)d;
+        }
+    }
+    return NULL;
+}
 
 /* y_i = W_i @ x_i for i < count, in order, each split across `threads`; kind_i: 0 = Q4_1, 1 = Q8_0.
  * Returns 0, or -1 if the path is not supported here or a shape is not a multiple of 16 x 32. */
@@ -365,43 +443,36 @@ int gemv_many(int count, const int *kind, const uint8_t *const *W, const int *N,
               const float *const *x, float *const *y, int path, int threads) {
     path = q41_resolve(path);
     if (path < 0) return -1;
-    int kmax = 0;
+    int kmax = QK;
     for (int i = 0; i < count; i++) {
-        if (N[i] % ROWS || K[i] % QK || K[i] <= 0) return -1;
+        if (N[i] % ROWS || K[i] % QK || K[i] <= 0 || K[i] > 65536) return -1;
         kmax = K[i] > kmax ? K[i] : kmax;
     }
-    rows41_fn f41 = path == PATH_AVX512 ? q41_rows_avx512 : path == PATH_AVX2 ? q41_rows_avx2 : q41_rows_scalar;
-    rows80_fn f80 = path == PATH_AVX512 ? q80_rows_avx512 : path == PATH_AVX2 ? q80_rows_avx2 : q80_rows_scalar;
-    if (threads < 1) threads = 1;
-    barrier_t bar = {0, 0, 0};
-#pragma omp parallel num_threads(threads)
-    {
-        const int nt = omp_get_num_threads(), me = omp_get_thread_num();
-        int sense = 0;
-#pragma omp single
-        bar.total = nt;
-        const int nbmax = kmax / QK;
-        int8_t *qx = aligned_alloc(64, ((size_t)kmax + 63) / 64 * 64);
-        float *dx = malloc(sizeof(float) * nbmax), *sx = malloc(sizeof(float) * nbmax);
-        int32_t *sumq = malloc(sizeof(int32_t) * nbmax);
-        for (int i = 0; i < count; i++) {
-            const int groups = N[i] / ROWS;
-            const int g0 = (int)((long)groups * me / nt), g1 = (int)((long)groups * (me + 1) / nt);
-            if (path == PATH_SCALAR)
-                q8_1_quantize(x[i], K[i], qx, dx, sx, sumq);
-            else
-                q8_1_quantize_avx2(x[i], K[i], qx, dx, sx, sumq);
-            if (kind[i] == 0)
-                f41(W[i], K[i], g0, g1, qx, dx, sx, y[i]);
-            else
-                f80(W[i], K[i], g0, g1, qx, dx, sumq, y[i]);
-            if (nt > 1) barrier_wait(&bar, &sense);
-        }
-        free(qx);
-        free(dx);
-        free(sx);
-        free(sumq);
+    threads = threads < 1 ? 1 : threads > MAXT ? MAXT : threads;
+    job_t j = {count, threads, path, kmax, kind, N, K, W, x, y,
+               path == PATH_AVX512 ? q41_rows_avx512 : path == PATH_AVX2 ? q41_rows_avx2 : q41_rows_scalar,
+               path == PATH_AVX512 ? q80_rows_avx512 : path == PATH_AVX2 ? q80_rows_avx2 : q80_rows_scalar};
+    if (threads == 1) {
+        run_share(&j, 0);
+        return 0;
     }
+    pthread_mutex_lock(&P.lock);
+    while (P.started < threads - 1) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, worker, (void *)(intptr_t)(P.started + 1)) != 0) {
+            pthread_mutex_unlock(&P.lock);
+            return -2;
+        }
+        pthread_detach(t);
+        P.started++;
+    }
+    P.job = j;
+    __atomic_store_n(&P.done, 0, __ATOMIC_RELAXED);
+    publish(&P.gen, P.gen + 1, &P.gen_sleepers);
+    run_share(&j, 0);
+    for (int d; (d = __atomic_load_n(&P.done, __ATOMIC_ACQUIRE)) != threads - 1;)
+        wait_while(&P.done, d, &P.done_sleepers);
+    pthread_mutex_unlock(&P.lock);
     return 0;
 }
 
