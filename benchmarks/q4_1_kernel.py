@@ -305,15 +305,15 @@ def main(argv=None) -> int:
     ap.add_argument("--lm-head", action="store_true", help="also time the tied lm_head (Q8_0 49152 x 576) alone")
     ap.add_argument("--no-spin", action="store_true",
                     help="idle threads sleep: the kernel's pool sleeps at once (q41_set_spin(0)), onnxruntime "
-                         "allow_spinning 0 (default: both spin first; the kernel's pool 20000 pauses)")
+                         "allow_spinning 0 (default: both spin first)")
+    ap.add_argument("--spin", type=int, default=2000, help="pauses the kernel's pool spins before it sleeps (~50 ns each)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "q4_1_kernel.json")
     args = ap.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
 
     uptime0 = os.popen("uptime").read().strip()
     kernel = Kernel(build())
-    if args.no_spin:
-        kernel.lib.q41_set_spin(0)
+    kernel.lib.q41_set_spin(0 if args.no_spin else args.spin)
     paths = kernel.supported()
     print(f"kernel paths supported here: {paths}; auto = {kernel.lib.q41_resolve(0)}", flush=True)
     rng = np.random.default_rng(0)
@@ -414,7 +414,7 @@ def main(argv=None) -> int:
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": _cpu(), "onnxruntime": ort.__version__,
               "uptime_at_start": uptime0, "uptime_at_end": os.popen("uptime").read().strip(), "loadavg_per_round": loads,
               "bandwidth_gb_s": bw / 1e9, "layers": args.layers, "products": len(mats), "rounds": args.rounds,
-              "reps": args.reps, "spinning": not args.no_spin, "kernel_paths": paths, "check": check, "ort_rows_err_vs_fp32_x": ort_err,
+              "reps": args.reps, "spinning": not args.no_spin, "kernel_spin_pauses": 0 if args.no_spin else args.spin, "kernel_paths": paths, "check": check, "ort_rows_err_vs_fp32_x": ort_err,
               "rows": rows, "lm_head_q8_0": head}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -92,4 +92,4 @@ def test_many_products_pool(kernel, spin):
             for y, e in zip(batch.run(0, 1 + rep % 3), expect):
                 np.testing.assert_array_equal(y, e)
     finally:
-        kernel.lib.q41_set_spin(20000)
+        kernel.lib.q41_set_spin(2000)
