@@ -23,6 +23,7 @@ Rows:
   wanda50      Wanda 50% unstructured + KD with the zeros kept
   wanda50_owl, sparsegpt50, sparsegpt50_owl
                the same with OWL per-layer ratios (--owl-lambda) and/or SparseGPT (--calib-tokens 2048+)
+  wanda24      Wanda 2:4 semi-structured + KD with the zeros kept (the 2:4 pattern stays)
   lowrank      whitened SVD, ranks by sensitivity, 74% of the linears' weights (-20.5%) + KD
   student_kd   4-layer student (MLP 1024) trained on the teacher's logits
   student_ce   the same student, same text and steps, trained on the text alone (no teacher)
@@ -158,6 +159,9 @@ def build(name: str, source, args):
     if name in ("wanda50", "wanda50_owl", "sparsegpt50", "sparsegpt50_owl"):
         cfg = SparsityConfig(0.5, method=name.split("50")[0], layerwise="owl" if name.endswith("_owl") else "uniform",
                              owl_lambda=args.owl_lambda)
+        return activation_sparsify(source, cfg, cal, args.calib_tokens), {"lr": 1e-4, "keep_zeros": True}
+    if name == "wanda24":
+        cfg = SparsityConfig(0.5, pattern="2:4", method="wanda")
         return activation_sparsify(source, cfg, cal, args.calib_tokens), {"lr": 1e-4, "keep_zeros": True}
     if name == "lowrank":
         cfg = LowRankConfig(energy=None, size_ratio=0.74, targets=("mlp", "attention"), whiten=True,

@@ -33,14 +33,18 @@ def _export_options(f):
     return f
 
 
-def _finish(source, result, out_dir: Path, export_format, precision, bundle_dir, report, as_json, steps):
-    """Save the result, export it if asked, write the report; print a summary."""
+def _finish(source, result, out_dir: Path, export_format, precision, bundle_dir, report, as_json, steps,
+            curve=None, appendix: str = ""):
+    """Save the result, export it if asked, write the report (``appendix``: markdown after its
+    table); print a summary (``curve``: a training curve to include in it)."""
     from ..compress.model import count_parameters, save_hf_folder
 
     with steps.step(f"Saving {out_dir}"):
         save_hf_folder(result, out_dir)
     summary = {"output": str(out_dir), "parameters": [count_parameters(source.module), count_parameters(result.module)],
                "compression": result.spec.extra.get("compression", [])}
+    if curve is not None:
+        summary["curve"] = curve
     bundle = None
     if export_format:
         from ..exporting import export_model
@@ -58,10 +62,11 @@ def _finish(source, result, out_dir: Path, export_format, precision, bundle_dir,
             if bundle is not None:
                 rows.append(measure(f"result, {export_format} {precision} bundle", str(bundle), ev))
         write_report(rows, out_dir / "report.md", out_dir / "report.json",
-                     preamble="Measured by `edgeslm compress --report` against the source model.\n\n")
+                     preamble="Measured by `edgeslm compress --report` against the source model.\n\n",
+                     appendix=appendix)
         summary["report"] = rows
         if not as_json:
-            click.echo(to_markdown(rows, notes=False))
+            click.echo(to_markdown(rows, notes=False) + appendix)
     if as_json:
         emit_json(summary)
     else:
@@ -244,7 +249,8 @@ def _int4(result, method, grid, act_order, text, calibration_tokens, steps):
 @click.option("--text", "text_file", type=click.Path(exists=True, path_type=Path), default=None,
               help="Training text [default: text the teacher generates from built-in seed prompts].")
 @click.option("--generate-tokens", type=int, default=128, show_default=True, help="Tokens per generated sample.")
-@click.option("--samples", type=int, default=2, show_default=True, help="Generated samples per seed prompt.")
+@click.option("--samples", type=int, default=8, show_default=True,
+              help="Generated samples per seed prompt (8 x 8 prompts x 128 tokens: ~8k tokens of text).")
 @click.option("--steps", "n_steps", type=int, default=200, show_default=True)
 @click.option("--seq-len", type=int, default=64, show_default=True)
 @click.option("--batch-size", type=int, default=4, show_default=True)
@@ -256,21 +262,38 @@ def _int4(result, method, grid, act_order, text, calibration_tokens, steps):
               help="Weight of matching each student layer's output to the teacher layer it was taken from "
                    "(needs the teacher's hidden size; 0 = logits only).")
 @click.option("--checkpoint-every", type=int, default=50, show_default=True)
+@click.option("--curve-every", type=click.IntRange(min=0), default=50, show_default=True,
+              help="Score the student against the teacher (top-1, KL, perplexity) at step 0, every N steps and "
+                   "at the end, against the training CPU-minutes: OUT/curve.json, and in the report "
+                   "(0 = first and last step only).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in OUT/checkpoints.")
 @_export_options
 @_report_option
 @json_option
 def distill_command(teacher, out_dir, layers, intermediate, hidden, heads, text_file, generate_tokens, samples,
                     n_steps, seq_len, batch_size, lr, temperature, hard_weight, hidden_weight, checkpoint_every,
-                    resume, export_format, precision, bundle_dir, report, as_json):
+                    curve_every, resume, export_format, precision, bundle_dir, report, as_json):
     """Distill TEACHER into a smaller student trained on the teacher's logits (KL).
+
+    The defaults are sized for a 2-core CPU: for SmolLM2-135M -> the 4-layer, MLP-1024 student
+    below (38.9M parameters, 1 torch thread), the teacher's text took 3.2 CPU-minutes and 200
+    steps of 4 x 64 tokens 7.6 more; top-1 against the teacher rose 0% -> 25%, KL 14.3 -> 3.8
+    (2026-12-01; with --samples 2 the same steps reached 14.6%, KL 4.4). The curve
+    (OUT/curve.json) shows top-1 / KL against the teacher vs those CPU-minutes; Ctrl-C and
+    --resume continue a run from its last checkpoint, curve included. For a better student,
+    give --text with tens of thousands of tokens of your domain and more --steps.
 
     \b
     Example (SmolLM2-135M -> ~39M student, CPU-sized):
       edgeslm distill smollm2-135m --layers 4 --intermediate 1024 -o out/student --report
+      edgeslm distill smollm2-135m --layers 4 --intermediate 1024 -o out/student --steps 400 --resume
     """
+    import time
+
+    from ..compress.curve import Curve
     from ..compress.data import SEED_PROMPTS, read_text
     from ..compress.distill import DistillConfig, StudentConfig, distill, make_student, teacher_text
+    from ..compress.evaluate import Evaluator
 
     if hidden_weight and hidden:
         raise click.UsageError("--hidden-weight matches hidden states, so the student needs the teacher's hidden "
@@ -279,15 +302,27 @@ def distill_command(teacher, out_dir, layers, intermediate, hidden, heads, text_
     source = _load(teacher, steps)
     with steps.step("Building the student from the teacher's weights"):
         student = make_student(source, StudentConfig(layers, intermediate, hidden, heads))
+    c0 = time.process_time()
     if text_file:
         data = [source.tokenizer.encode(read_text(text_file))]
     else:
         with steps.step(f"Teacher writes {samples * len(SEED_PROMPTS)} samples of {generate_tokens} tokens"):
             data = teacher_text(source, SEED_PROMPTS, new_tokens=generate_tokens, samples=samples)
+    text_cpu = time.process_time() - c0
     cfg = DistillConfig(steps=n_steps, seq_len=seq_len, batch_size=batch_size, lr=lr, temperature=temperature,
                         hard_weight=hard_weight, hidden_weight=hidden_weight, checkpoint_every=checkpoint_every)
-    result = distill(source, student, data, cfg, out_dir=out_dir, resume=resume, progress=not current().quiet)
-    _finish(source, result, out_dir, export_format, precision, bundle_dir, report, as_json, steps)
+    with steps.step("Scoring the teacher's reference continuations for the curve"):
+        curve = Curve(Evaluator(source), curve_every, out_dir / "curve.json")
+    result = distill(source, student, data, cfg, out_dir=out_dir, resume=resume, progress=not current().quiet,
+                     curve=curve)
+    last = curve.points[-1]
+    current().note(f"curve: {len(curve.points)} points in {out_dir / 'curve.json'}; at step {last['step']}: top-1 "
+                   f"{last['top1_agreement']:.1%}, KL {last['kl_mean']:.3f} after {last['cpu_minutes']:.2f} "
+                   f"CPU-min of training (the text: {text_cpu / 60:.2f})")
+    appendix = (f"\n## Agreement vs CPU-minutes of training\n\nTraining text: {text_cpu / 60:.2f} CPU-min to "
+                f"{'read' if text_file else 'generate'}; evaluation excluded.\n\n{curve.to_markdown()}")
+    _finish(source, result, out_dir, export_format, precision, bundle_dir, report, as_json, steps,
+            curve={"text_cpu_minutes": round(text_cpu / 60, 3), "points": curve.points}, appendix=appendix)
 
 
 @cli.command("finetune")

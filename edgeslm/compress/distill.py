@@ -255,12 +255,15 @@ def _losses(teacher, model, batch, config: DistillConfig, pairs):
 
 def distill(teacher: SourceModel, student: SourceModel, data: Sequence[Sequence[int]], config: DistillConfig,
             out_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
-            on_step=None) -> SourceModel:
+            on_step=None, curve=None) -> SourceModel:
     """Train ``student`` on ``data`` (token-id sequences) to match ``teacher``; returns the trained model.
 
     Checkpoints go to ``out_dir/checkpoints/step-NNNNNN.pt`` (the last two are kept).
     ``on_step(steps_done, module)``, if given, is called after every optimizer step (e.g. to
     evaluate a recovery curve); the module is in train mode and must be left as found.
+    ``curve`` (a :class:`edgeslm.compress.curve.Curve`) is scored at step 0, at its interval and
+    at the last step, against the training CPU time so far; the result's step records that time
+    as ``cpu_seconds`` (optimizer steps only, across resumed runs).
     """
     import torch
 
@@ -272,12 +275,19 @@ def distill(teacher: SourceModel, student: SourceModel, data: Sequence[Sequence[
     masks = _zero_masks(student) if config.keep_zeros else []
     gen = torch.Generator().manual_seed(config.seed)
     ckpt_dir = Path(out_dir) / "checkpoints" if out_dir else None
-    start, history, hidden_history = _resume(ckpt_dir, model, opt, gen) if resume and ckpt_dir else (0, [], [])
+    start, history, hidden_history, cpu = (_resume(ckpt_dir, model, opt, gen) if resume and ckpt_dir
+                                           else (0, [], [], 0.0))
+    tokens_per_step = config.batch_size * config.seq_len
+    if curve is not None:
+        curve.restore(start)
+        if curve.due(start, config.steps):
+            curve.measure(start, model, student.spec, cpu, start * tokens_per_step)
     t0 = time.perf_counter()
     bar = _progress(progress, config.steps)
     with bar:
         task = bar.add_task("distilling", total=config.steps, completed=start, loss=float("nan"))
         for step in range(start, config.steps):
+            c0 = time.process_time()
             batch = data_t[torch.randint(len(data_t), (config.batch_size,), generator=gen)]  # (batch, seq)
             loss, hidden = _losses(teacher, model, batch, config, pairs)
             for g in opt.param_groups:
@@ -290,16 +300,19 @@ def distill(teacher: SourceModel, student: SourceModel, data: Sequence[Sequence[
             history.append(loss.item())
             if hidden is not None:
                 hidden_history.append(hidden.item())
+            cpu += time.process_time() - c0
             bar.update(task, advance=1, loss=history[-1])
             done = step + 1
             if on_step is not None:
                 on_step(done, model)
             if ckpt_dir and config.checkpoint_every and (done % config.checkpoint_every == 0 or done == config.steps):
-                _save_checkpoint(ckpt_dir, done, model, opt, gen, history, hidden_history)
+                _save_checkpoint(ckpt_dir, done, model, opt, gen, history, hidden_history, cpu)
+            if curve is not None and curve.due(done, config.steps):
+                curve.measure(done, model, student.spec, cpu, done * tokens_per_step)
     model.eval()
     step = {"technique": "distill", **asdict(config), "teacher": teacher.name, "windows": len(data_t),
             "loss_first": history[0] if history else None, "loss_last": history[-1] if history else None,
-            "seconds": round(time.perf_counter() - t0, 1)}
+            "seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(cpu, 1)}
     if pairs:
         step.update(hidden_pairs=pairs, hidden_first=hidden_history[0] if hidden_history else None,
                     hidden_last=hidden_history[-1] if hidden_history else None)
@@ -322,19 +335,19 @@ def _apply_masks(masks) -> None:
                 lin.weight.mul_(mask)
 
 
-def _resume(ckpt_dir: Path, model, opt, gen) -> tuple[int, list, list]:
+def _resume(ckpt_dir: Path, model, opt, gen) -> tuple[int, list, list, float]:
     """Loads the last checkpoint into model, optimizer and sampler: (steps done, loss history,
-    hidden-loss history); (0, [], []) when there is none."""
+    hidden-loss history, training CPU seconds); (0, [], [], 0.0) when there is none."""
     import torch
 
     last = latest_checkpoint(ckpt_dir)
     if last is None:
-        return 0, [], []
+        return 0, [], [], 0.0
     state = torch.load(last, weights_only=False)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     gen.set_state(state["generator"])
-    return state["step"], state.get("history", []), state.get("hidden_history", [])
+    return state["step"], state.get("history", []), state.get("hidden_history", []), state.get("cpu_seconds", 0.0)
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
@@ -342,7 +355,8 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _save_checkpoint(ckpt_dir: Path, step: int, model, opt, gen, history, hidden_history=()) -> None:
+def _save_checkpoint(ckpt_dir: Path, step: int, model, opt, gen, history, hidden_history=(),
+                     cpu_seconds: float = 0.0) -> None:
     import torch
 
     make_dir(ckpt_dir, "checkpoint folder")
@@ -350,7 +364,7 @@ def _save_checkpoint(ckpt_dir: Path, step: int, model, opt, gen, history, hidden
     tmp = path.with_suffix(".tmp")
     torch.save({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "generator": gen.get_state(), "history": history,
-                "hidden_history": list(hidden_history)}, tmp)
+                "hidden_history": list(hidden_history), "cpu_seconds": cpu_seconds}, tmp)
     tmp.replace(path)
     for old in sorted(ckpt_dir.glob("step-*.pt"))[:-2]:
         old.unlink()

@@ -109,10 +109,10 @@ def to_markdown(rows: list[dict[str, Any]], notes: bool = True, columns=None) ->
 
 
 def write_report(rows: list[dict[str, Any]], out_md: str | Path, out_json: str | Path | None = None,
-                 title: str = "Compression report", preamble: str = "") -> None:
+                 title: str = "Compression report", preamble: str = "", appendix: str = "") -> None:
     out_md = Path(out_md)
     make_dir(out_md.parent)
-    out_md.write_text(f"# {title}\n\n{preamble}{to_markdown(rows)}")
+    out_md.write_text(f"# {title}\n\n{preamble}{to_markdown(rows)}{appendix}")
     if out_json:
         make_dir(Path(out_json).parent)
         Path(out_json).write_text(json.dumps(rows, indent=2, default=str) + "\n")

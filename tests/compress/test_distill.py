@@ -160,3 +160,44 @@ def test_resumed_hidden_matching_equals_an_uninterrupted_run(tiny_source, tmp_pa
     w, r = whole.spec.extra["compression"][-1], resumed.spec.extra["compression"][-1]
     keys = ("hidden_first", "hidden_last", "loss_last")
     assert [w[k] for k in keys] == [r[k] for k in keys]
+
+
+def test_the_curve_is_scored_at_its_interval_and_a_resumed_run_continues_it(tiny_source, tmp_path):
+    from edgeslm.compress.curve import Curve
+    from edgeslm.compress.evaluate import Evaluator
+
+    data, ev = _data(tiny_source), Evaluator(tiny_source, new_tokens=8)
+    cfg = DistillConfig(steps=6, seq_len=32, batch_size=2, lr=3e-3, warmup=1, checkpoint_every=3)
+    whole = Curve(ev, 3, tmp_path / "a" / "curve.json")
+    distill(tiny_source, make_student(tiny_source, StudentConfig(num_layers=1)), data, cfg, out_dir=tmp_path / "a",
+            progress=False, curve=whole)
+    assert [p["step"] for p in whole.points] == [0, 3, 6]
+    assert [p["tokens"] for p in whole.points] == [0, 3 * 2 * 32, 6 * 2 * 32]
+    assert whole.points[-1]["kl_mean"] < whole.points[0]["kl_mean"]  # the student learns the teacher
+    cpu = [p["cpu_seconds"] for p in whole.points]
+    assert cpu[0] == 0 < cpu[1] < cpu[2]
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(done, _module):
+        if done == 5:  # after the step-3 checkpoint and point
+            raise Stop
+
+    with pytest.raises(Stop):
+        distill(tiny_source, make_student(tiny_source, StudentConfig(num_layers=1)), data, cfg,
+                out_dir=tmp_path / "b", progress=False, on_step=interrupt, curve=Curve(ev, 3, tmp_path / "b" / "c.json"))
+    resumed = Curve(ev, 3, tmp_path / "b" / "c.json")
+    distill(tiny_source, make_student(tiny_source, StudentConfig(num_layers=1)), data, cfg, out_dir=tmp_path / "b",
+            resume=True, progress=False, curve=resumed)
+    keys = ("step", "tokens", "top1_agreement", "kl_mean", "perplexity")
+    assert [[p[k] for k in keys] for p in resumed.points] == [[p[k] for k in keys] for p in whole.points]
+    assert resumed.points[1]["cpu_seconds"] < resumed.points[2]["cpu_seconds"]  # the checkpoint's CPU carried on
+    assert "| 6 | 384 |" in resumed.to_markdown()
+
+
+def test_a_negative_curve_interval_is_refused(tiny_source):
+    from edgeslm.compress.curve import Curve
+
+    with pytest.raises(ValueError, match=">= 0"):
+        Curve(None, -1)

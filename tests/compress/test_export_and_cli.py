@@ -90,6 +90,11 @@ def test_cli_distill_with_checkpoints_and_finetune(tiny_hf, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["parameters"][1] < summary["parameters"][0]
     assert [p.name for p in sorted((out / "checkpoints").glob("*.pt"))] == ["step-000001.pt", "step-000002.pt"]
+    # the agreement curve: step 0 and the last step (default interval 50 > 2 steps), on disk and in the summary
+    curve = json.loads((out / "curve.json").read_text())["points"]
+    assert [p["step"] for p in curve] == [0, 2] and [p["tokens"] for p in curve] == [0, 2 * 4 * 32]
+    assert curve == summary["curve"]["points"] and 0 < curve[1]["cpu_seconds"]
+    assert all(0 <= p["top1_agreement"] <= 1 and p["kl_mean"] > 0 for p in curve)
 
     chats = tmp_path / "chats.jsonl"
     chats.write_text(json.dumps({"prompt": "hi", "completion": "hello there"}) + "\n")
