@@ -34,6 +34,10 @@ class Runner:
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the engine does
+        from edgeslm_onnx import kernels
+
+        if kernels.needs_library(path):  # q4_1_offsets=fused: edgeslm's own ops
+            kernels.register(so)
         self.sess = ort.InferenceSession(str(path), so)
         self.io = self.sess.io_binding()
         self.kv = []
