@@ -182,6 +182,7 @@ def test_export_records_the_library_and_the_engine_runs_it(kernels, tiny_gguf_q4
     assert man["artifacts"]["custom_ops"]["ops"]["Q41MatMul"] > 0
     assert man["quantization"]["q4_1_offsets"] == "fused"
     assert "custom_ops" not in bundles["rows"].manifest["artifacts"]
+    assert man["interop"]["onnxruntime-genai"]["written"] is False  # it would not find the ops
     assert man["parity"]["passed"]
     toks = {}
     for name, b in bundles.items():

@@ -89,7 +89,7 @@ def register(session_options) -> Path:
 
 
 def info() -> str:
-    """What the loaded library reports after a registration ('ort=... api=... path=... parallel=...')."""
+    """What the loaded library reports while a session holds it ("ort=... api=... path=... parallel=...")."""
     import ctypes
 
     lib = ctypes.CDLL(str(library_path()))

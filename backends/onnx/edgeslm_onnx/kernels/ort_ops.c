@@ -170,7 +170,7 @@ static OrtStatus *compute(void *kernel, OrtKernelContext *ctx) {
     const int K = (int)k->K, nb = K / QK;
     /* scratch: qx (M*K int8), dx, sx (M*nb float), sumq (M*nb int32) */
     const size_t qbytes = ((size_t)M * K + 63) & ~(size_t)63;
-    scratch = aligned_alloc(64, qbytes + (size_t)M * nb * 12 + 64);
+    scratch = aligned_alloc(64, (qbytes + (size_t)M * nb * 12 + 63) & ~(size_t)63); /* C11: a multiple of 64 */
     if (!scratch) {
         st = status(ORT_ABI_FAIL, "edgeslm MatMul op: out of memory");
         goto done;
