@@ -39,6 +39,10 @@ def main(argv=None) -> int:
     so.inter_op_num_threads = 1
     so.enable_profiling = True
     so.profile_file_prefix = os.path.join(tmp, "prof")
+    if bundle.manifest["artifacts"].get("custom_ops"):  # q4_1_offsets=fused: edgeslm's own ops
+        from edgeslm_onnx.kernels import register
+
+        register(so)
     engine.session = ort.InferenceSession(str(bundle.file(bundle.manifest["artifacts"]["model"])), so)
     if engine.shared_buffer:  # graph-writer bundle: bind the KV buffers to the profiling session
         engine._bind_buffers(ort)

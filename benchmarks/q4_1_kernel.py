@@ -2,7 +2,7 @@
 
     python benchmarks/q4_1_kernel.py --rounds 7 --threads 1,2
 
-Compiles ``benchmarks/q4_1_kernel/q4_1_gemv.c`` into out/ (gcc, no -march: runtime dispatch),
+Compiles ``backends/onnx/edgeslm_onnx/kernels/q4_1_gemv.c`` into out/ (gcc, no -march: runtime dispatch),
 makes random Q4_1 weights of SmolLM2-135M's per-layer shapes, 30 layers of distinct weights
 (~66 MB at 20 bytes per 32 weights, more than the caches), checks the kernel against a float64
 reference (dequantized W times the dequantized int8 x: tight; times fp32 x: reported), then
@@ -33,7 +33,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-SRC = HERE / "q4_1_kernel" / "q4_1_gemv.c"
+SRC = HERE.parent / "backends" / "onnx" / "edgeslm_onnx" / "kernels" / "q4_1_gemv.c"  # shared with the onnxruntime custom op
 QK, ROWS = 32, 16
 PATHS = {"scalar": 1, "avx2": 2, "avx512vnni": 3}
 

@@ -3,8 +3,9 @@
     python benchmarks/q4_1_offsets.py --threads 1,2 --rounds 3
 
 Writes the SmolLM2 int4-gguf graph once per ``q4_1_offsets`` variant of the graph writer
-(reduce | matmul | rows | int8 | none; "int8" stores the offsets in 8 bits and "none" drops
-them: both NOT exact, "none" is the upper bound of any exact form),
+(reduce | matmul | rows | int8 | none | fused; "int8" stores the offsets in 8 bits and "none" drops
+them: both NOT exact, "none" is the upper bound of any exact form; "fused" is edgeslm's own
+Q4_1/Q8_0 kernel as an onnxruntime custom op, exact),
 then decodes with each, interleaved in one process (128-token prompt, 64 steps), and reports
 ms per decode step, nodes per graph and the largest difference of the prefill logits to the "reduce" variant.
 Writes benchmarks/results/q4_1_offsets.json.
@@ -34,6 +35,10 @@ class Runner:
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the engine does
+        from edgeslm_onnx import kernels
+
+        if kernels.needs_library(path):  # q4_1_offsets=fused: edgeslm's own ops
+            kernels.register(so)
         self.sess = ort.InferenceSession(str(path), so)
         self.io = self.sess.io_binding()
         self.kv = []
@@ -74,6 +79,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--variants", default="reduce,matmul,rows,int8,none")
     ap.add_argument("--work", default="out/q4_1_offsets")
+    ap.add_argument("--out", default="q4_1_offsets.json", help="results file name under benchmarks/results/")
     args = ap.parse_args(argv)
 
     import onnx
@@ -84,6 +90,7 @@ def main(argv=None) -> int:
     from edgeslm_onnx.weights import GgufWeights
 
     variants = args.variants.split(",")
+    load_start = os.getloadavg()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     source = load_source("smollm2-135m")
@@ -101,6 +108,10 @@ def main(argv=None) -> int:
     results = {"variants": {}, "nodes": nodes, "steps": args.steps, "rounds": args.rounds}
     for threads in [int(t) for t in args.threads.split(",")]:
         runners = {v: Runner(work / f"{v}.onnx", threads, cfg.vocab_size) for v in variants}
+        if "fused" in variants and not results.get("fused_kernel"):  # while a session holds the library
+            from edgeslm_onnx import kernels
+
+            results["fused_kernel"] = kernels.info()  # onnxruntime version, ISA path, parallel
         for r in runners.values():
             r.generate(prompt, 4)  # warm-up
         times = {v: [] for v in variants}
@@ -127,7 +138,8 @@ def main(argv=None) -> int:
         del runners
     (HERE / "results").mkdir(exist_ok=True)
     results["loadavg_at_end"] = os.getloadavg()
-    (HERE / "results" / "q4_1_offsets.json").write_text(json.dumps(results, indent=2))
+    results["loadavg_at_start"] = load_start
+    (HERE / "results" / args.out).write_text(json.dumps(results, indent=2))
     return 0
 
 

@@ -94,6 +94,10 @@ class OnnxEngine(Engine):
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         model = bundle.artifact("model")
+        if bundle.manifest.get("artifacts", {}).get("custom_ops"):  # q4_1_offsets=fused: edgeslm's own kernels
+            from .kernels import register
+
+            register(so)
         wanted = resolve_providers(providers)
         try:
             self.session = ort.InferenceSession(str(model), so, providers=wanted)

@@ -62,7 +62,12 @@ class OnnxExporter(Exporter):
 
             try:
                 out = write_graph(source, spec, out_dir, steps)
-                out["interop"] = {"onnxruntime-genai": _genai(out_dir / MODEL_FILE, source, spec, shared_buffer=True)}
+                if out["artifacts"].get("custom_ops"):  # q4_1_offsets=fused
+                    genai = {"written": False, "reason": "the graph uses edgeslm's custom ops (q4_1_offsets=fused); "
+                                                         "onnxruntime-genai is not given their library"}
+                else:
+                    genai = _genai(out_dir / MODEL_FILE, source, spec, shared_buffer=True)
+                out["interop"] = {"onnxruntime-genai": genai}
                 out["artifacts"]["files"] = sorted(p.name for p in out_dir.iterdir())
                 return out
             except WriterUnsupported as exc:

@@ -41,6 +41,7 @@ from edgeslm.arch.config import DecoderConfig
 from .weights import BLOCK, BlockLinear, FloatLinear, pack_groups
 
 MS = "com.microsoft"
+EDGESLM = "ai.edgeslm"  # edgeslm's own custom ops (edgeslm_onnx.kernels)
 OPSET = 21
 
 
@@ -98,7 +99,12 @@ class DecoderWriter:
     #: 16, absmax scales; NOT exact: per output row 40 instead of 72 bytes at K=576, 60 instead
     #: of 192 at K=1536; measured within noise of "matmul"); "none" drops the offset (NOT exact:
     #: a speed reference only, the bound of any exact form).
-    OFFSETS = ("reduce", "matmul", "rows", "int8", "none")
+    #: "fused": not an offset form but edgeslm's own kernel: Q4_1 linears (d and m fp16, as a GGUF's)
+    #: as one ``ai.edgeslm.Q41MatMul`` each, Q8_0 ones (the tied lm_head) as ``Q80MatMul``, on
+    #: weights repacked into 16-row records (:mod:`.kernels`; exact on int8 activations like
+    #: accuracy_level 4, the offset folded into the kernel); other block types as "rows". The
+    #: bundle then needs the custom-op library (compiled with gcc at first load).
+    OFFSETS = ("reduce", "matmul", "rows", "int8", "none", "fused")
 
     def __init__(self, cfg: DecoderConfig, weights, max_len: int, accuracy_level: int = 4, offsets: str = "rows"):
         self.cfg, self.w, self.max_len, self.accuracy_level = cfg, weights, int(max_len), int(accuracy_level)
@@ -109,6 +115,7 @@ class DecoderWriter:
         self._blocksums: dict[tuple[str, int], str] = {}
         self._block_inits: dict[str, dict[str, str]] = {}  # shared quantized weights (tied embedding)
         self.counts: dict[str, int] = {}
+        self.custom_ops: dict[str, int] = {}  # ai.edgeslm op -> nodes (offsets="fused")
         self.check()
 
     def check(self) -> None:
@@ -157,9 +164,15 @@ class DecoderWriter:
                   helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [1]),
                   helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []), *kv]
         outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, cfg.vocab_size]), *outs]
-        graph = helper.make_graph(g.nodes, "edgeslm_decoder", inputs, outputs, initializer=g.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
-                                  producer_name="edgeslm graph writer")
+        inits = g.inits
+        if self.custom_ops:  # a fused tied head leaves the embedding's 8-bit zero points unread
+            used = {name for n in g.nodes for name in n.input}
+            inits = [t for t in inits if t.name in used]
+        graph = helper.make_graph(g.nodes, "edgeslm_decoder", inputs, outputs, initializer=inits)
+        opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)]
+        if self.custom_ops:
+            opsets.append(helper.make_opsetid(EDGESLM, 1))
+        model = helper.make_model(graph, opset_imports=opsets, producer_name="edgeslm graph writer")
         model.ir_version = 10
         return model
 
@@ -261,8 +274,11 @@ class DecoderWriter:
         if isinstance(lin, FloatLinear):
             y = g.op("MatMul", [x, g.const(base + ".weightT", np.ascontiguousarray(lin.w.T))], base)
             self._count_kind("MatMul fp32")
+        elif self.offsets == "fused" and (fused := self.make_fused(x, lin, base, k_dim)) is not None:
+            y = fused
         else:
-            rows = lin.offset is not None and self.offsets == "rows" and (x, k_dim) not in self._blocksums
+            form = "rows" if self.offsets == "fused" else self.offsets  # what the kernel does not take
+            rows = lin.offset is not None and form == "rows" and (x, k_dim) not in self._blocksums
             if rows:
                 lin, share = _with_blocksum_rows(lin, k_dim), None
             names = self.block_inits(lin, base, share)
@@ -274,13 +290,42 @@ class DecoderWriter:
                 y, self._blocksums[(x, k_dim)] = g.op(
                     "Split", [y, g.shared(("split", n, k_dim // BLOCK), np.array([n, k_dim // BLOCK], np.int64))],
                     base + ".split_blocksums", outputs=2, axis=-1)  # (..., N), (..., K/32)
-            if lin.offset is not None and self.offsets == "int8":
+            if lin.offset is not None and form == "int8":
                 y = g.op("Add", [y, self.offset_int8(x, lin.offset, base, k_dim)], base + ".add_offset")
-            elif lin.offset is not None and self.offsets != "none":  # exact: + blocksum(x) @ offset.T
+            elif lin.offset is not None and form != "none":  # exact: + blocksum(x) @ offset.T
                 off = g.op("MatMul", [self.blocksum(x, k_dim), names["offsetT"]], base + ".offset")  # (..., N)
                 y = g.op("Add", [y, off], base + ".add_offset")
         if lin.bias is not None:
             y = g.op("Add", [y, g.const(base + ".bias", lin.bias)], base + ".bias")
+        return y
+
+    def make_fused(self, x: str, lin: BlockLinear, base: str, k_dim: int) -> str | None:
+        """``lin`` as one ``ai.edgeslm`` op (offsets="fused"), or None when the kernel cannot read it
+        exactly: 4-bit Q4_1 (d, m fp16) or 8-bit Q8_0 (d fp16) blocks of 32, N a multiple of 16."""
+        from . import kernels
+
+        n, k = lin.shape
+        if lin.block != BLOCK or n % kernels.ROWS or k != k_dim:
+            return None
+        d = lin.scales
+        if lin.bits == 4 and lin.offset is not None:  # Q4_1: w = d*q + m, offset = m + 8d
+            m32 = (lin.offset - np.float32(8) * d).astype(np.float32)
+            m = m32.astype(np.float16).astype(np.float32)
+            # the transcoder's offset is m + 8d within a few float32 ulps; a genuine fp16 m rounds back
+            tol = np.float32(16) * np.spacing(np.abs(lin.offset) + np.float32(8) * np.abs(d))
+            if not (kernels.fp16_exact(d) and np.all(np.abs(m32 - m) <= tol)):
+                return None
+            packed, op, kind = kernels.pack_q4_1(lin.codes, d, m), "Q41MatMul", "Q4_1"
+        elif lin.bits == 8 and lin.offset is None:  # Q8_0: w = d * (code - 128)
+            if not kernels.fp16_exact(d):
+                return None
+            codes = (lin.codes.astype(np.int16) - 128).astype(np.int8)
+            packed, op, kind = kernels.pack_q8_0(codes, d), "Q80MatMul", "Q8_0"
+        else:
+            return None
+        y = self.g.op(op, [x, self.g.const(base + ".records", packed)], base, domain=EDGESLM, K=k_dim, N=n)
+        self.custom_ops[op] = self.custom_ops.get(op, 0) + 1
+        self._count_kind(f"{op} ({kind}, fused)")
         return y
 
     def blocksum(self, x: str, k_dim: int) -> str:

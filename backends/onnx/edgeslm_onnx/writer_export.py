@@ -51,6 +51,12 @@ def write_graph(source, spec, out_dir: Path, steps) -> dict[str, Any]:
                                          "graph": {"kind": "writer", "kv_cache": "shared-buffer",
                                                    "max_length": spec.context_length, "nodes": len(model.graph.node),
                                                    "ops": ops, "seconds": round(time.perf_counter() - t0, 1)}}}
+    if writer.custom_ops:  # the graph needs edgeslm's custom-op library on every session (engine.py)
+        from . import kernels
+
+        out["artifacts"]["custom_ops"] = {"domain": kernels.DOMAIN, "ops": dict(writer.custom_ops),
+                                          "library": "edgeslm_onnx.kernels (compiled with gcc at first load)",
+                                          "sources": kernels.source_hash()}
     if spec.precision in ("int4-gguf", "int4-minmax"):
         out["quantization"] = _quantization(spec, cfg, writer, weights, accuracy_level)
     return out
@@ -96,7 +102,7 @@ def _quantization(spec, cfg, writer: DecoderWriter, weights, accuracy_level: int
         "precision": spec.precision, "accuracy_level": accuracy_level,
         "block_size": min((b.block for b in weights.blocks.values()), default=32),
         "block_sizes": {b.qtype: b.block for b in weights.blocks.values()},
-        "matmuls_quantized": sum(v for k, v in kinds.items() if k.startswith("MatMulNBits")),
+        "matmuls_quantized": sum(v for k, v in kinds.items() if k.startswith(("MatMulNBits", "Q41MatMul", "Q80MatMul"))),
         "matmuls_kept_float": kinds.get("MatMul fp32", 0),
         "embedding": _kind(weights, "model.embed_tokens", spec.precision),
         "lm_head": _kind(weights, head, spec.precision),

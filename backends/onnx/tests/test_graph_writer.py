@@ -166,10 +166,15 @@ def test_q4_1_int8_offsets_are_close_not_exact(tiny_gguf_q4, tmp_path):
 class _Runner:
     """The engine's binding, without a bundle: shared KV buffers, lengths updated in place."""
 
-    def __init__(self, path, vocab):
+    def __init__(self, path, vocab, register: bool = False):
         import onnxruntime as ort
 
-        self.sess = ort.InferenceSession(str(path))
+        so = ort.SessionOptions()
+        if register:  # q4_1_offsets=fused: edgeslm's custom ops
+            from edgeslm_onnx.kernels import register as register_ops
+
+            register_ops(so)
+        self.sess = ort.InferenceSession(str(path), so)
         self.io = self.sess.io_binding()
         self.io.bind_output("logits")  # first: get_outputs() follows the binding order
         for i in self.sess.get_inputs():

@@ -485,3 +485,33 @@ int q80_gemv(const uint8_t *W, int N, int K, const float *x, float *y, int path,
     const int kind = 1;
     return gemv_many(1, &kind, &W, &N, &K, &x, &y, path, threads);
 }
+
+/* ---------- for the onnxruntime custom op (ort_ops.c): the caller quantizes and threads ----------
+ * Quantize M rows of x (M x K) into qx (M x K), dx, sx, sumq (M x K/32), with the path's quantizer. */
+void q8_1_quantize_rows(const float *x, int M, int K, int8_t *qx, float *dx, float *sx, int32_t *sumq, int path) {
+    const int nb = K / QK;
+    for (int m = 0; m < M; m++) {
+        const size_t o = (size_t)m * K, ob = (size_t)m * nb;
+        if (path == PATH_SCALAR)
+            q8_1_quantize(x + o, K, qx + o, dx + ob, sx + ob, sumq + ob);
+        else
+            q8_1_quantize_avx2(x + o, K, qx + o, dx + ob, sx + ob, sumq + ob);
+    }
+}
+
+/* y (M x N) rows' groups [g0, g1) of 16 outputs, from quantized rows (q8_1_quantize_rows); kind 0 =
+ * Q4_1 (320-byte records), 1 = Q8_0 (544); path resolved (q41_resolve). Each group range is read
+ * once per row, so callers pass small ranges (a few groups: stays in L1/L2 across the M rows). */
+void gemm_groups(int kind, const uint8_t *W, int N, int K, int M, const int8_t *qx, const float *dx,
+                 const float *sx, const int32_t *sumq, float *y, int g0, int g1, int path) {
+    const int nb = K / QK;
+    const rows41_fn f41 = path == PATH_AVX512 ? q41_rows_avx512 : path == PATH_AVX2 ? q41_rows_avx2 : q41_rows_scalar;
+    const rows80_fn f80 = path == PATH_AVX512 ? q80_rows_avx512 : path == PATH_AVX2 ? q80_rows_avx2 : q80_rows_scalar;
+    for (int m = 0; m < M; m++) {
+        const size_t ob = (size_t)m * nb;
+        if (kind == 0)
+            f41(W, K, g0, g1, qx + (size_t)m * K, dx + ob, sx + ob, y + (size_t)m * N);
+        else
+            f80(W, K, g0, g1, qx + (size_t)m * K, dx + ob, sumq + ob, y + (size_t)m * N);
+    }
+}
