@@ -33,6 +33,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+from run import measure_bandwidth  # noqa: E402  (the same bandwidth figure as run.py)
+
 SRC = HERE.parent / "backends" / "onnx" / "edgeslm_onnx" / "kernels" / "q4_1_gemv.c"  # shared with the onnxruntime custom op
 QK, ROWS = 32, 16
 PATHS = {"scalar": 1, "avx2": 2, "avx512vnni": 3}
@@ -242,18 +245,6 @@ def ort_session(model, threads: int, path: Path, spin: bool = True):
 
 
 # ---------------------------------------------------------------- main
-
-def measure_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
-    """As benchmarks/run.py: the best of a few full numpy sums over a large array, bytes/s."""
-    a = np.ones(int(gib * (1 << 30) / 4), dtype=np.float32)
-    best = 0.0
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a.sum()
-        best = max(best, a.nbytes / (time.perf_counter() - t))
-    del a
-    return best
-
 
 def make_mats(rng, layers: int, lm_head: bool) -> list:
     mats = []
