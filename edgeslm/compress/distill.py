@@ -289,17 +289,10 @@ def distill(teacher: SourceModel, student: SourceModel, data: Sequence[Sequence[
         for step in range(start, config.steps):
             c0 = time.process_time()
             batch = data_t[torch.randint(len(data_t), (config.batch_size,), generator=gen)]  # (batch, seq)
-            loss, hidden = _losses(teacher, model, batch, config, pairs)
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(config, step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            _apply_masks(masks)
-            history.append(loss.item())
+            loss, hidden = _train_step(teacher, model, opt, batch, config, pairs, step, masks)
+            history.append(loss)
             if hidden is not None:
-                hidden_history.append(hidden.item())
+                hidden_history.append(hidden)
             cpu += time.process_time() - c0
             bar.update(task, advance=1, loss=history[-1])
             done = step + 1
@@ -317,6 +310,22 @@ def distill(teacher: SourceModel, student: SourceModel, data: Sequence[Sequence[
         step.update(hidden_pairs=pairs, hidden_first=hidden_history[0] if hidden_history else None,
                     hidden_last=hidden_history[-1] if hidden_history else None)
     return derive(student, model, step, name=student.name)
+
+
+def _train_step(teacher, model, opt, batch, config: DistillConfig, pairs, step: int, masks):
+    """One optimizer step on ``batch`` (learning rate of ``step``, gradients clipped to 1, a sparse
+    model's zeros put back); (loss, hidden-state loss or None) as floats."""
+    import torch
+
+    loss, hidden = _losses(teacher, model, batch, config, pairs)
+    for g in opt.param_groups:
+        g["lr"] = _lr_at(config, step)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    _apply_masks(masks)
+    return loss.item(), None if hidden is None else hidden.item()
 
 
 def _zero_masks(student: SourceModel) -> list:
